@@ -1,0 +1,55 @@
+"""zoo: pretrained learned image codecs you can load in one line, with real files and a server.
+
+    codec = zoo.load("bmshj2018-hyperprior", quality=3)
+    data = zoo.bitstream.dumps(codec.compress(x))
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from zoo.compressed import Compressed, EntryId, TileStreams
+from zoo.errors import (
+    BitstreamError,
+    EntryNotFound,
+    HubError,
+    InputError,
+    IntegrityError,
+    TablesMissingError,
+    ZooError,
+)
+
+__version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    from zoo.codec import Codec
+
+
+def load(name: str, quality: int | None = None, **kwargs: Any) -> Codec:
+    """A ready codec for a released entry (`zoo.hub.load`), e.g. `zoo.load("bmshj2018-hyperprior", quality=3)`."""
+    from zoo.hub import load as _load
+
+    return _load(name, quality=quality, **kwargs)
+
+
+def load_local(path: str, **kwargs: Any) -> Codec:
+    """A ready codec from an entry folder on disk (config.json + model.safetensors)."""
+    from zoo.hub import load_local as _load_local
+
+    return _load_local(path, **kwargs)
+
+
+__all__ = [
+    "BitstreamError",
+    "Compressed",
+    "EntryId",
+    "EntryNotFound",
+    "HubError",
+    "InputError",
+    "IntegrityError",
+    "TablesMissingError",
+    "TileStreams",
+    "ZooError",
+    "load",
+    "load_local",
+]

@@ -1,0 +1,67 @@
+"""In-memory form of a compressed image: named entropy-coded streams per tile plus what made them.
+
+`zoo.bitstream` turns a `Compressed` into the on-disk format and back; nothing here knows about bytes layout.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class EntryId:
+    """Identity of the zoo entry that made a stream, as stable strings and numbers (never positions)."""
+
+    arch: str
+    quality: int
+    metric: str = "mse"
+    version: str = "0"
+
+    def __str__(self) -> str:
+        return f"{self.arch}/q{self.quality}-{self.metric}@{self.version}"
+
+
+@dataclass(frozen=True)
+class TileStreams:
+    """The coded streams of one tile. `rect` is (top, left, height, width) in image pixels;
+    `latent_hw` is the spatial size of the deepest latent, which the decoder needs to start."""
+
+    rect: tuple[int, int, int, int]
+    latent_hw: tuple[int, int]
+    streams: tuple[tuple[str, bytes], ...]
+
+    def stream(self, name: str) -> bytes:
+        for key, data in self.streams:
+            if key == name:
+                return data
+        raise KeyError(name)
+
+    @property
+    def num_bytes(self) -> int:
+        return sum(len(data) for _, data in self.streams)
+
+
+@dataclass(frozen=True)
+class Compressed:
+    """One compressed image. `index_checksum` is a CRC32 over the entropy-model table indexes the
+    encoder used; a decoder that computes different indexes must refuse rather than emit garbage."""
+
+    entry: EntryId
+    fingerprint: bytes  # 16 bytes identifying the exact weights and tables
+    height: int
+    width: int
+    tiles: tuple[TileStreams, ...]
+    index_checksum: int
+    tile_size: int = 0  # 0: one tile covers the whole image
+    channels: int = 3
+    bit_depth: int = 8
+    extra: tuple[tuple[str, str], ...] = field(default=())
+
+    @property
+    def payload_bytes(self) -> int:
+        """Entropy-coded bytes only, without any container header."""
+        return sum(t.num_bytes for t in self.tiles)
+
+    @property
+    def payload_bits(self) -> int:
+        return 8 * self.payload_bytes

@@ -1,0 +1,192 @@
+"""Building blocks of the analysis/synthesis transforms, with CompressAI's parameter and buffer names.
+
+Names matter: a CompressAI state dict must load into these modules with strict=True.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class _LowerBoundFn(torch.autograd.Function):
+    """max(x, bound) whose gradient still flows when it pushes x back up towards the bound."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, bound: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(x, bound)
+        return torch.max(x, bound)
+
+    @staticmethod
+    def backward(ctx, grad_output: Tensor):  # type: ignore[override]
+        x, bound = ctx.saved_tensors
+        pass_through = (x >= bound) | (grad_output < 0)
+        return pass_through.type(grad_output.dtype) * grad_output, None
+
+
+class LowerBound(nn.Module):
+    bound: Tensor
+
+    def __init__(self, bound: float):
+        super().__init__()
+        self.register_buffer("bound", torch.tensor([float(bound)]))
+
+    def forward(self, x: Tensor) -> Tensor:
+        if torch.jit.is_scripting() or torch.onnx.is_in_onnx_export() or not torch.is_grad_enabled():
+            return torch.max(x, self.bound)
+        return _LowerBoundFn.apply(x, self.bound)
+
+
+class NonNegativeParametrizer(nn.Module):
+    """Keeps a parameter non-negative by storing sqrt(value + pedestal) and squaring it back."""
+
+    pedestal: Tensor
+
+    def __init__(self, minimum: float = 0.0, reparam_offset: float = 2**-18):
+        super().__init__()
+        pedestal = reparam_offset**2
+        self.register_buffer("pedestal", torch.tensor([pedestal]))
+        self.lower_bound = LowerBound((minimum + pedestal) ** 0.5)
+
+    def init(self, x: Tensor) -> Tensor:
+        return torch.sqrt(torch.max(x + self.pedestal, self.pedestal))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.lower_bound(x) ** 2 - self.pedestal
+
+
+class GDN(nn.Module):
+    """Generalized divisive normalization (Ballé et al.): y_i = x_i / sqrt(beta_i + sum_j gamma_ij x_j^2).
+
+    `inverse=True` multiplies instead (IGDN, used in synthesis transforms).
+    """
+
+    def __init__(self, in_channels: int, inverse: bool = False, beta_min: float = 1e-6, gamma_init: float = 0.1):
+        super().__init__()
+        self.inverse = bool(inverse)
+        self.beta_reparam = NonNegativeParametrizer(minimum=beta_min)
+        self.beta = nn.Parameter(self.beta_reparam.init(torch.ones(in_channels)))
+        self.gamma_reparam = NonNegativeParametrizer()
+        self.gamma = nn.Parameter(self.gamma_reparam.init(gamma_init * torch.eye(in_channels)))
+
+    def effective_params(self) -> tuple[Tensor, Tensor]:
+        """beta and gamma as the layer uses them (what an export folds into constants)."""
+        c = self.gamma.shape[0]
+        return self.beta_reparam(self.beta), self.gamma_reparam(self.gamma).reshape(c, c, 1, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        beta, gamma = self.effective_params()
+        norm = F.conv2d(x * x, gamma, beta)
+        return x * (torch.sqrt(norm) if self.inverse else torch.rsqrt(norm))
+
+
+class MaskedConv2d(nn.Conv2d):
+    """Causal convolution for autoregressive context models. Mask "A" hides the centre, "B" keeps it."""
+
+    mask: Tensor
+
+    def __init__(self, *args, mask_type: str = "A", **kwargs):
+        super().__init__(*args, **kwargs)
+        if mask_type not in ("A", "B"):
+            raise ValueError(f'mask_type must be "A" or "B", not {mask_type!r}')
+        self.register_buffer("mask", torch.ones_like(self.weight.data))
+        _, _, h, w = self.mask.shape
+        self.mask[:, :, h // 2, w // 2 + (mask_type == "B") :] = 0
+        self.mask[:, :, h // 2 + 1 :] = 0
+
+    def masked_weight(self) -> Tensor:
+        return self.weight * self.mask
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self._conv_forward(x, self.masked_weight(), self.bias)
+
+
+def conv(in_ch: int, out_ch: int, kernel_size: int = 5, stride: int = 2) -> nn.Conv2d:
+    return nn.Conv2d(in_ch, out_ch, kernel_size, stride=stride, padding=kernel_size // 2)
+
+
+def deconv(in_ch: int, out_ch: int, kernel_size: int = 5, stride: int = 2) -> nn.ConvTranspose2d:
+    return nn.ConvTranspose2d(
+        in_ch, out_ch, kernel_size, stride=stride, output_padding=stride - 1, padding=kernel_size // 2
+    )
+
+
+def conv3x3(in_ch: int, out_ch: int, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(in_ch, out_ch, 3, stride=stride, padding=1)
+
+
+def conv1x1(in_ch: int, out_ch: int, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(in_ch, out_ch, 1, stride=stride)
+
+
+def subpel_conv3x3(in_ch: int, out_ch: int, r: int = 1) -> nn.Sequential:
+    """3x3 convolution followed by pixel shuffle: upsampling by r without checkerboard artefacts."""
+    return nn.Sequential(nn.Conv2d(in_ch, out_ch * r**2, 3, padding=1), nn.PixelShuffle(r))
+
+
+class ResidualBlockWithStride(nn.Module):
+    def __init__(self, in_ch: int, out_ch: int, stride: int = 2):
+        super().__init__()
+        self.conv1 = conv3x3(in_ch, out_ch, stride=stride)
+        self.leaky_relu = nn.LeakyReLU(inplace=True)
+        self.conv2 = conv3x3(out_ch, out_ch)
+        self.gdn = GDN(out_ch)
+        self.skip = conv1x1(in_ch, out_ch, stride=stride) if stride != 1 or in_ch != out_ch else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.gdn(self.conv2(self.leaky_relu(self.conv1(x))))
+        return out + (self.skip(x) if self.skip is not None else x)
+
+
+class ResidualBlockUpsample(nn.Module):
+    def __init__(self, in_ch: int, out_ch: int, upsample: int = 2):
+        super().__init__()
+        self.subpel_conv = subpel_conv3x3(in_ch, out_ch, upsample)
+        self.leaky_relu = nn.LeakyReLU(inplace=True)
+        self.conv = conv3x3(out_ch, out_ch)
+        self.igdn = GDN(out_ch, inverse=True)
+        self.upsample = subpel_conv3x3(in_ch, out_ch, upsample)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.igdn(self.conv(self.leaky_relu(self.subpel_conv(x))))
+        return out + self.upsample(x)
+
+
+class ResidualBlock(nn.Module):
+    def __init__(self, in_ch: int, out_ch: int):
+        super().__init__()
+        self.conv1 = conv3x3(in_ch, out_ch)
+        self.leaky_relu = nn.LeakyReLU(inplace=True)
+        self.conv2 = conv3x3(out_ch, out_ch)
+        self.skip = conv1x1(in_ch, out_ch) if in_ch != out_ch else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        identity = self.skip(x) if self.skip is not None else x
+        out = self.leaky_relu(self.conv2(self.leaky_relu(self.conv1(x))))
+        return out + identity
+
+
+class _ResidualUnit(nn.Module):
+    def __init__(self, n: int):
+        super().__init__()
+        self.conv = nn.Sequential(
+            conv1x1(n, n // 2), nn.ReLU(inplace=True), conv3x3(n // 2, n // 2), nn.ReLU(inplace=True),
+            conv1x1(n // 2, n),
+        )
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.relu(self.conv(x) + x)
+
+
+class AttentionBlock(nn.Module):
+    """Simplified attention of Cheng et al. 2020: a residual trunk gated by a sigmoid mask branch."""
+
+    def __init__(self, n: int):
+        super().__init__()
+        self.conv_a = nn.Sequential(_ResidualUnit(n), _ResidualUnit(n), _ResidualUnit(n))
+        self.conv_b = nn.Sequential(_ResidualUnit(n), _ResidualUnit(n), _ResidualUnit(n), conv1x1(n, n))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.conv_a(x) * torch.sigmoid(self.conv_b(x))

@@ -1,0 +1,100 @@
+"""What every compression network shares: the three verbs (forward / compress / decompress),
+table updates, the auxiliary loss, and the typed results they return."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from zoo.entropy import EntropyBottleneck, GaussianConditional, default_scale_table
+
+
+@dataclass(frozen=True)
+class ForwardOutput:
+    """Training-time output: the reconstruction and the likelihood of every latent element, by name."""
+
+    x_hat: Tensor
+    likelihoods: dict[str, Tensor]
+
+
+@dataclass(frozen=True)
+class LatentStreams:
+    """Entropy-coded latents of one image: named streams, the deepest latent's size, and the CRC32 of
+    the table indexes the encoder used."""
+
+    streams: tuple[tuple[str, bytes], ...]
+    latent_hw: tuple[int, int]
+    index_checksum: int
+
+    def stream(self, name: str) -> bytes:
+        return dict(self.streams)[name]
+
+
+class CompressionModel(nn.Module):
+    """Base class. Subclasses define the transforms and `_compress_one` / `_decompress` logic.
+
+    `downsample` is the factor between the input and the deepest latent: inputs are padded to a multiple
+    of it by `zoo.codec.Codec`, never here.
+    """
+
+    downsample: int = 16
+    latent_names: tuple[str, ...] = ("y",)
+
+    def aux_loss(self) -> Tensor:
+        losses = [m.loss() for m in self.modules() if isinstance(m, EntropyBottleneck)]
+        return torch.stack(losses).sum() if losses else torch.zeros(())
+
+    def aux_parameters(self) -> list[nn.Parameter]:
+        return [p for n, p in self.named_parameters() if n.endswith("quantiles")]
+
+    def main_parameters(self) -> list[nn.Parameter]:
+        return [p for n, p in self.named_parameters() if not n.endswith("quantiles")]
+
+    def update(self, scale_table: Tensor | None = None, force: bool = False) -> bool:
+        """Compute the integer CDF tables from the current weights (skipped where present unless forced)."""
+        updated = False
+        for m in self.modules():
+            if isinstance(m, EntropyBottleneck):
+                updated |= m.update(force=force)
+            elif isinstance(m, GaussianConditional):
+                table = default_scale_table() if scale_table is None else scale_table
+                updated |= m.update_scale_table(table, force=force)
+        return updated
+
+    @property
+    def has_tables(self) -> bool:
+        return all(
+            m.has_tables for m in self.modules() if isinstance(m, EntropyBottleneck | GaussianConditional)
+        )
+
+    def check_input(self, x: Tensor) -> None:
+        if x.dim() != 4 or x.shape[1] != 3:
+            raise ValueError(f"expected a (B, 3, H, W) tensor, got shape {tuple(x.shape)}")
+        h, w = x.shape[-2:]
+        if h % self.downsample or w % self.downsample:
+            raise ValueError(f"input {h}x{w} is not a multiple of {self.downsample}: pad it (zoo.codec does)")
+
+    @torch.no_grad()
+    def compress(self, x: Tensor) -> list[LatentStreams]:
+        """Entropy-code a padded batch; one LatentStreams per batch item."""
+        self.check_input(x)
+        return self._compress(x)
+
+    @torch.no_grad()
+    def decompress(self, streams: Sequence[LatentStreams]) -> Tensor:
+        """Decode a batch of streams that share one latent size; returns the padded reconstruction."""
+        if not streams:
+            raise ValueError("nothing to decompress")
+        hw = streams[0].latent_hw
+        if any(s.latent_hw != hw for s in streams):
+            raise ValueError("streams of one decompress call must share their latent size")
+        return self._decompress(streams, hw)
+
+    def _compress(self, x: Tensor) -> list[LatentStreams]:
+        raise NotImplementedError
+
+    def _decompress(self, streams: Sequence[LatentStreams], latent_hw: tuple[int, int]) -> Tensor:
+        raise NotImplementedError

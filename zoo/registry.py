@@ -1,0 +1,143 @@
+"""The one list of architectures: classes, per-quality widths and λ tables.
+
+The CLI, the Hub entries, export, training and serving all read names and tables from here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from torch import Tensor
+
+from zoo.errors import ArchitectureError, EntryNotFound
+from zoo.models import (
+    Cheng2020Anchor,
+    Cheng2020Attention,
+    CompressionModel,
+    FactorizedPrior,
+    FactorizedPriorReLU,
+    JointAutoregressiveHierarchicalPriors,
+    MeanScaleHyperprior,
+    ScaleHyperprior,
+)
+
+METRICS = ("mse", "ms-ssim")
+
+# CompressAI's training λ per quality 1..8 (loss λ·255²·MSE + bpp, or λ·(1 − MS-SSIM) + bpp).
+LAMBDAS: dict[str, tuple[float, ...]] = {
+    "mse": (0.0018, 0.0035, 0.0067, 0.0130, 0.0250, 0.0483, 0.0932, 0.1800),
+    "ms-ssim": (2.40, 4.58, 8.73, 16.64, 31.73, 60.50, 115.37, 220.00),
+}
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    name: str
+    model_class: type[CompressionModel]
+    # quality -> constructor widths, e.g. {"N": 128, "M": 192}
+    width_table: Mapping[int, Mapping[str, int]]
+    title: str
+    autoregressive: bool = False
+
+    @property
+    def qualities(self) -> tuple[int, ...]:
+        return tuple(sorted(self.width_table))
+
+    @property
+    def downsample(self) -> int:
+        return self.model_class.downsample
+
+    @property
+    def latent_names(self) -> tuple[str, ...]:
+        return self.model_class.latent_names
+
+    @property
+    def width_keys(self) -> tuple[str, ...]:
+        return tuple(next(iter(self.width_table.values())))
+
+    def check_quality(self, quality: int) -> int:
+        if quality not in self.width_table:
+            raise EntryNotFound(
+                f"{self.name} has no quality {quality}; qualities are {', '.join(map(str, self.qualities))}"
+            )
+        return quality
+
+    def widths(self, quality: int) -> dict[str, int]:
+        return dict(self.width_table[self.check_quality(quality)])
+
+    def lmbda(self, quality: int, metric: str = "mse") -> float:
+        if metric not in LAMBDAS:
+            raise EntryNotFound(f"unknown metric {metric!r}; metrics are {', '.join(METRICS)}")
+        return LAMBDAS[metric][self.check_quality(quality) - 1]
+
+
+def _table(split: int, low: dict[str, int], high: dict[str, int], qualities: int = 8) -> dict[int, dict[str, int]]:
+    return {q: dict(low if q <= split else high) for q in range(1, qualities + 1)}
+
+
+ARCHITECTURES: dict[str, ArchSpec] = {
+    spec.name: spec
+    for spec in (
+        ArchSpec("bmshj2018-factorized", FactorizedPrior, _table(5, {"N": 128, "M": 192}, {"N": 192, "M": 320}),
+                 "Ballé et al. 2018, factorized prior"),
+        ArchSpec("bmshj2018-factorized-relu", FactorizedPriorReLU,
+                 _table(5, {"N": 128, "M": 192}, {"N": 192, "M": 320}),
+                 "Ballé et al. 2018, factorized prior with ReLU instead of GDN"),
+        ArchSpec("bmshj2018-hyperprior", ScaleHyperprior, _table(5, {"N": 128, "M": 192}, {"N": 192, "M": 320}),
+                 "Ballé et al. 2018, scale hyperprior"),
+        ArchSpec("mbt2018-mean", MeanScaleHyperprior, _table(4, {"N": 128, "M": 192}, {"N": 192, "M": 320}),
+                 "Minnen et al. 2018, mean-scale hyperprior"),
+        ArchSpec("mbt2018", JointAutoregressiveHierarchicalPriors,
+                 _table(4, {"N": 192, "M": 192}, {"N": 192, "M": 320}),
+                 "Minnen et al. 2018, joint autoregressive and hierarchical priors", autoregressive=True),
+        ArchSpec("cheng2020-anchor", Cheng2020Anchor, _table(3, {"N": 128}, {"N": 192}, qualities=6),
+                 "Cheng et al. 2020, anchor", autoregressive=True),
+        ArchSpec("cheng2020-attn", Cheng2020Attention, _table(3, {"N": 128}, {"N": 192}, qualities=6),
+                 "Cheng et al. 2020, with attention", autoregressive=True),
+    )
+}
+
+
+def get_arch(name: str) -> ArchSpec:
+    try:
+        return ARCHITECTURES[name]
+    except KeyError:
+        raise EntryNotFound(
+            f"unknown architecture {name!r}; architectures are {', '.join(ARCHITECTURES)}"
+        ) from None
+
+
+def create_model(arch: str, quality: int | None = None, **widths: int) -> CompressionModel:
+    """A randomly initialised model: widths given explicitly, else the quality's standard widths."""
+    spec = get_arch(arch)
+    if not widths:
+        if quality is None:
+            raise ValueError("give a quality or explicit widths")
+        widths = spec.widths(quality)
+    unknown = set(widths) - set(spec.width_keys)
+    if unknown:
+        raise ArchitectureError(f"{arch} takes widths {spec.width_keys}, not {sorted(unknown)}")
+    return spec.model_class(**widths)
+
+
+def infer_widths(arch: str, state_dict: Mapping[str, Tensor]) -> dict[str, int]:
+    """Read N (and M) from weight shapes, so checkpoints of non-standard widths load too."""
+    spec = get_arch(arch)
+    try:
+        if arch.startswith("cheng2020"):
+            return {"N": int(state_dict["g_a.0.conv1.weight"].shape[0])}
+        return {"N": int(state_dict["g_a.0.weight"].shape[0]), "M": int(state_dict["g_a.6.weight"].shape[0])}
+    except KeyError as exc:
+        raise ArchitectureError(f"state dict does not look like {spec.name}: missing {exc.args[0]}") from None
+
+
+def model_from_state_dict(arch: str, state_dict: Mapping[str, Tensor]) -> CompressionModel:
+    """Build the architecture at the checkpoint's widths and load it strictly."""
+    model = create_model(arch, **infer_widths(arch, state_dict))
+    try:
+        model.load_state_dict(dict(state_dict), strict=True)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()
+        raise ArchitectureError(f"checkpoint does not fit {arch}: {' '.join(first[:3])[:400]}") from None
+    return model
