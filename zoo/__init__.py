@@ -1,7 +1,7 @@
 """zoo: pretrained learned image codecs you can load in one line, with real files and a server.
 
-    codec = zoo.load("bmshj2018-hyperprior", quality=3)
-    data = zoo.bitstream.dumps(codec.compress(x))
+codec = zoo.load("bmshj2018-hyperprior", quality=3)
+data = zoo.bitstream.dumps(codec.compress(x))
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 
 def load(name: str, quality: int | None = None, **kwargs: Any) -> Codec:
-    """A ready codec for a released entry (`zoo.hub.load`), e.g. `zoo.load("bmshj2018-hyperprior", quality=3)`."""
+    """A ready codec for a released entry, e.g. `zoo.load("bmshj2018-hyperprior", quality=3)`."""
     from zoo.hub import load as _load
 
     return _load(name, quality=quality, **kwargs)

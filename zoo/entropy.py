@@ -64,7 +64,9 @@ class EntropyModel(nn.Module):
         raise ValueError(f"unknown quantisation mode {mode!r}")
 
     @staticmethod
-    def dequantize(symbols: Tensor, means: Tensor | None = None, dtype: torch.dtype = torch.float32) -> Tensor:
+    def dequantize(
+        symbols: Tensor, means: Tensor | None = None, dtype: torch.dtype = torch.float32
+    ) -> Tensor:
         if means is not None:
             return symbols.type_as(means) + means
         return symbols.type(dtype)
@@ -81,7 +83,7 @@ class EntropyModel(nn.Module):
         """The coder's view of the integer tables, validated once and cached."""
         if not self.has_tables:
             raise TablesMissingError(
-                f"{type(self).__name__} has no integer CDF tables: call model.update() before compress/decompress"
+                f"{type(self).__name__} has no integer CDF tables: call model.update() before coding"
             )
         if self._tables is None:
             from zoo.coder import CdfTables
@@ -141,8 +143,9 @@ class EntropyBottleneck(EntropyModel):
     quantiles: nn.Parameter
     target: Tensor
 
-    def __init__(self, channels: int, *args, init_scale: float = 10.0, filters: Sequence[int] = (3, 3, 3, 3),
-                 **kwargs):
+    def __init__(
+        self, channels: int, *args, init_scale: float = 10.0, filters: Sequence[int] = (3, 3, 3, 3), **kwargs
+    ):
         super().__init__(*args, **kwargs)
         self.channels = int(channels)
         self.filters = tuple(int(f) for f in filters)
@@ -226,6 +229,10 @@ class EntropyBottleneck(EntropyModel):
         idx = torch.arange(c, dtype=torch.int32).view(1, c, *([1] * len(spatial)))
         return idx.expand(b, c, *spatial)
 
+    def index_crc(self, latent_hw: Sequence[int]) -> int:
+        """CRC of the indexes of one latent of that size (they depend only on the size here)."""
+        return crc_indexes(self.build_indexes((1, self.channels, *latent_hw))[0])
+
     def _expanded_medians(self, batch: int, spatial_dims: int) -> Tensor:
         medians = self.medians().detach().reshape(1, -1, *([1] * spatial_dims))
         return medians.expand(batch, -1, *([1] * spatial_dims))
@@ -272,8 +279,9 @@ class GaussianConditional(EntropyModel):
         lower = self._standardized_cumulative((-0.5 - values) / scales)
         return upper - lower
 
-    def forward(self, inputs: Tensor, scales: Tensor, means: Tensor | None = None,
-                training: bool | None = None) -> tuple[Tensor, Tensor]:
+    def forward(
+        self, inputs: Tensor, scales: Tensor, means: Tensor | None = None, training: bool | None = None
+    ) -> tuple[Tensor, Tensor]:
         training = self.training if training is None else training
         outputs = self.quantize(inputs, "noise" if training else "dequantize", means)
         return outputs, self.bound_likelihood(self._likelihood(outputs, scales, means))
@@ -294,7 +302,9 @@ class GaussianConditional(EntropyModel):
         pmf_center = torch.ceil(table * multiplier).int()
         pmf_length = 2 * pmf_center + 1
         max_length = int(pmf_length.max().item())
-        samples = torch.abs(torch.arange(max_length, device=table.device).int() - pmf_center[:, None]).double()
+        samples = torch.abs(
+            torch.arange(max_length, device=table.device).int() - pmf_center[:, None]
+        ).double()
         scales = table.unsqueeze(1)
         upper = self._standardized_cumulative((0.5 - samples) / scales)
         lower = self._standardized_cumulative((-0.5 - samples) / scales)

@@ -62,7 +62,9 @@ class GDN(nn.Module):
     `inverse=True` multiplies instead (IGDN, used in synthesis transforms).
     """
 
-    def __init__(self, in_channels: int, inverse: bool = False, beta_min: float = 1e-6, gamma_init: float = 0.1):
+    def __init__(
+        self, in_channels: int, inverse: bool = False, beta_min: float = 1e-6, gamma_init: float = 0.1
+    ):
         super().__init__()
         self.inverse = bool(inverse)
         self.beta_reparam = NonNegativeParametrizer(minimum=beta_min)
@@ -171,7 +173,10 @@ class _ResidualUnit(nn.Module):
     def __init__(self, n: int):
         super().__init__()
         self.conv = nn.Sequential(
-            conv1x1(n, n // 2), nn.ReLU(inplace=True), conv3x3(n // 2, n // 2), nn.ReLU(inplace=True),
+            conv1x1(n, n // 2),
+            nn.ReLU(inplace=True),
+            conv3x3(n // 2, n // 2),
+            nn.ReLU(inplace=True),
             conv1x1(n // 2, n),
         )
         self.relu = nn.ReLU(inplace=True)

@@ -72,29 +72,60 @@ class ArchSpec:
         return LAMBDAS[metric][self.check_quality(quality) - 1]
 
 
-def _table(split: int, low: dict[str, int], high: dict[str, int], qualities: int = 8) -> dict[int, dict[str, int]]:
+def _table(
+    split: int, low: dict[str, int], high: dict[str, int], qualities: int = 8
+) -> dict[int, dict[str, int]]:
     return {q: dict(low if q <= split else high) for q in range(1, qualities + 1)}
 
 
 ARCHITECTURES: dict[str, ArchSpec] = {
     spec.name: spec
     for spec in (
-        ArchSpec("bmshj2018-factorized", FactorizedPrior, _table(5, {"N": 128, "M": 192}, {"N": 192, "M": 320}),
-                 "Ballé et al. 2018, factorized prior"),
-        ArchSpec("bmshj2018-factorized-relu", FactorizedPriorReLU,
-                 _table(5, {"N": 128, "M": 192}, {"N": 192, "M": 320}),
-                 "Ballé et al. 2018, factorized prior with ReLU instead of GDN"),
-        ArchSpec("bmshj2018-hyperprior", ScaleHyperprior, _table(5, {"N": 128, "M": 192}, {"N": 192, "M": 320}),
-                 "Ballé et al. 2018, scale hyperprior"),
-        ArchSpec("mbt2018-mean", MeanScaleHyperprior, _table(4, {"N": 128, "M": 192}, {"N": 192, "M": 320}),
-                 "Minnen et al. 2018, mean-scale hyperprior"),
-        ArchSpec("mbt2018", JointAutoregressiveHierarchicalPriors,
-                 _table(4, {"N": 192, "M": 192}, {"N": 192, "M": 320}),
-                 "Minnen et al. 2018, joint autoregressive and hierarchical priors", autoregressive=True),
-        ArchSpec("cheng2020-anchor", Cheng2020Anchor, _table(3, {"N": 128}, {"N": 192}, qualities=6),
-                 "Cheng et al. 2020, anchor", autoregressive=True),
-        ArchSpec("cheng2020-attn", Cheng2020Attention, _table(3, {"N": 128}, {"N": 192}, qualities=6),
-                 "Cheng et al. 2020, with attention", autoregressive=True),
+        ArchSpec(
+            "bmshj2018-factorized",
+            FactorizedPrior,
+            _table(5, {"N": 128, "M": 192}, {"N": 192, "M": 320}),
+            "Ballé et al. 2018, factorized prior",
+        ),
+        ArchSpec(
+            "bmshj2018-factorized-relu",
+            FactorizedPriorReLU,
+            _table(5, {"N": 128, "M": 192}, {"N": 192, "M": 320}),
+            "Ballé et al. 2018, factorized prior with ReLU instead of GDN",
+        ),
+        ArchSpec(
+            "bmshj2018-hyperprior",
+            ScaleHyperprior,
+            _table(5, {"N": 128, "M": 192}, {"N": 192, "M": 320}),
+            "Ballé et al. 2018, scale hyperprior",
+        ),
+        ArchSpec(
+            "mbt2018-mean",
+            MeanScaleHyperprior,
+            _table(4, {"N": 128, "M": 192}, {"N": 192, "M": 320}),
+            "Minnen et al. 2018, mean-scale hyperprior",
+        ),
+        ArchSpec(
+            "mbt2018",
+            JointAutoregressiveHierarchicalPriors,
+            _table(4, {"N": 192, "M": 192}, {"N": 192, "M": 320}),
+            "Minnen et al. 2018, joint autoregressive and hierarchical priors",
+            autoregressive=True,
+        ),
+        ArchSpec(
+            "cheng2020-anchor",
+            Cheng2020Anchor,
+            _table(3, {"N": 128}, {"N": 192}, qualities=6),
+            "Cheng et al. 2020, anchor",
+            autoregressive=True,
+        ),
+        ArchSpec(
+            "cheng2020-attn",
+            Cheng2020Attention,
+            _table(3, {"N": 128}, {"N": 192}, qualities=6),
+            "Cheng et al. 2020, with attention",
+            autoregressive=True,
+        ),
     )
 }
 

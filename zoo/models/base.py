@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from zoo.entropy import EntropyBottleneck, GaussianConditional, default_scale_table
+from zoo.errors import BitstreamError
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,17 @@ class CompressionModel(nn.Module):
         """Decode a batch of streams that share one latent size; returns the padded reconstruction."""
         if not streams:
             raise ValueError("nothing to decompress")
+        x_hat, checksums = self.decompress_unchecked(streams)
+        for s, computed in zip(streams, checksums, strict=True):
+            check_index_crc(s.index_checksum, computed)
+        return x_hat
+
+    @torch.no_grad()
+    def decompress_unchecked(self, streams: Sequence[LatentStreams]) -> tuple[Tensor, list[int]]:
+        """Decode and return the index checksums the decoder computed, for the caller to compare
+        (`zoo.codec` compares one checksum over all tiles of an image)."""
+        if not streams:
+            raise ValueError("nothing to decompress")
         hw = streams[0].latent_hw
         if any(s.latent_hw != hw for s in streams):
             raise ValueError("streams of one decompress call must share their latent size")
@@ -96,5 +108,17 @@ class CompressionModel(nn.Module):
     def _compress(self, x: Tensor) -> list[LatentStreams]:
         raise NotImplementedError
 
-    def _decompress(self, streams: Sequence[LatentStreams], latent_hw: tuple[int, int]) -> Tensor:
+    def _decompress(
+        self, streams: Sequence[LatentStreams], latent_hw: tuple[int, int]
+    ) -> tuple[Tensor, list[int]]:
         raise NotImplementedError
+
+
+def check_index_crc(expected: int, computed: int) -> None:
+    """Refuse a decode made with table indexes other than the encoder's (it would be garbage)."""
+    if expected != computed:
+        raise BitstreamError(
+            f"entropy-model table indexes differ from the encoder's (index checksum {computed:08x}, "
+            f"stream says {expected:08x}): the stream was made with other weights, or by a backend or "
+            "device that computes different scales"
+        )

@@ -1,7 +1,7 @@
 """Cheng et al. 2020 (anchor and attention): residual transforms around mbt2018's entropy model.
 
-    x ── [ResBlock↓, ResBlock]x3 ── conv3x3↓ (+ attention) ──> y   (M = N channels)
-    y_hat ── [ResBlock, ResBlock↑]x3 ── subpel conv ──> x_hat
+x ── [ResBlock↓, ResBlock]x3 ── conv3x3↓ (+ attention) ──> y   (M = N channels)
+y_hat ── [ResBlock, ResBlock↑]x3 ── subpel conv ──> x_hat
 """
 
 from __future__ import annotations
@@ -23,26 +23,45 @@ class Cheng2020Anchor(JointAutoregressiveHierarchicalPriors):
     def __init__(self, N: int = 192):
         super().__init__(N=N, M=N)
         self.g_a = nn.Sequential(
-            ResidualBlockWithStride(3, N, stride=2), ResidualBlock(N, N),
-            ResidualBlockWithStride(N, N, stride=2), ResidualBlock(N, N),
-            ResidualBlockWithStride(N, N, stride=2), ResidualBlock(N, N),
+            ResidualBlockWithStride(3, N, stride=2),
+            ResidualBlock(N, N),
+            ResidualBlockWithStride(N, N, stride=2),
+            ResidualBlock(N, N),
+            ResidualBlockWithStride(N, N, stride=2),
+            ResidualBlock(N, N),
             conv3x3(N, N, stride=2),
         )
         self.h_a = nn.Sequential(
-            conv3x3(N, N), nn.LeakyReLU(inplace=True), conv3x3(N, N), nn.LeakyReLU(inplace=True),
-            conv3x3(N, N, stride=2), nn.LeakyReLU(inplace=True), conv3x3(N, N), nn.LeakyReLU(inplace=True),
+            conv3x3(N, N),
+            nn.LeakyReLU(inplace=True),
+            conv3x3(N, N),
+            nn.LeakyReLU(inplace=True),
+            conv3x3(N, N, stride=2),
+            nn.LeakyReLU(inplace=True),
+            conv3x3(N, N),
+            nn.LeakyReLU(inplace=True),
             conv3x3(N, N, stride=2),
         )
         self.h_s = nn.Sequential(
-            conv3x3(N, N), nn.LeakyReLU(inplace=True), subpel_conv3x3(N, N, 2), nn.LeakyReLU(inplace=True),
-            conv3x3(N, N * 3 // 2), nn.LeakyReLU(inplace=True), subpel_conv3x3(N * 3 // 2, N * 3 // 2, 2),
-            nn.LeakyReLU(inplace=True), conv3x3(N * 3 // 2, N * 2),
+            conv3x3(N, N),
+            nn.LeakyReLU(inplace=True),
+            subpel_conv3x3(N, N, 2),
+            nn.LeakyReLU(inplace=True),
+            conv3x3(N, N * 3 // 2),
+            nn.LeakyReLU(inplace=True),
+            subpel_conv3x3(N * 3 // 2, N * 3 // 2, 2),
+            nn.LeakyReLU(inplace=True),
+            conv3x3(N * 3 // 2, N * 2),
         )
         self.g_s = nn.Sequential(
-            ResidualBlock(N, N), ResidualBlockUpsample(N, N, 2),
-            ResidualBlock(N, N), ResidualBlockUpsample(N, N, 2),
-            ResidualBlock(N, N), ResidualBlockUpsample(N, N, 2),
-            ResidualBlock(N, N), subpel_conv3x3(N, 3, 2),
+            ResidualBlock(N, N),
+            ResidualBlockUpsample(N, N, 2),
+            ResidualBlock(N, N),
+            ResidualBlockUpsample(N, N, 2),
+            ResidualBlock(N, N),
+            ResidualBlockUpsample(N, N, 2),
+            ResidualBlock(N, N),
+            subpel_conv3x3(N, 3, 2),
         )
 
 
@@ -50,14 +69,25 @@ class Cheng2020Attention(Cheng2020Anchor):
     def __init__(self, N: int = 192):
         super().__init__(N=N)
         self.g_a = nn.Sequential(
-            ResidualBlockWithStride(3, N, stride=2), ResidualBlock(N, N),
-            ResidualBlockWithStride(N, N, stride=2), AttentionBlock(N), ResidualBlock(N, N),
-            ResidualBlockWithStride(N, N, stride=2), ResidualBlock(N, N),
-            conv3x3(N, N, stride=2), AttentionBlock(N),
+            ResidualBlockWithStride(3, N, stride=2),
+            ResidualBlock(N, N),
+            ResidualBlockWithStride(N, N, stride=2),
+            AttentionBlock(N),
+            ResidualBlock(N, N),
+            ResidualBlockWithStride(N, N, stride=2),
+            ResidualBlock(N, N),
+            conv3x3(N, N, stride=2),
+            AttentionBlock(N),
         )
         self.g_s = nn.Sequential(
-            AttentionBlock(N), ResidualBlock(N, N), ResidualBlockUpsample(N, N, 2),
-            ResidualBlock(N, N), ResidualBlockUpsample(N, N, 2), AttentionBlock(N),
-            ResidualBlock(N, N), ResidualBlockUpsample(N, N, 2),
-            ResidualBlock(N, N), subpel_conv3x3(N, 3, 2),
+            AttentionBlock(N),
+            ResidualBlock(N, N),
+            ResidualBlockUpsample(N, N, 2),
+            ResidualBlock(N, N),
+            ResidualBlockUpsample(N, N, 2),
+            AttentionBlock(N),
+            ResidualBlock(N, N),
+            ResidualBlockUpsample(N, N, 2),
+            ResidualBlock(N, N),
+            subpel_conv3x3(N, 3, 2),
         )

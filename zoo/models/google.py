@@ -22,16 +22,26 @@ from zoo.models.base import CompressionModel, ForwardOutput, LatentStreams
 def analysis(n: int, m: int, act: type[nn.Module] | None = None) -> nn.Sequential:
     a = (lambda: act()) if act else None
     return nn.Sequential(
-        conv(3, n), a() if a else GDN(n), conv(n, n), a() if a else GDN(n),
-        conv(n, n), a() if a else GDN(n), conv(n, m),
+        conv(3, n),
+        a() if a else GDN(n),
+        conv(n, n),
+        a() if a else GDN(n),
+        conv(n, n),
+        a() if a else GDN(n),
+        conv(n, m),
     )
 
 
 def synthesis(n: int, m: int, act: type[nn.Module] | None = None) -> nn.Sequential:
     a = (lambda: act()) if act else None
     return nn.Sequential(
-        deconv(m, n), a() if a else GDN(n, inverse=True), deconv(n, n), a() if a else GDN(n, inverse=True),
-        deconv(n, n), a() if a else GDN(n, inverse=True), deconv(n, 3),
+        deconv(m, n),
+        a() if a else GDN(n, inverse=True),
+        deconv(n, n),
+        a() if a else GDN(n, inverse=True),
+        deconv(n, n),
+        a() if a else GDN(n, inverse=True),
+        deconv(n, 3),
     )
 
 
@@ -59,9 +69,12 @@ class FactorizedPrior(CompressionModel):
         hw = (int(y.shape[-2]), int(y.shape[-1]))
         return [LatentStreams((("y", s),), hw, crc) for s in strings]
 
-    def _decompress(self, streams: Sequence[LatentStreams], latent_hw: tuple[int, int]) -> Tensor:
+    def _decompress(
+        self, streams: Sequence[LatentStreams], latent_hw: tuple[int, int]
+    ) -> tuple[Tensor, list[int]]:
         y_hat = self.entropy_bottleneck.decompress([s.stream("y") for s in streams], latent_hw)
-        return self.g_s(y_hat).clamp_(0, 1)
+        crc = self.entropy_bottleneck.index_crc(latent_hw)
+        return self.g_s(y_hat).clamp_(0, 1), [crc] * len(streams)
 
 
 class FactorizedPriorReLU(FactorizedPrior):
@@ -86,7 +99,11 @@ class ScaleHyperprior(CompressionModel):
             conv(M, N, 3, 1), nn.ReLU(inplace=True), conv(N, N), nn.ReLU(inplace=True), conv(N, N)
         )
         self.h_s = nn.Sequential(
-            deconv(N, N), nn.ReLU(inplace=True), deconv(N, N), nn.ReLU(inplace=True), conv(N, M, 3, 1),
+            deconv(N, N),
+            nn.ReLU(inplace=True),
+            deconv(N, N),
+            nn.ReLU(inplace=True),
+            conv(N, M, 3, 1),
             nn.ReLU(inplace=True),
         )
         self.entropy_bottleneck = EntropyBottleneck(N)
@@ -122,31 +139,18 @@ class ScaleHyperprior(CompressionModel):
             for i in range(x.shape[0])
         ]
 
-    def _decompress(self, streams: Sequence[LatentStreams], latent_hw: tuple[int, int]) -> Tensor:
+    def _decompress(
+        self, streams: Sequence[LatentStreams], latent_hw: tuple[int, int]
+    ) -> tuple[Tensor, list[int]]:
         z_hat = self.entropy_bottleneck.decompress([s.stream("z") for s in streams], latent_hw)
         scales = self.h_s(z_hat)
         indexes = self.gaussian_conditional.build_indexes(scales)
-        self._check_indexes(streams, indexes)
         y_hat = self.gaussian_conditional.decompress([s.stream("y") for s in streams], indexes)
-        return self.g_s(y_hat.to(z_hat.dtype)).clamp_(0, 1)
+        return self.g_s(y_hat.to(z_hat.dtype)).clamp_(0, 1), self._checksums(indexes, latent_hw)
 
-    def _check_indexes(self, streams: Sequence[LatentStreams], indexes: Tensor) -> None:
-        z_crc = crc_indexes(self.entropy_bottleneck.build_indexes((1, self.entropy_bottleneck.channels,
-                                                                    *streams[0].latent_hw))[0])
-        for i, s in enumerate(streams):
-            check_index_crc(s, crc_indexes(indexes[i], z_crc))
-
-
-def check_index_crc(streams: LatentStreams, computed: int) -> None:
-    """Refuse to decode y with table indexes other than the encoder's (would decode into garbage)."""
-    from zoo.errors import BitstreamError
-
-    if streams.index_checksum != computed:
-        raise BitstreamError(
-            "entropy-model table indexes differ from the encoder's (index checksum "
-            f"{computed:08x} != {streams.index_checksum:08x}): the stream was made with other weights "
-            "or a backend/device that computes different scales"
-        )
+    def _checksums(self, indexes: Tensor, latent_hw: tuple[int, int]) -> list[int]:
+        z_crc = self.entropy_bottleneck.index_crc(latent_hw)
+        return [crc_indexes(indexes[i], z_crc) for i in range(indexes.shape[0])]
 
 
 class MeanScaleHyperprior(ScaleHyperprior):
@@ -158,7 +162,10 @@ class MeanScaleHyperprior(ScaleHyperprior):
             conv(M, N, 3, 1), nn.LeakyReLU(inplace=True), conv(N, N), nn.LeakyReLU(inplace=True), conv(N, N)
         )
         self.h_s = nn.Sequential(
-            deconv(N, M), nn.LeakyReLU(inplace=True), deconv(M, M * 3 // 2), nn.LeakyReLU(inplace=True),
+            deconv(N, M),
+            nn.LeakyReLU(inplace=True),
+            deconv(M, M * 3 // 2),
+            nn.LeakyReLU(inplace=True),
             conv(M * 3 // 2, M * 2, 3, 1),
         )
 
@@ -185,13 +192,14 @@ class MeanScaleHyperprior(ScaleHyperprior):
             for i in range(x.shape[0])
         ]
 
-    def _decompress(self, streams: Sequence[LatentStreams], latent_hw: tuple[int, int]) -> Tensor:
+    def _decompress(
+        self, streams: Sequence[LatentStreams], latent_hw: tuple[int, int]
+    ) -> tuple[Tensor, list[int]]:
         z_hat = self.entropy_bottleneck.decompress([s.stream("z") for s in streams], latent_hw)
         scales, means = self.h_s(z_hat).chunk(2, 1)
         indexes = self.gaussian_conditional.build_indexes(scales)
-        self._check_indexes(streams, indexes)
         y_hat = self.gaussian_conditional.decompress([s.stream("y") for s in streams], indexes, means=means)
-        return self.g_s(y_hat).clamp_(0, 1)
+        return self.g_s(y_hat).clamp_(0, 1), self._checksums(indexes, latent_hw)
 
 
 class JointAutoregressiveHierarchicalPriors(MeanScaleHyperprior):
@@ -212,12 +220,17 @@ class JointAutoregressiveHierarchicalPriors(MeanScaleHyperprior):
             conv(M, N, 3, 1), nn.LeakyReLU(inplace=True), conv(N, N), nn.LeakyReLU(inplace=True), conv(N, N)
         )
         self.h_s = nn.Sequential(
-            deconv(N, M), nn.LeakyReLU(inplace=True), deconv(M, M * 3 // 2), nn.LeakyReLU(inplace=True),
+            deconv(N, M),
+            nn.LeakyReLU(inplace=True),
+            deconv(M, M * 3 // 2),
+            nn.LeakyReLU(inplace=True),
             conv(M * 3 // 2, M * 2, 3, 1),
         )
         self.entropy_parameters = nn.Sequential(
-            nn.Conv2d(M * 12 // 3, M * 10 // 3, 1), nn.LeakyReLU(inplace=True),
-            nn.Conv2d(M * 10 // 3, M * 8 // 3, 1), nn.LeakyReLU(inplace=True),
+            nn.Conv2d(M * 12 // 3, M * 10 // 3, 1),
+            nn.LeakyReLU(inplace=True),
+            nn.Conv2d(M * 10 // 3, M * 8 // 3, 1),
+            nn.LeakyReLU(inplace=True),
             nn.Conv2d(M * 8 // 3, M * 6 // 3, 1),
         )
         self.context_prediction = MaskedConv2d(M, 2 * M, kernel_size=5, padding=2, stride=1)
@@ -274,7 +287,9 @@ class JointAutoregressiveHierarchicalPriors(MeanScaleHyperprior):
             out.append(LatentStreams((("z", z_strings[i]), ("y", encoder.flush())), hw, crc))
         return out
 
-    def _decompress(self, streams: Sequence[LatentStreams], latent_hw: tuple[int, int]) -> Tensor:
+    def _decompress(
+        self, streams: Sequence[LatentStreams], latent_hw: tuple[int, int]
+    ) -> tuple[Tensor, list[int]]:
         from zoo.coder import Decoder
 
         z_hat = self.entropy_bottleneck.decompress([s.stream("z") for s in streams], latent_hw)
@@ -282,9 +297,8 @@ class JointAutoregressiveHierarchicalPriors(MeanScaleHyperprior):
         k, p = self.context_size, self.context_size // 2
         height, width = latent_hw[0] * self.latent_stride, latent_hw[1] * self.latent_stride
         tables = self.gaussian_conditional.tables()
-        z_crc = crc_indexes(self.entropy_bottleneck.build_indexes((1, self.entropy_bottleneck.channels,
-                                                                    *latent_hw))[0])
-        y_hats = []
+        z_crc = self.entropy_bottleneck.index_crc(latent_hw)
+        y_hats, checksums = [], []
         for i, s in enumerate(streams):
             y_hat = torch.zeros((1, self.M, height + 2 * p, width + 2 * p), dtype=z_hat.dtype)
             decoder, crc = Decoder(s.stream("y")), z_crc
@@ -296,6 +310,6 @@ class JointAutoregressiveHierarchicalPriors(MeanScaleHyperprior):
                     crc = crc_indexes(idx, crc)
                     symbols = torch.from_numpy(decoder.decode(idx, tables)).reshape(1, -1)
                     y_hat[:, :, h + p, w + p] = symbols.to(means.dtype) + means
-            check_index_crc(s, crc)
+            checksums.append(crc)
             y_hats.append(y_hat[:, :, p : p + height, p : p + width])
-        return self.g_s(torch.cat(y_hats)).clamp_(0, 1)
+        return self.g_s(torch.cat(y_hats)).clamp_(0, 1), checksums

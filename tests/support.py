@@ -1,0 +1,65 @@
+"""Paths and small builders shared by the tests (no pytest fixtures here: see conftest.py)."""
+
+from __future__ import annotations
+
+import json
+from functools import cache
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+FIXTURES = SHARED / "fixtures" / "compressai"
+KODAK = SHARED / "datasets" / "kodak"
+PHOTOS = SHARED / "datasets" / "photos"
+
+FIXTURE_ARCHS = (
+    "bmshj2018-factorized",
+    "bmshj2018-hyperprior",
+    "mbt2018-mean",
+    "mbt2018",
+    "cheng2020-anchor",
+    "cheng2020-attn",
+)
+
+
+def fixture_state_dict(arch: str) -> dict[str, torch.Tensor]:
+    return torch.load(FIXTURES / arch / "compressai_state_dict.pth", weights_only=True, map_location="cpu")
+
+
+def fixture_expected(arch: str) -> tuple[dict[str, torch.Tensor], dict]:
+    from safetensors.torch import load_file
+
+    return load_file(str(FIXTURES / arch / "expected.safetensors")), json.loads(
+        (FIXTURES / arch / "expected.json").read_text()
+    )
+
+
+@cache
+def fixture_model(arch: str):
+    """CompressAI's small trained fixture model loaded into our architecture (eval mode)."""
+    from zoo.registry import model_from_state_dict
+
+    return model_from_state_dict(arch, fixture_state_dict(arch)).eval()
+
+
+def fixture_codec(arch: str, **kwargs):
+    from zoo.codec import Codec
+    from zoo.compressed import EntryId
+
+    return Codec(fixture_model(arch), EntryId(arch, 1, "mse", "fixture"), b"\x00" * 16, **kwargs)
+
+
+def kodak_image(name: str = "kodim23.png") -> torch.Tensor:
+    """A Kodak image as a float (3, H, W) tensor in [0, 1], read without the package's own image I/O."""
+    import numpy as np
+    from PIL import Image
+
+    arr = np.asarray(Image.open(KODAK / name).convert("RGB"), dtype=np.float32) / 255.0
+    return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    mse = torch.mean((a.double() - b.double()) ** 2).item()
+    return float("inf") if mse == 0 else 10 * torch.log10(torch.tensor(1.0 / mse)).item()
