@@ -45,14 +45,15 @@ def test_round_trip_kodak_matches_direct_model_decode(arch):
     x = kodak_image("kodim23.png")
     c = codec.compress(x)
     x_hat = codec.decompress(c)
-    # The reconstruction is what the model's own decoder gives: quality is the model's, not the codec's.
-    with torch.no_grad():
-        ref = fixture_model(arch)(x[None]).x_hat.clamp(0, 1)
-    assert psnr(x_hat, ref) > 30
+    # Kodak sizes need no padding: the codec adds nothing to what the model's own decoder gives.
+    model = fixture_model(arch)
+    assert torch.equal(x_hat, model.decompress(model.compress(x[None])))
     assert psnr(x_hat, x[None]) > 15  # small 300-step fixture models
 
 
-@pytest.mark.parametrize("arch", ["bmshj2018-factorized", "bmshj2018-hyperprior", "mbt2018-mean", "mbt2018"])
+# Autoregressive models are left out: their forward pass (like CompressAI's) estimates rates with a
+# parallel approximation of the context (round(y) instead of round(y - mean) + mean), ~9% off by design.
+@pytest.mark.parametrize("arch", ["bmshj2018-factorized", "bmshj2018-hyperprior", "mbt2018-mean"])
 def test_estimated_bits_agree_with_actual_bits(arch):
     codec = fixture_codec(arch)
     x = kodak_image("kodim23.png")

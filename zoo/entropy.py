@@ -298,13 +298,13 @@ class GaussianConditional(EntropyModel):
     def update(self) -> None:
         # Tables cover +-multiplier standard deviations: the normal quantile at tail_mass / 2.
         multiplier = -float(torch.special.ndtri(torch.tensor(self.tail_mass / 2, dtype=torch.float64)))
-        table = self.scale_table.double()
+        table = self.scale_table.float()  # float32 like CompressAI: same scale table, same tables
         pmf_center = torch.ceil(table * multiplier).int()
         pmf_length = 2 * pmf_center + 1
         max_length = int(pmf_length.max().item())
         samples = torch.abs(
             torch.arange(max_length, device=table.device).int() - pmf_center[:, None]
-        ).double()
+        ).float()
         scales = table.unsqueeze(1)
         upper = self._standardized_cumulative((0.5 - samples) / scales)
         lower = self._standardized_cumulative((-0.5 - samples) / scales)
