@@ -302,9 +302,7 @@ class GaussianConditional(EntropyModel):
         pmf_center = torch.ceil(table * multiplier).int()
         pmf_length = 2 * pmf_center + 1
         max_length = int(pmf_length.max().item())
-        samples = torch.abs(
-            torch.arange(max_length, device=table.device).int() - pmf_center[:, None]
-        ).float()
+        samples = torch.abs(torch.arange(max_length, device=table.device).int() - pmf_center[:, None]).float()
         scales = table.unsqueeze(1)
         upper = self._standardized_cumulative((0.5 - samples) / scales)
         lower = self._standardized_cumulative((-0.5 - samples) / scales)
