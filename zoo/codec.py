@@ -75,9 +75,7 @@ class Codec:
         if not model.has_tables:
             from zoo.errors import TablesMissingError
 
-            raise TablesMissingError(
-                f"{entry}: the model has no integer CDF tables; call model.update() first"
-            )
+            raise TablesMissingError(f"{entry}: the model has no integer CDF tables; call model.update() first")
         if tile_size and tile_size % model.downsample:
             raise ValueError(f"tile_size must be a multiple of {model.downsample}")
         self.model = model.eval()
@@ -104,9 +102,7 @@ class Codec:
         if x.dim() == 4 and x.shape[0] == 1:
             x = x[0]
         if x.dim() != 3 or x.shape[0] != 3:
-            raise InputError(
-                f"expected an image tensor of shape (3, H, W) or (1, 3, H, W), got {tuple(x.shape)}"
-            )
+            raise InputError(f"expected an image tensor of shape (3, H, W) or (1, 3, H, W), got {tuple(x.shape)}")
         h, w = int(x.shape[1]), int(x.shape[2])
         if h < 1 or w < 1:
             raise InputError(f"empty image {h}x{w}")
@@ -194,9 +190,7 @@ class Codec:
         names = set(self.model.latent_names)
         for rect, tile in zip(grid, c.tiles, strict=True):
             if tuple(tile.rect) != rect.as_tuple():
-                raise BitstreamError(
-                    f"tile {tile.rect} does not match the layout (expected {rect.as_tuple()})"
-                )
+                raise BitstreamError(f"tile {tile.rect} does not match the layout (expected {rect.as_tuple()})")
             expected_hw = self._latent_hw(rect.height, rect.width)
             if tuple(tile.latent_hw) != expected_hw:
                 raise BitstreamError(f"tile latent size {tile.latent_hw} does not match {expected_hw}")

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from zoo import _rans
+from zoo import _rans  # type: ignore[attr-defined]
 from zoo.errors import BitstreamError, TablesMissingError
 
 PRECISION: int = _rans.PRECISION
@@ -45,9 +45,7 @@ class CdfTables:
         for t, n in enumerate(lengths.tolist()):
             row = cdf[t, :n].astype(np.int64)
             if row[0] != 0 or row[-1] != 1 << PRECISION or np.any(np.diff(row) < 1):
-                raise ValueError(
-                    f"CDF table {t} is not a strictly increasing table from 0 to {1 << PRECISION}"
-                )
+                raise ValueError(f"CDF table {t} is not a strictly increasing table from 0 to {1 << PRECISION}")
             # lut[j]: the symbol whose interval holds slot j << shift (capped at the escape symbol)
             lut[t] = np.minimum(np.searchsorted(row[1:], slots, side="right"), n - 2)
         self.cdf, self.lengths, self.offsets, self.lut = cdf, lengths, offs, lut

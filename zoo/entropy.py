@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import zlib
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -48,7 +49,7 @@ class EntropyModel(nn.Module):
             self.likelihood_lower_bound = LowerBound(likelihood_bound)
         for name in TABLE_BUFFERS:
             self.register_buffer(name, torch.zeros(0, dtype=torch.int32))
-        self._tables = None  # zoo.coder.CdfTables, built lazily from the buffers
+        self._tables: Any = None  # zoo.coder.CdfTables, built lazily from the buffers
 
     # -- quantisation ---------------------------------------------------------------------------
     @staticmethod
@@ -64,9 +65,7 @@ class EntropyModel(nn.Module):
         raise ValueError(f"unknown quantisation mode {mode!r}")
 
     @staticmethod
-    def dequantize(
-        symbols: Tensor, means: Tensor | None = None, dtype: torch.dtype = torch.float32
-    ) -> Tensor:
+    def dequantize(symbols: Tensor, means: Tensor | None = None, dtype: torch.dtype = torch.float32) -> Tensor:
         if means is not None:
             return symbols.type_as(means) + means
         return symbols.type(dtype)
@@ -143,9 +142,7 @@ class EntropyBottleneck(EntropyModel):
     quantiles: nn.Parameter
     target: Tensor
 
-    def __init__(
-        self, channels: int, *args, init_scale: float = 10.0, filters: Sequence[int] = (3, 3, 3, 3), **kwargs
-    ):
+    def __init__(self, channels: int, *args, init_scale: float = 10.0, filters: Sequence[int] = (3, 3, 3, 3), **kwargs):
         super().__init__(*args, **kwargs)
         self.channels = int(channels)
         self.filters = tuple(int(f) for f in filters)

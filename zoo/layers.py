@@ -62,9 +62,7 @@ class GDN(nn.Module):
     `inverse=True` multiplies instead (IGDN, used in synthesis transforms).
     """
 
-    def __init__(
-        self, in_channels: int, inverse: bool = False, beta_min: float = 1e-6, gamma_init: float = 0.1
-    ):
+    def __init__(self, in_channels: int, inverse: bool = False, beta_min: float = 1e-6, gamma_init: float = 0.1):
         super().__init__()
         self.inverse = bool(inverse)
         self.beta_reparam = NonNegativeParametrizer(minimum=beta_min)

@@ -72,9 +72,7 @@ class ArchSpec:
         return LAMBDAS[metric][self.check_quality(quality) - 1]
 
 
-def _table(
-    split: int, low: dict[str, int], high: dict[str, int], qualities: int = 8
-) -> dict[int, dict[str, int]]:
+def _table(split: int, low: dict[str, int], high: dict[str, int], qualities: int = 8) -> dict[int, dict[str, int]]:
     return {q: dict(low if q <= split else high) for q in range(1, qualities + 1)}
 
 
@@ -134,9 +132,7 @@ def get_arch(name: str) -> ArchSpec:
     try:
         return ARCHITECTURES[name]
     except KeyError:
-        raise EntryNotFound(
-            f"unknown architecture {name!r}; architectures are {', '.join(ARCHITECTURES)}"
-        ) from None
+        raise EntryNotFound(f"unknown architecture {name!r}; architectures are {', '.join(ARCHITECTURES)}") from None
 
 
 def create_model(arch: str, quality: int | None = None, **widths: int) -> CompressionModel:

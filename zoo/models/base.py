@@ -67,9 +67,7 @@ class CompressionModel(nn.Module):
 
     @property
     def has_tables(self) -> bool:
-        return all(
-            m.has_tables for m in self.modules() if isinstance(m, EntropyBottleneck | GaussianConditional)
-        )
+        return all(m.has_tables for m in self.modules() if isinstance(m, EntropyBottleneck | GaussianConditional))
 
     def check_input(self, x: Tensor) -> None:
         if x.dim() != 4 or x.shape[1] != 3:
@@ -108,9 +106,7 @@ class CompressionModel(nn.Module):
     def _compress(self, x: Tensor) -> list[LatentStreams]:
         raise NotImplementedError
 
-    def _decompress(
-        self, streams: Sequence[LatentStreams], latent_hw: tuple[int, int]
-    ) -> tuple[Tensor, list[int]]:
+    def _decompress(self, streams: Sequence[LatentStreams], latent_hw: tuple[int, int]) -> tuple[Tensor, list[int]]:
         raise NotImplementedError
 
 

@@ -69,9 +69,7 @@ class FactorizedPrior(CompressionModel):
         hw = (int(y.shape[-2]), int(y.shape[-1]))
         return [LatentStreams((("y", s),), hw, crc) for s in strings]
 
-    def _decompress(
-        self, streams: Sequence[LatentStreams], latent_hw: tuple[int, int]
-    ) -> tuple[Tensor, list[int]]:
+    def _decompress(self, streams: Sequence[LatentStreams], latent_hw: tuple[int, int]) -> tuple[Tensor, list[int]]:
         y_hat = self.entropy_bottleneck.decompress([s.stream("y") for s in streams], latent_hw)
         crc = self.entropy_bottleneck.index_crc(latent_hw)
         return self.g_s(y_hat).clamp_(0, 1), [crc] * len(streams)
@@ -95,9 +93,7 @@ class ScaleHyperprior(CompressionModel):
         self.N, self.M = int(N), int(M)
         self.g_a = analysis(N, M)
         self.g_s = synthesis(N, M)
-        self.h_a = nn.Sequential(
-            conv(M, N, 3, 1), nn.ReLU(inplace=True), conv(N, N), nn.ReLU(inplace=True), conv(N, N)
-        )
+        self.h_a = nn.Sequential(conv(M, N, 3, 1), nn.ReLU(inplace=True), conv(N, N), nn.ReLU(inplace=True), conv(N, N))
         self.h_s = nn.Sequential(
             deconv(N, N),
             nn.ReLU(inplace=True),
@@ -139,9 +135,7 @@ class ScaleHyperprior(CompressionModel):
             for i in range(x.shape[0])
         ]
 
-    def _decompress(
-        self, streams: Sequence[LatentStreams], latent_hw: tuple[int, int]
-    ) -> tuple[Tensor, list[int]]:
+    def _decompress(self, streams: Sequence[LatentStreams], latent_hw: tuple[int, int]) -> tuple[Tensor, list[int]]:
         z_hat = self.entropy_bottleneck.decompress([s.stream("z") for s in streams], latent_hw)
         scales = self.h_s(z_hat)
         indexes = self.gaussian_conditional.build_indexes(scales)
@@ -192,9 +186,7 @@ class MeanScaleHyperprior(ScaleHyperprior):
             for i in range(x.shape[0])
         ]
 
-    def _decompress(
-        self, streams: Sequence[LatentStreams], latent_hw: tuple[int, int]
-    ) -> tuple[Tensor, list[int]]:
+    def _decompress(self, streams: Sequence[LatentStreams], latent_hw: tuple[int, int]) -> tuple[Tensor, list[int]]:
         z_hat = self.entropy_bottleneck.decompress([s.stream("z") for s in streams], latent_hw)
         scales, means = self.h_s(z_hat).chunk(2, 1)
         indexes = self.gaussian_conditional.build_indexes(scales)
@@ -287,9 +279,7 @@ class JointAutoregressiveHierarchicalPriors(MeanScaleHyperprior):
             out.append(LatentStreams((("z", z_strings[i]), ("y", encoder.flush())), hw, crc))
         return out
 
-    def _decompress(
-        self, streams: Sequence[LatentStreams], latent_hw: tuple[int, int]
-    ) -> tuple[Tensor, list[int]]:
+    def _decompress(self, streams: Sequence[LatentStreams], latent_hw: tuple[int, int]) -> tuple[Tensor, list[int]]:
         from zoo.coder import Decoder
 
         z_hat = self.entropy_bottleneck.decompress([s.stream("z") for s in streams], latent_hw)

@@ -1,0 +1,32 @@
+"""Session fixtures: entry folders made from CompressAI's fixture models, and a real olah Hub mirror."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.support import fixture_model
+
+
+@pytest.fixture(scope="session")
+def fixture_entry(tmp_path_factory) -> Path:
+    """CompressAI's small bmshj2018-hyperprior fixture saved as a zoo entry folder."""
+    from zoo.entry import save_entry
+
+    out = tmp_path_factory.mktemp("entries") / "hyperprior"
+    save_entry(
+        fixture_model("bmshj2018-hyperprior"),
+        out,
+        arch="bmshj2018-hyperprior",
+        quality=1,
+        version="0.1",
+        training={"dataset": "fixture"},
+    )
+    return out
+
+
+def write_manifest(path: Path, entries: list[dict]) -> Path:
+    path.write_text(json.dumps({"format": 1, "org": "zoo-test", "entries": entries}))
+    return path

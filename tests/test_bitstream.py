@@ -1,0 +1,159 @@
+"""The file format: exact round trips, golden files that old versions must keep decoding, and refusals."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import struct
+import time
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tests.support import fixture_model, fixture_state_dict
+from zoo import bitstream
+from zoo.codec import Codec
+from zoo.compressed import EntryId
+from zoo.entry import weights_fingerprint
+from zoo.errors import BitstreamError
+from zoo.imageio import to_uint8
+
+GOLDEN = Path(__file__).parent / "golden"
+# (file, architecture, height, width, tile size): small crops of kodim23 coded with CompressAI's fixtures
+GOLDEN_CASES = [
+    ("hyperprior-70x90.zoo", "bmshj2018-hyperprior", 70, 90, 0),
+    ("factorized-tiled-100x150.zoo", "bmshj2018-factorized", 100, 150, 64),
+    ("mbt2018-mean-33x47.zoo", "mbt2018-mean", 33, 47, 0),
+]
+
+
+def golden_codec(arch: str, tile_size: int = 0) -> Codec:
+    entry = EntryId(arch, 1, "mse", "fixture")
+    return Codec(fixture_model(arch), entry, weights_fingerprint(fixture_state_dict(arch)), tile_size=tile_size)
+
+
+def golden_input(h: int, w: int) -> torch.Tensor:
+    from tests.support import kodak_image
+
+    return kodak_image("kodim23.png")[:, 200 : 200 + h, 300 : 300 + w]
+
+
+def write_golden() -> None:  # run by hand when a format version is added: python -m tests.test_bitstream
+    sums = {}
+    for name, arch, h, w, tile in GOLDEN_CASES:
+        codec = golden_codec(arch, tile)
+        data = bitstream.dumps(codec.compress(golden_input(h, w)))
+        (GOLDEN / name).write_bytes(data)
+        sums[name] = hashlib.sha256(to_uint8(codec.decompress(bitstream.loads(data))).tobytes()).hexdigest()
+    (GOLDEN / "golden.json").write_text(json.dumps(sums, indent=2) + "\n")
+
+
+@pytest.mark.parametrize("case", GOLDEN_CASES, ids=[c[0] for c in GOLDEN_CASES])
+def test_golden_files_still_decode_to_the_same_pixels(case):
+    name, arch, h, w, tile = case
+    expected = json.loads((GOLDEN / "golden.json").read_text())[name]
+    c = bitstream.loads((GOLDEN / name).read_bytes())
+    assert (c.height, c.width) == (h, w)
+    pixels = to_uint8(golden_codec(arch, tile).decompress(c))
+    assert hashlib.sha256(pixels.tobytes()).hexdigest() == expected
+
+
+def test_round_trip_is_exact():
+    codec = golden_codec("bmshj2018-hyperprior", tile_size=64)
+    c = codec.compress(golden_input(100, 130))
+    c = dataclasses.replace(c, extra=(("software", "zoo-test"),))
+    data = bitstream.dumps(c)
+    assert bitstream.loads(data) == c
+    header = bitstream.peek_header(data)
+    assert header.total_bytes == len(data) and header.payload_bytes == c.payload_bytes
+    assert header.as_dict()["entry"]["arch"] == "bmshj2018-hyperprior"
+
+
+def _reseal(buf: bytearray) -> bytes:
+    """Fix both checksums after editing header fields, so the edit reaches the field checks."""
+    (body_len,) = struct.unpack_from("<I", buf, 6)
+    end = 10 + body_len
+    struct.pack_into("<I", buf, end, zlib.crc32(bytes(buf[:end])))
+    struct.pack_into("<I", buf, len(buf) - 4, zlib.crc32(bytes(buf[:-4])))
+    return bytes(buf)
+
+
+def _field_offset(data: bytes) -> int:
+    """Offset of the height field: magic(4) version/flags(2) body_len(4) then the entry strings."""
+    pos = 10
+    pos += 1 + data[pos]  # arch
+    pos += 2  # quality
+    pos += 1 + data[pos]  # metric
+    pos += 1 + data[pos]  # version
+    return pos + bitstream.FINGERPRINT_BYTES
+
+
+@pytest.fixture(scope="module")
+def stream() -> bytes:
+    return bitstream.dumps(golden_codec("bmshj2018-factorized").compress(golden_input(32, 32)))
+
+
+def test_bad_files_raise_one_clear_error(stream):
+    size_at = _field_offset(stream)
+    huge = bytearray(stream)
+    struct.pack_into("<II", huge, size_at, 100_000, 100_000)
+    future = bytearray(stream)
+    future[4] = 99
+    cases = {
+        "empty": (b"", "empty"),
+        "magic": (b"GIF89a" + stream[6:], "magic"),
+        "version": (_reseal(future), "version 99"),
+        "truncated": (stream[:-7], "truncated|checksum"),
+        "flipped": (stream[:-20] + bytes([stream[-20] ^ 4]) + stream[-19:], "checksum"),
+        "absurd": (_reseal(huge), "outside the limits"),
+        "padded": (stream + b"\0" * 10, "checksum|describes"),
+    }
+    for label, (data, message) in cases.items():
+        t0 = time.perf_counter()
+        with pytest.raises(BitstreamError, match=message):
+            bitstream.loads(data)
+        assert time.perf_counter() - t0 < 2, label
+
+
+def test_fuzzed_streams_never_crash(stream):
+    """5,000 mutated streams: each raises BitstreamError or decodes to an image of the declared size."""
+    codec = golden_codec("bmshj2018-factorized")
+    rng = np.random.default_rng(1234)
+    header_end = bitstream.peek_header(stream).header_bytes
+    outcomes = {"refused": 0, "decoded": 0}
+    for i in range(5000):
+        buf = bytearray(stream)
+        kind = i % 5
+        if kind == 0:  # truncation
+            buf = buf[: int(rng.integers(0, len(buf)))]
+        elif kind == 1:  # bit flips anywhere
+            for _ in range(int(rng.integers(1, 4))):
+                buf[int(rng.integers(0, len(buf)))] ^= 1 << int(rng.integers(0, 8))
+        elif kind == 2:  # random bytes
+            buf = bytearray(rng.integers(0, 256, int(rng.integers(0, 200)), dtype=np.uint8).tobytes())
+        elif kind == 3:  # edited header field, checksums fixed so the edit is seen
+            pos = int(rng.integers(10, header_end - 4))
+            buf[pos] = int(rng.integers(0, 256))
+            buf = bytearray(_reseal(buf))
+        else:  # edited payload, checksums fixed: reaches the entropy decoder
+            pos = int(rng.integers(header_end, len(buf) - 4))
+            buf[pos] ^= 1 << int(rng.integers(0, 8))
+            buf = bytearray(_reseal(buf))
+        try:
+            c = bitstream.loads(bytes(buf))
+            x = codec.decompress(c)
+        except BitstreamError:
+            outcomes["refused"] += 1
+            continue
+        assert x.shape == (1, 3, c.height, c.width)
+        outcomes["decoded"] += 1
+    assert sum(outcomes.values()) == 5000
+    assert outcomes["refused"] > 0
+
+
+if __name__ == "__main__":
+    write_golden()

@@ -1,0 +1,274 @@
+"""The zoo file format (spec: docs/bitstream.md): a `Compressed` as bytes, and back, validated.
+
+Every length and size is checked against fixed limits before anything is allocated from it; any
+inconsistency raises `BitstreamError` naming the problem.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from zoo.compressed import Compressed, EntryId, TileStreams
+from zoo.errors import BitstreamError
+
+MAGIC = b"\x89ZOO"
+FORMAT_VERSION = 1
+READABLE_VERSIONS = (1,)
+
+MAX_DIM = 65_535  # per side
+MAX_PIXELS = 1 << 28  # 268 megapixels
+MAX_TILES = 65_535
+MAX_STREAMS = 8
+MAX_STRING = 64
+MAX_EXTRA = 32
+MAX_FILE_BYTES = 1 << 30
+FINGERPRINT_BYTES = 16
+
+
+@dataclass(frozen=True)
+class Header:
+    """What `zoo info` shows: everything but the payload."""
+
+    format_version: int
+    entry: EntryId
+    fingerprint: bytes
+    height: int
+    width: int
+    channels: int
+    bit_depth: int
+    tile_size: int
+    index_checksum: int
+    tiles: tuple[tuple[tuple[int, int, int, int], tuple[int, int], tuple[tuple[str, int], ...]], ...]
+    extra: tuple[tuple[str, str], ...]
+    header_bytes: int
+    total_bytes: int
+
+    @property
+    def payload_bytes(self) -> int:
+        return sum(n for _, _, streams in self.tiles for _, n in streams)
+
+    def as_dict(self) -> dict:
+        return {
+            "format_version": self.format_version,
+            "entry": {
+                "arch": self.entry.arch,
+                "quality": self.entry.quality,
+                "metric": self.entry.metric,
+                "version": self.entry.version,
+            },
+            "fingerprint": self.fingerprint.hex(),
+            "height": self.height,
+            "width": self.width,
+            "channels": self.channels,
+            "bit_depth": self.bit_depth,
+            "tile_size": self.tile_size,
+            "tiles": len(self.tiles),
+            "index_checksum": f"{self.index_checksum:08x}",
+            "header_bytes": self.header_bytes,
+            "payload_bytes": self.payload_bytes,
+            "total_bytes": self.total_bytes,
+            "bpp": 8 * self.total_bytes / (self.height * self.width),
+            "streams": {
+                name: sum(n for _, _, s in self.tiles for k, n in s if k == name)
+                for name, _ in (self.tiles[0][2] if self.tiles else ())
+            },
+            "extra": dict(self.extra),
+        }
+
+
+# -- writing -------------------------------------------------------------------------------------
+
+
+def _str(value: str) -> bytes:
+    raw = value.encode("utf-8")
+    if len(raw) > MAX_STRING:
+        raise BitstreamError(f"string field {value[:20]!r}... is longer than {MAX_STRING} bytes")
+    return struct.pack("<B", len(raw)) + raw
+
+
+def dumps(c: Compressed) -> bytes:
+    """Serialise; raises BitstreamError if `c` does not fit the format's limits."""
+    if not (1 <= c.height <= MAX_DIM and 1 <= c.width <= MAX_DIM):
+        raise BitstreamError(f"image size {c.height}x{c.width} is outside 1..{MAX_DIM}")
+    if len(c.fingerprint) != FINGERPRINT_BYTES:
+        raise BitstreamError(f"fingerprint must be {FINGERPRINT_BYTES} bytes")
+    if not 1 <= len(c.tiles) <= MAX_TILES:
+        raise BitstreamError(f"{len(c.tiles)} tiles is outside 1..{MAX_TILES}")
+    names = tuple(name for name, _ in c.tiles[0].streams)
+    if not 1 <= len(names) <= MAX_STREAMS or any(tuple(n for n, _ in t.streams) != names for t in c.tiles):
+        raise BitstreamError("every tile must carry the same named streams (1..8)")
+    if len(c.extra) > MAX_EXTRA:
+        raise BitstreamError(f"more than {MAX_EXTRA} extra fields")
+    head = bytearray(MAGIC)
+    head += struct.pack("<BB", FORMAT_VERSION, 0)
+    body = bytearray()
+    body += _str(c.entry.arch) + struct.pack("<H", c.entry.quality) + _str(c.entry.metric) + _str(c.entry.version)
+    body += c.fingerprint
+    body += struct.pack("<IIBBII", c.height, c.width, c.channels, c.bit_depth, c.tile_size, c.index_checksum)
+    body += struct.pack("<HB", len(c.tiles), len(names)) + b"".join(_str(n) for n in names)
+    for t in c.tiles:
+        body += struct.pack("<IIIIHH", *t.rect, *t.latent_hw)
+        body += b"".join(struct.pack("<I", len(data)) for _, data in t.streams)
+    body += struct.pack("<B", len(c.extra)) + b"".join(_str(k) + _str(v) for k, v in c.extra)
+    head += struct.pack("<I", len(body)) + body
+    head += struct.pack("<I", zlib.crc32(head))
+    out = head + b"".join(data for t in c.tiles for _, data in t.streams)
+    return bytes(out + struct.pack("<I", zlib.crc32(out)))
+
+
+# -- reading -------------------------------------------------------------------------------------
+
+
+class _Reader:
+    def __init__(self, data: bytes, end: int):
+        self.data, self.pos, self.end = data, 0, end
+
+    def take(self, n: int, what: str) -> bytes:
+        if self.pos + n > self.end:
+            raise BitstreamError(f"file is truncated: ran out of header while reading {what}")
+        out = self.data[self.pos : self.pos + n]
+        self.pos += n
+        return out
+
+    def unpack(self, fmt: str, what: str) -> tuple:
+        return struct.unpack(fmt, self.take(struct.calcsize(fmt), what))
+
+    def string(self, what: str) -> str:
+        (n,) = self.unpack("<B", what)
+        if n > MAX_STRING:
+            raise BitstreamError(f"{what} is longer than {MAX_STRING} bytes")
+        try:
+            value = self.take(n, what).decode("utf-8")
+        except UnicodeDecodeError:
+            raise BitstreamError(f"{what} is not valid UTF-8") from None
+        if not value.isprintable():
+            raise BitstreamError(f"{what} has unprintable characters")
+        return value
+
+
+def _parse_header(data: bytes) -> Header:
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise BitstreamError(f"expected bytes, got {type(data).__name__}")
+    data = bytes(data)
+    if len(data) == 0:
+        raise BitstreamError("file is empty")
+    if len(data) < 4 or data[:4] != MAGIC:
+        raise BitstreamError("not a zoo file (wrong magic bytes)")
+    if len(data) > MAX_FILE_BYTES:
+        raise BitstreamError(f"file is larger than {MAX_FILE_BYTES} bytes")
+    r = _Reader(data, len(data))
+    r.pos = 4
+    version, _flags = r.unpack("<BB", "format version")
+    if version not in READABLE_VERSIONS:
+        raise BitstreamError(
+            f"unknown format version {version} (this zoo reads {', '.join(map(str, READABLE_VERSIONS))}); "
+            "a newer zoo may read it"
+        )
+    (body_len,) = r.unpack("<I", "header length")
+    if body_len > len(data) - r.pos - 8:
+        raise BitstreamError("file is truncated: header is longer than the file")
+    body_end = r.pos + body_len
+    (stored_crc,) = struct.unpack("<I", data[body_end : body_end + 4])
+    if zlib.crc32(data[:body_end]) != stored_crc:
+        raise BitstreamError("header checksum mismatch: the file is corrupt")
+    r.end = body_end
+    arch = r.string("architecture")
+    (quality,) = r.unpack("<H", "quality")
+    metric = r.string("metric")
+    entry_version = r.string("entry version")
+    fingerprint = r.take(FINGERPRINT_BYTES, "fingerprint")
+    height, width, channels, bit_depth, tile_size, index_checksum = r.unpack("<IIBBII", "image size")
+    if not (1 <= height <= MAX_DIM and 1 <= width <= MAX_DIM) or height * width > MAX_PIXELS:
+        raise BitstreamError(f"image size {height}x{width} is outside the limits ({MAX_DIM} per side)")
+    if channels != 3 or bit_depth != 8:
+        raise BitstreamError(f"unsupported image layout: {channels} channels at {bit_depth} bits")
+    if tile_size > MAX_DIM:
+        raise BitstreamError(f"tile size {tile_size} is out of range")
+    n_tiles, n_streams = r.unpack("<HB", "tile count")
+    if not 1 <= n_tiles <= MAX_TILES or not 1 <= n_streams <= MAX_STREAMS:
+        raise BitstreamError(f"{n_tiles} tiles with {n_streams} streams each is out of range")
+    names = tuple(r.string("stream name") for _ in range(n_streams))
+    if len(set(names)) != len(names):
+        raise BitstreamError("duplicate stream names")
+    tiles = []
+    for i in range(n_tiles):
+        top, left, h, w, lh, lw = r.unpack("<IIIIHH", f"tile {i}")
+        if not (h >= 1 and w >= 1 and top + h <= height and left + w <= width):
+            raise BitstreamError(f"tile {i} ({top},{left},{h},{w}) lies outside the {height}x{width} image")
+        lengths = r.unpack(f"<{n_streams}I", f"tile {i} stream lengths")
+        tiles.append(((top, left, h, w), (lh, lw), tuple(zip(names, lengths, strict=True))))
+    (n_extra,) = r.unpack("<B", "extra count")
+    if n_extra > MAX_EXTRA:
+        raise BitstreamError(f"{n_extra} extra fields is out of range")
+    extra = tuple((r.string("extra key"), r.string("extra value")) for _ in range(n_extra))
+    if r.pos != body_end:
+        raise BitstreamError("header has trailing bytes")
+    header_bytes = body_end + 4
+    payload = sum(n for _, _, s in tiles for _, n in s)
+    if header_bytes + payload + 4 != len(data):
+        raise BitstreamError(
+            f"file is {len(data)} bytes but its header describes {header_bytes + payload + 4} (truncated or padded)"
+        )
+    return Header(
+        version,
+        EntryId(arch, quality, metric, entry_version),
+        fingerprint,
+        height,
+        width,
+        channels,
+        bit_depth,
+        tile_size,
+        index_checksum,
+        tuple(tiles),
+        extra,
+        header_bytes,
+        len(data),
+    )
+
+
+def peek_header(data: bytes) -> Header:
+    """Parse and check the header only (the payload checksum is not verified)."""
+    return _parse_header(data)
+
+
+def loads(data: bytes) -> Compressed:
+    """Parse a whole file, verifying both checksums; raises BitstreamError on any problem."""
+    header = _parse_header(data)
+    (stored,) = struct.unpack("<I", data[-4:])
+    if zlib.crc32(data[:-4]) != stored:
+        raise BitstreamError("payload checksum mismatch: the file is corrupt")
+    pos = header.header_bytes
+    tiles = []
+    for rect, latent_hw, streams in header.tiles:
+        named = []
+        for name, n in streams:
+            named.append((name, bytes(data[pos : pos + n])))
+            pos += n
+        tiles.append(TileStreams(rect, latent_hw, tuple(named)))
+    return Compressed(
+        entry=header.entry,
+        fingerprint=header.fingerprint,
+        height=header.height,
+        width=header.width,
+        tiles=tuple(tiles),
+        index_checksum=header.index_checksum,
+        tile_size=header.tile_size,
+        channels=header.channels,
+        bit_depth=header.bit_depth,
+        extra=header.extra,
+    )
+
+
+def read_file(path: str | Path) -> bytes:
+    """Read a compressed file, refusing sizes the format cannot have before reading them."""
+    p = Path(path)
+    try:
+        size = p.stat().st_size
+        if size > MAX_FILE_BYTES:
+            raise BitstreamError(f"{p} is {size} bytes, larger than any zoo file can be")
+        return p.read_bytes()
+    except OSError as exc:
+        raise BitstreamError(f"cannot read {p}: {exc.strerror or exc}") from None

@@ -1,0 +1,118 @@
+"""`zoo encode`, `zoo decode`, `zoo info`: images to zoo files and back."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from zoo.errors import InputError
+
+
+def _resolve_codec(
+    model: str, quality: int | None, metric: str, version: str | None, device: str, backend: str = "torch"
+):
+    import zoo
+
+    if Path(model).is_dir():
+        return zoo.load_local(model, device=device, backend=backend)
+    return zoo.load(model, quality=quality, metric=metric, version=version, device=device, backend=backend)
+
+
+def cmd_encode(args: argparse.Namespace) -> int:
+    from zoo import bitstream
+    from zoo.imageio import read_image
+
+    codec = _resolve_codec(args.model, args.quality, args.metric, args.version, args.device, args.backend)
+    x, notices = read_image(args.image, max_pixels=codec.max_pixels)
+    for n in notices:
+        if not args.quiet:
+            print(f"zoo: note: {n}", file=sys.stderr)
+    t0 = time.perf_counter()
+    data = bitstream.dumps(codec.compress(x))
+    seconds = time.perf_counter() - t0
+    try:
+        Path(args.output).write_bytes(data)
+    except OSError as exc:
+        raise InputError(f"cannot write {args.output}: {exc.strerror or exc}") from None
+    if not args.quiet:
+        h, w = x.shape[-2:]
+        print(
+            f"{args.output}: {len(data)} bytes, {8 * len(data) / (h * w):.4f} bpp, {w}x{h}, "
+            f"{codec.entry}, {seconds:.2f} s"
+        )
+    return 0
+
+
+def cmd_decode(args: argparse.Namespace) -> int:
+    from zoo import bitstream
+    from zoo.imageio import write_png
+
+    data = bitstream.read_file(args.input)
+    compressed = bitstream.loads(data)
+    e = compressed.entry
+    if args.model:
+        codec = _resolve_codec(args.model, e.quality, e.metric, e.version, args.device, args.backend)
+    else:
+        codec = _resolve_codec(e.arch, e.quality, e.metric, e.version, args.device, args.backend)
+    t0 = time.perf_counter()
+    x_hat = codec.decompress(compressed)
+    seconds = time.perf_counter() - t0
+    try:
+        write_png(x_hat, args.output)
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cannot write {args.output}: {exc}") from None
+    if not args.quiet:
+        print(f"{args.output}: {compressed.width}x{compressed.height} from {e}, {seconds:.2f} s")
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from zoo import bitstream
+
+    header = bitstream.peek_header(bitstream.read_file(args.input))
+    info = header.as_dict()
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    e = info["entry"]
+    print(f"file:        {args.input} ({info['total_bytes']} bytes, {info['bpp']:.4f} bpp)")
+    print(f"format:      zoo bitstream v{info['format_version']}")
+    print(f"entry:       {e['arch']} quality {e['quality']} {e['metric']} v{e['version']}")
+    print(f"weights:     {info['fingerprint']}")
+    print(f"image:       {info['width']}x{info['height']}, {info['channels']} channels, {info['bit_depth']} bits")
+    print(f"tiles:       {info['tiles']}" + (f" of {info['tile_size']} px" if info["tile_size"] else ""))
+    print("streams:     " + ", ".join(f"{k} {v} B" for k, v in info["streams"].items()))
+    print(f"header:      {info['header_bytes']} bytes; index checksum {info['index_checksum']}")
+    return 0
+
+
+def _model_args(p: argparse.ArgumentParser, required: bool) -> None:
+    p.add_argument("--model", required=required, help="registry name (with --quality) or an entry folder")
+    p.add_argument("--quality", type=int, help="quality level (1-8; 1-6 for cheng2020)")
+    p.add_argument("--metric", default="mse", choices=["mse", "ms-ssim"])
+    p.add_argument("--version", help="entry version (default: the newest)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--backend", default="torch", choices=["torch", "onnx"])
+    p.add_argument("--quiet", action="store_true", help="print nothing on success")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("encode", help="compress an image into a zoo file")
+    p.add_argument("image")
+    p.add_argument("output")
+    _model_args(p, required=True)
+    p.set_defaults(func=cmd_encode)
+
+    p = subparsers.add_parser("decode", help="decompress a zoo file into a PNG (the entry comes from the header)")
+    p.add_argument("input")
+    p.add_argument("output")
+    _model_args(p, required=False)
+    p.set_defaults(func=cmd_decode)
+
+    p = subparsers.add_parser("info", help="show what a zoo file holds, without decoding it")
+    p.add_argument("input")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_info)

@@ -1,0 +1,146 @@
+"""`zoo list`, `zoo publish`, `zoo import-compressai`, `zoo hub serve|stop`: entries and the Hub."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from zoo.errors import ArchitectureError, InputError
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from zoo.hub import load_manifest
+
+    entries = load_manifest()
+    if args.json:
+        print(
+            json.dumps(
+                [
+                    {
+                        "arch": e.arch,
+                        "quality": e.quality,
+                        "metric": e.metric,
+                        "version": e.version,
+                        "repo": e.repo,
+                        "revision": e.revision,
+                        "kodak": e.kodak,
+                    }
+                    for e in entries
+                ],
+                indent=2,
+            )
+        )
+        return 0
+    if not entries:
+        print("no released entries")
+        return 0
+    print(f"{'architecture':<22} {'q':>2} {'metric':<8} {'version':<8} {'bpp':>7} {'PSNR':>7} {'MS-SSIM':>8}  repo")
+    for e in sorted(entries, key=lambda e: (e.arch, e.metric, e.quality, e.version)):
+        k = e.kodak
+        print(
+            f"{e.arch:<22} {e.quality:>2} {e.metric:<8} {e.version:<8} {k.get('bpp', float('nan')):>7.4f} "
+            f"{k.get('psnr', float('nan')):>7.2f} {k.get('ms_ssim', float('nan')):>8.4f}  {e.repo}@{e.revision}"
+        )
+    return 0
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    from zoo.mirror import publish_to_hub, publish_to_mirror
+
+    if args.mirror:
+        sha = publish_to_mirror(args.entry_dir, args.mirror, args.repo, args.version)
+        where = f"mirror {args.mirror}"
+    else:
+        sha = publish_to_hub(args.entry_dir, args.repo, args.version)
+        where = "the Hub"
+    print(f"published {args.entry_dir} as {args.repo} v{args.version} to {where} (commit {sha[:12]})")
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    import torch
+
+    from zoo.entry import save_entry
+    from zoo.registry import get_arch, model_from_state_dict
+
+    spec = get_arch(args.arch)
+    try:
+        ckpt = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise InputError(f"{args.checkpoint} does not exist") from None
+    except Exception as exc:  # pickles that weights_only refuses, truncated files, ...
+        raise InputError(f"{args.checkpoint} is not a loadable weights-only checkpoint: {exc}") from None
+    state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ArchitectureError(f"{args.checkpoint} holds no state dict")
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    model = model_from_state_dict(args.arch, state)
+    quality = args.quality or 0
+    if quality:
+        spec.check_quality(quality)
+    if not model.has_tables:
+        model.update(force=True)
+    info = save_entry(
+        model,
+        args.out,
+        arch=args.arch,
+        quality=quality,
+        metric=args.metric,
+        version=args.version,
+        lmbda=spec.lmbda(quality, args.metric) if quality else 0.0,
+        training={"source": f"imported from CompressAI checkpoint {Path(args.checkpoint).name}"},
+    )
+    print(f"wrote {args.out}: {info.entry}, widths {info.widths}, fingerprint {info.fingerprint.hex()[:12]}")
+    return 0
+
+
+def cmd_hub(args: argparse.Namespace) -> int:
+    from zoo.mirror import DEFAULT_STATE, build_mirror, running_endpoint, start_server, stop_server
+
+    state = Path(args.dir) if args.dir else DEFAULT_STATE
+    if args.action == "stop" or args.stop:
+        print("stopped the embedded Hub mirror" if stop_server(state) else "no embedded Hub mirror was running")
+        return 0
+    if args.action == "endpoint":
+        endpoint = running_endpoint(state)
+        print(endpoint or "")
+        return 0 if endpoint else 1
+    published = build_mirror(state / "repos")
+    pid, endpoint = start_server(state / "repos", state, port=args.port)
+    if not args.quiet:
+        print(f"serving {len(published)} entries with olah (pid {pid}) at {endpoint}")
+        print(f"export HF_ENDPOINT={endpoint}")
+    else:
+        print(endpoint)
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("list", help="released entries with their Kodak figures")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_list)
+
+    p = subparsers.add_parser("publish", help="push an entry folder to the Hub (or a local mirror) as a version")
+    p.add_argument("entry_dir")
+    p.add_argument("--repo", required=True, help="ORG/NAME")
+    p.add_argument("--version", required=True)
+    p.add_argument("--mirror", help="write a commit and tag into this mirror folder instead of the Hub")
+    p.set_defaults(func=cmd_publish)
+
+    p = subparsers.add_parser("import-compressai", help="turn a CompressAI checkpoint into an entry folder")
+    p.add_argument("checkpoint")
+    p.add_argument("--arch", required=True)
+    p.add_argument("--quality", type=int)
+    p.add_argument("--metric", default="mse", choices=["mse", "ms-ssim"])
+    p.add_argument("--version", default="1.0")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_import)
+
+    p = subparsers.add_parser("hub", help="the embedded Hub mirror (olah) over the entries this repository ships")
+    p.add_argument("action", nargs="?", default="serve", choices=["serve", "stop", "endpoint"])
+    p.add_argument("--port", type=int)
+    p.add_argument("--dir", help="state folder (default ~/.cache/zoo/hub-mirror)")
+    p.add_argument("--stop", action="store_true", help="stop a running mirror")
+    p.add_argument("--quiet", action="store_true", help="print only the endpoint")
+    p.set_defaults(func=cmd_hub)

@@ -1,0 +1,177 @@
+"""Released entries: the pinned manifest, downloads through `huggingface_hub`, and integrity checks.
+
+`zoo.load(name, quality=...)` resolves (arch, quality, metric, version) through `zoo/manifest.json`, fetches
+the entry's files at the pinned revision with `hf_hub_download` (so HF_ENDPOINT, HF_HUB_OFFLINE,
+HF_HUB_CACHE, tokens and progress bars behave as usual), checks each file's sha256 itself, and builds a
+Codec. The same code talks to huggingface.co or to a mirror such as `zoo hub serve`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from zoo.entry import ENTRY_FILES, codec_from_entry, sha256_file
+from zoo.errors import EntryNotFound, HubError, IntegrityError
+from zoo.registry import ARCHITECTURES, METRICS, get_arch
+
+HF_PREFIX = "hf-hub:"
+
+
+@dataclass(frozen=True)
+class ManifestEntry:
+    arch: str
+    quality: int
+    metric: str
+    version: str
+    repo: str
+    revision: str
+    files: dict[str, str]  # file name -> sha256
+    kodak: dict[str, float] = field(default_factory=dict)
+    path: str = ""  # where the released folder lives in this repository (model_store/entries/...)
+
+    @property
+    def name(self) -> str:
+        return f"{self.arch}/q{self.quality}-{self.metric}@{self.version}"
+
+
+def _version_key(v: str) -> tuple:
+    return tuple(int(p) if p.isdigit() else p for p in v.replace("-", ".").split("."))
+
+
+def load_manifest(path: str | Path | None = None) -> list[ManifestEntry]:
+    """Released entries: the package's manifest, or the file named by ZOO_MANIFEST (an internal zoo)."""
+    path = path or os.environ.get("ZOO_MANIFEST") or None
+    text = Path(path).read_text() if path else resources.files("zoo").joinpath("manifest.json").read_text()
+    data = json.loads(text)
+    return [ManifestEntry(**e) for e in data.get("entries", [])]
+
+
+def manifest_path() -> Path:
+    return Path(str(resources.files("zoo").joinpath("manifest.json")))
+
+
+def resolve(
+    arch: str,
+    quality: int | None = None,
+    metric: str = "mse",
+    version: str | None = None,
+    manifest: list[ManifestEntry] | None = None,
+) -> ManifestEntry:
+    """The manifest entry for a name, or EntryNotFound saying what exists."""
+    spec = get_arch(arch)
+    if metric not in METRICS:
+        raise EntryNotFound(f"unknown metric {metric!r}; metrics are {', '.join(METRICS)}")
+    entries = [e for e in (manifest if manifest is not None else load_manifest()) if e.arch == arch]
+    if quality is None:
+        raise EntryNotFound(f"{arch} needs a quality: {', '.join(map(str, spec.qualities))}")
+    spec.check_quality(quality)
+    released = sorted({(e.quality, e.metric) for e in entries})
+    matching = [e for e in entries if e.quality == quality and e.metric == metric]
+    if not matching:
+        have = ", ".join(f"q{q}-{m}" for q, m in released) or "none yet"
+        raise EntryNotFound(f"no released entry for {arch} quality {quality} ({metric}); released: {have}")
+    if version is None:
+        return max(matching, key=lambda e: _version_key(e.version))
+    for e in matching:
+        if e.version == str(version):
+            return e
+    raise EntryNotFound(
+        f"{arch} q{quality} {metric} has no version {version}; versions: "
+        + ", ".join(sorted((e.version for e in matching), key=_version_key))
+    )
+
+
+def _endpoint() -> str:
+    return os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+
+
+def _remove_cached(path: str) -> None:
+    """Delete a downloaded file and the blob behind its snapshot link, so a retry downloads again."""
+    p = Path(path)
+    blob = p.resolve()
+    for target in (p, blob):
+        try:
+            target.unlink()
+        except OSError:
+            pass
+
+
+def download_entry(repo: str, revision: str, files: dict[str, str] | None = None) -> Path:
+    """Download an entry's files at a revision and verify their sha256 (when known); returns the folder."""
+    from huggingface_hub import errors as hf_errors
+    from huggingface_hub import hf_hub_download
+
+    folder: Path | None = None
+    for name in ENTRY_FILES:
+        try:
+            local = hf_hub_download(repo, name, revision=revision, endpoint=_endpoint())
+        except hf_errors.LocalEntryNotFoundError:
+            raise HubError(
+                f"{repo}@{revision} is not in the local cache and the Hub cannot be used "
+                f"(offline mode, or {_endpoint()} unreachable); connect once or set HF_ENDPOINT"
+            ) from None
+        except hf_errors.RevisionNotFoundError:
+            raise EntryNotFound(f"{repo} has no revision {revision!r} on {_endpoint()}") from None
+        except (hf_errors.RepositoryNotFoundError, hf_errors.GatedRepoError):
+            raise EntryNotFound(f"repository {repo} was not found on {_endpoint()}") from None
+        except hf_errors.EntryNotFoundError:
+            raise EntryNotFound(f"{repo}@{revision} has no {name}: not a zoo entry") from None
+        except hf_errors.HfHubHTTPError as exc:
+            raise HubError(f"the Hub at {_endpoint()} refused {repo}@{revision}/{name}: {exc}") from None
+        except (OSError, ValueError) as exc:  # connection errors and timeouts surface as these
+            raise HubError(f"could not reach the Hub at {_endpoint()} (HF_ENDPOINT): {type(exc).__name__}") from None
+        if files and name in files:
+            digest = sha256_file(local)
+            if digest != files[name]:
+                _remove_cached(local)
+                raise IntegrityError(
+                    f"{repo}@{revision}/{name} has sha256 {digest[:16]}…, the manifest pins "
+                    f"{files[name][:16]}…; the corrupt download was removed from the cache"
+                )
+        folder = Path(local).parent
+    assert folder is not None
+    return folder
+
+
+def parse_hf_name(name: str) -> tuple[str, str]:
+    """ "hf-hub:org/repo@revision" -> (repo, revision); the revision defaults to "main"."""
+    ref = name[len(HF_PREFIX) :]
+    repo, _, revision = ref.partition("@")
+    if repo.count("/") != 1 or not all(repo.split("/")):
+        raise EntryNotFound(f"{name!r} is not of the form hf-hub:ORG/NAME[@REVISION]")
+    return repo, revision or "main"
+
+
+def load(
+    name: str,
+    quality: int | None = None,
+    metric: str = "mse",
+    version: str | None = None,
+    device: str | torch.device = "cpu",
+    backend: str = "torch",
+    **codec_kwargs: Any,
+):
+    """A ready codec: a manifest entry by name, or any Hub repo as "hf-hub:org/repo@revision"."""
+    if name.startswith(HF_PREFIX):
+        repo, revision = parse_hf_name(name)
+        folder = download_entry(repo, revision)
+    else:
+        if name not in ARCHITECTURES and Path(name).is_dir():
+            return load_local(name, device=device, backend=backend, **codec_kwargs)
+        entry = resolve(name, quality, metric, version)
+        folder = download_entry(entry.repo, entry.revision, entry.files)
+    return codec_from_entry(folder, device=device, backend=backend, **codec_kwargs)
+
+
+def load_local(path: str | Path, device: str | torch.device = "cpu", backend: str = "torch", **codec_kwargs: Any):
+    """A ready codec from an entry folder on disk."""
+    if not Path(path).is_dir():
+        raise EntryNotFound(f"{path} is not an entry folder")
+    return codec_from_entry(path, device=device, backend=backend, **codec_kwargs)

@@ -1,0 +1,91 @@
+"""Images in and out: anything Pillow opens becomes a float RGB tensor; reconstructions become 8-bit PNGs.
+
+Choices: grayscale, palette, CMYK and 16-bit images are converted to 8-bit RGB with a notice; EXIF
+orientation is applied; RGBA is accepted only when fully opaque (alpha is dropped) — zoo codes RGB, so an
+image with real transparency is refused rather than silently flattened onto a colour we would have to guess.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from zoo.errors import InputError
+
+DEFAULT_MAX_PIXELS = 64 * 1024 * 1024
+
+
+def read_image(source: str | Path | bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[torch.Tensor, list[str]]:
+    """Decode an image to a float (3, H, W) tensor in [0, 1], plus notices about conversions made.
+
+    The pixel limit is checked from the header, before any pixel is decoded."""
+    notices: list[str] = []
+    name = "image" if isinstance(source, bytes | bytearray) else str(source)
+    try:
+        fp = io.BytesIO(source) if isinstance(source, bytes | bytearray) else open(source, "rb")  # noqa: SIM115
+    except OSError as exc:
+        raise InputError(f"cannot open {name}: {exc.strerror or exc}") from None
+    with fp, warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            img: Image.Image = Image.open(fp)
+            w, h = img.size
+            if w * h > max_pixels:
+                raise InputError(f"{name} is {w}x{h} = {w * h} pixels, over the limit of {max_pixels}")
+            img = ImageOps.exif_transpose(img) or img
+            arr = _to_rgb8(img, notices)
+        except InputError:
+            raise
+        except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise InputError(f"{name} is not an image Pillow can read ({type(exc).__name__})") from None
+        except (OSError, SyntaxError, ValueError) as exc:
+            raise InputError(f"{name} could not be decoded: {exc}") from None
+    tensor = torch.from_numpy(np.array(arr, copy=True)).permute(2, 0, 1).float().div_(255.0)
+    return tensor.contiguous(), notices
+
+
+def _to_rgb8(img: Image.Image, notices: list[str]) -> np.ndarray:
+    mode = img.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        notices.append(f"{mode} image converted to 8 bits per channel")
+        a = np.asarray(img, dtype=np.float64)
+        scale = 255.0 / 65535.0 if mode != "F" else 255.0
+        a = np.clip(np.round(a * scale), 0, 255).astype(np.uint8)
+        return np.repeat(a[:, :, None], 3, axis=2)
+    if "A" in mode or (mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        alpha = np.asarray(rgba.getchannel("A"))
+        if alpha.min() < 255:
+            raise InputError("image has transparent pixels; zoo codes RGB only (flatten it onto a background first)")
+        notices.append("opaque alpha channel dropped")
+        return np.asarray(rgba.convert("RGB"))
+    if mode != "RGB":
+        notices.append(f"{mode} image converted to RGB")
+        img = img.convert("RGB")
+    arr = np.asarray(img)
+    if arr.dtype != np.uint8:  # 16-bit RGB ("RGB;16") variants
+        notices.append("16-bit image converted to 8 bits per channel")
+        arr = np.clip(np.round(arr.astype(np.float64) / 257.0), 0, 255).astype(np.uint8)
+    return arr
+
+
+def to_uint8(x: torch.Tensor) -> np.ndarray:
+    """(1, 3, H, W) or (3, H, W) float in [0, 1] -> (H, W, 3) uint8, rounding to nearest."""
+    if x.dim() == 4:
+        x = x[0]
+    return x.detach().clamp(0, 1).mul(255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+
+
+def write_png(x: torch.Tensor, path: str | Path) -> None:
+    Image.fromarray(to_uint8(x)).save(path, format="PNG")
+
+
+def png_bytes(x: torch.Tensor) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(to_uint8(x)).save(buf, format="PNG")
+    return buf.getvalue()
