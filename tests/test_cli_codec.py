@@ -1,0 +1,110 @@
+"""`zoo encode / decode / info` on real files, and one-line errors with exit status 2 for bad input."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.support import KODAK, REPO
+from zoo import bitstream
+from zoo.cli import main
+from zoo.imageio import read_image
+
+
+def _crop(tmp_path, fmt="PNG", mode="RGB", name="img"):
+    img = Image.open(KODAK / "kodim23.png").crop((300, 200, 396, 264)).convert(mode)
+    path = tmp_path / f"{name}.{fmt.lower()}"
+    img.save(path, format=fmt)
+    return path
+
+
+def test_encode_info_decode(tmp_path, fixture_entry, capsys):
+    src = _crop(tmp_path)
+    out = tmp_path / "a.zoo"
+    assert main(["encode", str(src), str(out), "--model", str(fixture_entry)]) == 0
+    report = capsys.readouterr().out
+    assert "bpp" in report and "s\n" in report
+    assert main(["info", str(out), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["width"] == 96 and info["height"] == 64 and info["entry"]["arch"] == "bmshj2018-hyperprior"
+    assert info["total_bytes"] == out.stat().st_size
+    png = tmp_path / "a.png"
+    assert main(["decode", str(out), str(png), "--model", str(fixture_entry), "--quiet"]) == 0
+    assert capsys.readouterr().out == ""
+    assert Image.open(png).size == (96, 64)
+    # The decoded PNG is exactly what the API gives.
+    import zoo
+    from zoo.imageio import to_uint8
+
+    codec = zoo.load_local(fixture_entry)
+    expected = to_uint8(codec.decompress(bitstream.loads(out.read_bytes())))
+    assert np.array_equal(np.asarray(Image.open(png)), expected)
+
+
+@pytest.mark.parametrize(
+    "fmt,mode",
+    [("JPEG", "RGB"), ("WEBP", "RGB"), ("TIFF", "RGB"), ("BMP", "RGB"), ("PNG", "L"), ("PNG", "P"), ("PNG", "RGBA")],
+)
+def test_image_formats_are_read(tmp_path, fmt, mode):
+    x, notices = read_image(_crop(tmp_path, fmt, mode))
+    assert x.shape == (3, 64, 96) and 0 <= x.min() and x.max() <= 1
+    assert bool(notices) == (mode != "RGB")
+
+
+def test_exif_orientation_and_16_bit(tmp_path):
+    img = Image.open(KODAK / "kodim23.png").crop((0, 0, 40, 20))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees
+    img.save(tmp_path / "r.jpg", exif=exif)
+    x, _ = read_image(tmp_path / "r.jpg")
+    assert x.shape == (3, 40, 20)
+    Image.fromarray(np.full((8, 8), 65535, dtype=np.uint16)).save(tmp_path / "g16.png")
+    x, notices = read_image(tmp_path / "g16.png")
+    assert x.min() == 1.0 and any("8 bits" in n for n in notices)
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "zoo.cli", *args], capture_output=True, text=True, cwd=REPO, timeout=120
+    )
+
+
+def test_bad_inputs_exit_2_with_one_line(tmp_path, fixture_entry):
+    stream = tmp_path / "ok.zoo"
+    assert main(["encode", str(_crop(tmp_path)), str(stream), "--model", str(fixture_entry), "--quiet"]) == 0
+    data = stream.read_bytes()
+    (tmp_path / "trunc.zoo").write_bytes(data[: len(data) // 2])
+    (tmp_path / "empty.zoo").write_bytes(b"")
+    (tmp_path / "text.txt").write_text("hello")
+    Image.new("RGBA", (8, 8), (0, 0, 0, 0)).save(tmp_path / "clear.png")
+    out = str(tmp_path / "o")
+    cases = [
+        (["decode", str(tmp_path / "trunc.zoo"), out], "truncated"),
+        (["decode", str(tmp_path / "empty.zoo"), out], "empty"),
+        (["decode", str(tmp_path / "text.txt"), out], "magic"),
+        (["info", str(tmp_path / "missing.zoo")], "cannot read"),
+        (["encode", str(tmp_path / "text.txt"), out, "--model", str(fixture_entry)], "not an image"),
+        (["encode", str(tmp_path / "clear.png"), out, "--model", str(fixture_entry)], "transparent"),
+        (["encode", str(tmp_path / "text.txt"), out, "--model", "nope", "--quality", "1"], "unknown architecture"),
+        (["decode", str(stream), out], "no released entry"),  # a local entry that is not in the manifest
+    ]
+    for args, message in cases:
+        proc = _run(*args)
+        assert proc.returncode == 2, (args, proc.stderr)
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and message in lines[0] and "Traceback" not in proc.stderr, (args, proc.stderr)
+
+
+def test_pixel_limit_is_checked_before_decoding(tmp_path):
+    buf = io.BytesIO()
+    Image.new("RGB", (3000, 3000)).save(buf, format="PNG")
+    from zoo.errors import InputError
+
+    with pytest.raises(InputError, match="over the limit"):
+        read_image(buf.getvalue(), max_pixels=1000)

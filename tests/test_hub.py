@@ -1,0 +1,171 @@
+"""Entries through a real Hub protocol server: olah on 127.0.0.1 over a git mirror, started here."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import write_manifest
+from tests.support import FIXTURES, fixture_expected, fixture_model, psnr
+from zoo.entry import CONFIG_NAME, ENTRY_FILES, WEIGHTS_NAME, load_entry, save_entry, sha256_file
+from zoo.errors import EntryNotFound, HubError, IntegrityError
+from zoo.mirror import publish_to_mirror, start_server, stop_server
+
+REPO = "zoo-test/hyperprior-q1-mse"
+
+
+def _manifest_entry(folder: Path, version: str) -> dict:
+    return {
+        "arch": "bmshj2018-hyperprior",
+        "quality": 1,
+        "metric": "mse",
+        "version": version,
+        "repo": REPO,
+        "revision": f"v{version}",
+        "files": {f: sha256_file(folder / f) for f in ENTRY_FILES},
+        "path": str(folder),
+    }
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory, fixture_entry):
+    """Two versions of one entry published into a mirror and served by olah; yields (endpoint, entries)."""
+    root = tmp_path_factory.mktemp("hub")
+    v2 = root / "v2"
+    model = fixture_model("bmshj2018-hyperprior")
+    changed = type(model)(N=32, M=48)
+    changed.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        changed.g_s[0].bias.add_(0.01)
+    save_entry(changed, v2, arch="bmshj2018-hyperprior", quality=1, version="0.2")
+    publish_to_mirror(fixture_entry, root / "mirror", REPO, "0.1")
+    publish_to_mirror(v2, root / "mirror", REPO, "0.2")
+    manifest = write_manifest(
+        root / "manifest.json", [_manifest_entry(fixture_entry, "0.1"), _manifest_entry(v2, "0.2")]
+    )
+    pid, endpoint = start_server(root / "mirror", root / "state")
+    yield {"endpoint": endpoint, "manifest": manifest, "v1": fixture_entry, "v2": v2, "root": root}
+    stop_server(root / "state")
+
+
+@pytest.fixture
+def env(hub, tmp_path, monkeypatch):
+    import huggingface_hub.constants as hfc
+
+    monkeypatch.setenv("HF_ENDPOINT", hub["endpoint"])
+    monkeypatch.setenv("ZOO_MANIFEST", str(hub["manifest"]))
+    monkeypatch.setattr(hfc, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    monkeypatch.setattr(hfc, "HF_HUB_OFFLINE", False)
+    return hub
+
+
+def _same_weights(codec, folder: Path) -> bool:
+    model, _ = load_entry(folder)
+    a, b = codec.model.state_dict(), model.state_dict()
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_publish_load_gives_identical_weights_and_pins_versions(env):
+    import zoo
+
+    newest = zoo.load("bmshj2018-hyperprior", quality=1)
+    assert newest.entry.version == "0.2" and _same_weights(newest, env["v2"])
+    pinned = zoo.load("bmshj2018-hyperprior", quality=1, version="0.1")
+    assert pinned.entry.version == "0.1" and _same_weights(pinned, env["v1"])
+    by_repo = zoo.load(f"hf-hub:{REPO}@v0.1")
+    assert by_repo.fingerprint == pinned.fingerprint
+    with pytest.raises(EntryNotFound, match="versions: 0.1, 0.2"):
+        zoo.load("bmshj2018-hyperprior", quality=1, version="9.9")
+    with pytest.raises(EntryNotFound, match="released: q1-mse"):
+        zoo.load("bmshj2018-hyperprior", quality=2)
+    with pytest.raises(EntryNotFound, match="architectures are"):
+        zoo.load("nope", quality=1)
+    with pytest.raises(EntryNotFound):
+        zoo.load(f"hf-hub:{REPO}@v7.0")
+
+
+def test_tampered_download_is_refused_and_removed(env, tmp_path, monkeypatch):
+    import zoo
+
+    manifest = json.loads(Path(env["manifest"]).read_text())
+    manifest["entries"][0]["files"][WEIGHTS_NAME] = "0" * 64  # the served file no longer matches
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(manifest))
+    monkeypatch.setenv("ZOO_MANIFEST", str(bad))
+    with pytest.raises(IntegrityError, match="removed from the cache"):
+        zoo.load("bmshj2018-hyperprior", quality=1, version="0.1")
+    cached = list((tmp_path / "hf-cache").rglob(WEIGHTS_NAME))
+    assert not any(p.exists() for p in cached)
+
+
+def test_offline_after_first_load_uses_the_cache(env, monkeypatch, tmp_path):
+    import huggingface_hub.constants as hfc
+
+    import zoo
+
+    first = zoo.load("bmshj2018-hyperprior", quality=1, version="0.1")
+    monkeypatch.setattr(hfc, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens there
+    again = zoo.load("bmshj2018-hyperprior", quality=1, version="0.1")
+    assert again.fingerprint == first.fingerprint
+    monkeypatch.setattr(hfc, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    with pytest.raises(HubError, match="cache"):
+        zoo.load("bmshj2018-hyperprior", quality=1, version="0.1")
+
+
+def test_unreachable_hub_names_the_endpoint(env, monkeypatch, tmp_path):
+    import zoo
+
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    with pytest.raises(HubError, match="127.0.0.1:9"):
+        zoo.load("bmshj2018-hyperprior", quality=1, version="0.1")
+
+
+def test_compressai_import_loads_and_reproduces_its_outputs(tmp_path):
+    import zoo
+    from zoo.cli import main
+
+    for arch in ("bmshj2018-hyperprior", "mbt2018-mean"):
+        out = tmp_path / arch
+        assert (
+            main(
+                [
+                    "import-compressai",
+                    str(FIXTURES / arch / "compressai_state_dict.pth"),
+                    "--arch",
+                    arch,
+                    "--quality",
+                    "1",
+                    "--out",
+                    str(out),
+                ]
+            )
+            == 0
+        )
+        codec = zoo.load_local(out)
+        expected, meta = fixture_expected(arch)
+        with torch.no_grad():
+            assert psnr(codec.model(expected["x"]).x_hat, expected["forward_x_hat"]) >= 60
+        x_hat = codec.decompress(codec.compress(expected["x"]))
+        assert psnr(x_hat, expected["decompress_x_hat"]) >= 60
+
+
+def test_corrupt_entry_folders_are_integrity_errors(fixture_entry, tmp_path):
+    import zoo
+
+    bad = tmp_path / "bad"
+    shutil.copytree(fixture_entry, bad)
+    raw = bytearray((bad / WEIGHTS_NAME).read_bytes())
+    raw[-5] ^= 0xFF
+    (bad / WEIGHTS_NAME).write_bytes(bytes(raw))
+    with pytest.raises(IntegrityError, match="fingerprint"):
+        zoo.load_local(bad)
+    (bad / CONFIG_NAME).write_text("{not json")
+    with pytest.raises(IntegrityError):
+        zoo.load_local(bad)
+    with pytest.raises(EntryNotFound):
+        zoo.load_local(tmp_path / "missing")
