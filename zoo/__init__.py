@@ -6,6 +6,7 @@ data = zoo.bitstream.dumps(codec.compress(x))
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from zoo.compressed import Compressed, EntryId, TileStreams
@@ -32,7 +33,7 @@ def load(name: str, quality: int | None = None, **kwargs: Any) -> Codec:
     return _load(name, quality=quality, **kwargs)
 
 
-def load_local(path: str, **kwargs: Any) -> Codec:
+def load_local(path: str | Path, **kwargs: Any) -> Codec:
     """A ready codec from an entry folder on disk (config.json + model.safetensors)."""
     from zoo.hub import load_local as _load_local
 
