@@ -1,0 +1,160 @@
+"""Training: the loss goes down, resume is exact, DDP on gloo runs, and a release loads and codes."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from tests.support import PHOTOS, REPO
+from zoo.train.trainer import TrainConfig, train
+
+SMALL = {"N": 16, "M": 24}
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    (root / "train").mkdir()
+    (root / "val").mkdir()
+    for name in ("001.png", "002.png"):
+        shutil.copy(PHOTOS / name, root / "train" / name)
+    (root / "train" / "broken.png").write_bytes(b"\x89PNG not really")
+    from PIL import Image
+
+    Image.new("RGB", (20, 20)).save(root / "train" / "tiny.png")  # smaller than the patch: skipped
+    Image.open(PHOTOS / "003.png").crop((0, 0, 192, 128)).save(root / "val" / "v.png")
+    return root
+
+
+def _cfg(folders, out, steps, **kw) -> TrainConfig:
+    base = dict(
+        arch="bmshj2018-hyperprior",
+        quality=3,
+        train_dir=str(folders / "train"),
+        val_dir=str(folders / "val"),
+        out=str(out),
+        steps=steps,
+        batch_size=4,
+        patch=64,
+        lr=1e-3,
+        val_every=1000,
+        ckpt_every=5,
+        workers=0,
+        widths=SMALL,
+        quiet=True,
+        seed=3,
+    )
+    base.update(kw)
+    return TrainConfig(**base)  # type: ignore[arg-type]
+
+
+def _rows(out, phase="train"):
+    with open(out / "log.csv") as f:
+        return [r for r in csv.DictReader(f) if r["phase"] == phase]
+
+
+def test_forty_steps_lower_the_loss(folders, tmp_path):
+    torch.set_num_threads(1)
+    out = tmp_path / "run"
+    val = train(_cfg(folders, out, 40, val_every=40))
+    rows = _rows(out)
+    first, last = float(rows[0]["loss"]), float(rows[-1]["loss"])
+    assert last < first * 0.8, (first, last)
+    assert val["bpp"] > 0 and val["psnr"] > 0
+    assert (out / "best.pt").exists() and (out / "last.pt").exists()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["images"] == 2 and summary["steps"] == 40
+
+
+def test_resume_is_exact(folders, tmp_path):
+    torch.set_num_threads(1)
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    train(_cfg(folders, straight, 20, workers=1))
+    train(_cfg(folders, resumed, 10, workers=1))
+    train(_cfg(folders, resumed, 20, workers=1, resume=True))
+    a = torch.load(straight / "last.pt", weights_only=True)["model"]
+    b = torch.load(resumed / "last.pt", weights_only=True)["model"]
+    for k, v in a.items():
+        if v.is_floating_point():
+            assert torch.allclose(v, b[k], atol=1e-6, rtol=0), k
+
+
+def test_hard_sample_mode_and_warm_start(folders, tmp_path):
+    torch.set_num_threads(1)
+    first = tmp_path / "a"
+    train(_cfg(folders, first, 5))
+    second = tmp_path / "b"
+    train(_cfg(folders, second, 5, quality=4, init=str(first / "last.pt"), hard_samples=True))
+    ckpt = torch.load(second / "last.pt", weights_only=True)
+    assert ckpt["step"] == 5 and len(ckpt["sampler"]["loss"]) == 2
+
+
+def test_ddp_gloo_two_processes(folders, tmp_path):
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        "2",
+        "--master-port",
+        "29531",
+        "-m",
+        "zoo.train",
+        "--arch",
+        "bmshj2018-hyperprior",
+        "--quality",
+        "3",
+        "--N",
+        "16",
+        "--M",
+        "24",
+        "--train",
+        str(folders / "train"),
+        "--val",
+        str(folders / "val"),
+        "--out",
+        str(out),
+        "--steps",
+        "6",
+        "--patch",
+        "64",
+        "--batch-size",
+        "4",
+        "--workers",
+        "0",
+        "--quiet",
+        "--val-every",
+        "6",
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["processes"] == 2 and summary["steps"] == 6
+
+
+def test_release_loads_and_round_trips(folders, tmp_path):
+    import zoo
+    from zoo.cli import main
+
+    run = tmp_path / "run"
+    train(_cfg(folders, run, 10, val_every=10))
+    entry = tmp_path / "entry"
+    assert (
+        main(["release", str(run), "--version", "0.1", "--out", str(entry), "--eval", str(folders / "val"), "--half"])
+        == 0
+    )
+    config = json.loads((entry / "config.json").read_text())
+    assert config["weights_dtype"] == "float16" and config["results"]["kodak"]["bpp"] > 0
+    assert "model-index" in (entry / "README.md").read_text()
+    codec = zoo.load_local(entry)
+    x = torch.rand(3, 40, 70)
+    assert codec.decompress(codec.compress(x)).shape == (1, 3, 40, 70)

@@ -1,0 +1,105 @@
+"""`zoo train` and `zoo release`: produce new zoo entries."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    import torch
+
+    from zoo.train.trainer import TrainConfig, train
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    widths = {k: v for k, v in (("N", args.N), ("M", args.M)) if v}
+    cfg = TrainConfig(
+        arch=args.arch,
+        quality=args.quality,
+        metric=args.metric,
+        train_dir=args.train,
+        val_dir=args.val,
+        out=args.out,
+        steps=args.steps,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        patch=args.patch,
+        lr=args.lr,
+        scheduler=args.scheduler,
+        val_every=args.val_every,
+        ckpt_every=args.ckpt_every,
+        resume=args.resume,
+        init=args.init,
+        amp=args.amp,
+        compile=args.compile,
+        hard_samples=args.hard_samples,
+        workers=args.workers,
+        seed=args.seed,
+        widths=widths,
+        quiet=args.quiet,
+        clip=args.clip,
+    )
+    train(cfg)
+    return 0
+
+
+def cmd_release(args: argparse.Namespace) -> int:
+    from zoo.train.release import add_to_manifest, manifest_line, release
+
+    info = release(args.run, args.version, args.out, args.eval, checkpoint=args.checkpoint, half=args.half)
+    kodak = info.results.get("kodak", {})
+    figures = f" kodak bpp {kodak['bpp']:.4f} PSNR {kodak['psnr']:.2f} dB" if kodak else ""
+    print(f"released {info.entry} to {args.out}{figures}")
+    if args.manifest:
+        from zoo.hub import manifest_path
+
+        add_to_manifest(
+            manifest_line(info, Path(args.out), Path(args.repo_root).resolve()),
+            Path(args.manifest) if args.manifest != "package" else manifest_path(),
+        )
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("train", help="train a model and keep best/last checkpoints in --out")
+    p.add_argument("--arch", required=True)
+    p.add_argument("--quality", type=int, required=True)
+    p.add_argument("--metric", default="mse", choices=["mse", "ms-ssim"])
+    p.add_argument("--train", required=True, help="folder of training images")
+    p.add_argument("--val", required=True, help="folder of validation images")
+    p.add_argument("--out", required=True, help="run folder (checkpoints, log.csv, summary.json)")
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--steps", type=int)
+    g.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--patch", type=int, default=256)
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--scheduler", default="plateau", choices=["plateau", "cosine", "multistep", "poly"])
+    p.add_argument("--val-every", type=int, default=500)
+    p.add_argument("--ckpt-every", type=int, default=200)
+    p.add_argument("--log-every", type=int, default=10)
+    p.add_argument("--clip", type=float, default=1.0, help="gradient-norm clipping (0: off)")
+    p.add_argument("--resume", action="store_true", help="continue exactly from OUT/last.pt")
+    p.add_argument("--init", help="warm start from an entry folder, a checkpoint, or ARCH:QUALITY from the zoo")
+    p.add_argument("--amp", choices=["bf16"], help="bf16 autocast")
+    p.add_argument("--compile", action="store_true", help="torch.compile the network")
+    p.add_argument("--hard-samples", action="store_true", help="sample images by their running RD loss")
+    p.add_argument("--workers", type=int, default=2, help="DataLoader workers")
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--N", type=int, help="override the quality's width N")
+    p.add_argument("--M", type=int, help="override the quality's width M")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_train)
+
+    p = subparsers.add_parser("release", help="turn a training run into an entry folder")
+    p.add_argument("run")
+    p.add_argument("--version", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--eval", help="dataset folder to measure the model card's figures on (e.g. Kodak)")
+    p.add_argument("--checkpoint", default="best.pt", choices=["best.pt", "last.pt"])
+    p.add_argument("--half", action="store_true", help="store fp16 weights (tables computed from them)")
+    p.add_argument("--manifest", help="add the entry to this manifest ('package' for zoo/manifest.json)")
+    p.add_argument("--repo-root", default=".", help="paths in the manifest are relative to this folder")
+    p.set_defaults(func=cmd_release)

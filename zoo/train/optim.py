@@ -1,0 +1,38 @@
+"""Optimizers (the network's, and the auxiliary one for entropy-bottleneck quantiles) and LR schedules."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch.optim.lr_scheduler import LambdaLR, LRScheduler, MultiStepLR, ReduceLROnPlateau
+
+from zoo.models.base import CompressionModel
+
+SCHEDULERS = ("plateau", "cosine", "multistep", "poly")
+
+
+def build_optimizers(model: CompressionModel, lr: float, aux_lr: float = 1e-3):
+    main = torch.optim.Adam(model.main_parameters(), lr=lr)
+    aux = torch.optim.Adam(model.aux_parameters(), lr=aux_lr)
+    return main, aux
+
+
+def build_scheduler(name: str, optimizer: torch.optim.Optimizer, total_steps: int) -> LRScheduler | ReduceLROnPlateau:
+    """plateau: ×0.5 after 3 validations without improvement; cosine/poly: decay to 1% over the run;
+    multistep: ×0.1 at 80% and 95% of the steps."""
+    total = max(1, total_steps)
+    if name == "plateau":
+        return ReduceLROnPlateau(optimizer, mode="min", factor=0.5, patience=3)
+    if name == "cosine":
+        return LambdaLR(optimizer, lambda s: 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
+    if name == "multistep":
+        return MultiStepLR(optimizer, milestones=[int(0.8 * total), int(0.95 * total)], gamma=0.1)
+    if name == "poly":
+        return LambdaLR(optimizer, lambda s: max(0.01, (1 - min(s, total) / total) ** 0.9))
+    raise ValueError(f"unknown scheduler {name!r}; schedulers are {', '.join(SCHEDULERS)}")
+
+
+def grad_norm(parameters) -> float:
+    norms = [p.grad.detach().norm() for p in parameters if p.grad is not None]
+    return float(torch.stack(norms).norm()) if norms else 0.0

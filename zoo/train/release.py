@@ -1,0 +1,86 @@
+"""Turn a training run into a zoo entry folder (and, for this repository's own releases, a manifest line)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from zoo.entry import ENTRY_FILES, EntryInfo, load_entry, save_entry, sha256_file
+from zoo.errors import EntryNotFound
+from zoo.registry import create_model
+
+
+def _run_model(run: Path, checkpoint: str):
+    cfg_path, ckpt_path = run / "config.json", run / checkpoint
+    if not cfg_path.exists() or not ckpt_path.exists():
+        raise EntryNotFound(f"{run} is not a finished training run (needs config.json and {checkpoint})")
+    cfg = json.loads(cfg_path.read_text())
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    model = create_model(cfg["arch"], cfg["quality"], **cfg.get("widths", {}))
+    model.load_state_dict(ckpt["model"])
+    summary_path = run / "summary.json"
+    summary: dict[str, Any] = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    summary.update({"checkpoint": checkpoint, "checkpoint_step": int(ckpt["step"])})
+    return model.eval(), cfg, summary
+
+
+def release(
+    run: str | Path,
+    version: str,
+    out: str | Path,
+    eval_dir: str | Path | None = None,
+    checkpoint: str = "best.pt",
+    half: bool = False,
+    training: dict[str, Any] | None = None,
+) -> EntryInfo:
+    """Entry folder from a run: tables computed from the weights as shipped, the card filled from an
+    evaluation on `eval_dir` (real files: bpp from their size)."""
+    model, cfg, summary = _run_model(Path(run), checkpoint)
+    summary.update(training or {})
+    kwargs = dict(
+        arch=cfg["arch"], quality=cfg["quality"], metric=cfg["metric"], version=version, training=summary, half=half
+    )
+    info = save_entry(model, out, **kwargs)  # type: ignore[arg-type]
+    if eval_dir:
+        import zoo
+        from zoo.evaluation.runner import evaluate_codec
+
+        result = evaluate_codec(zoo.load_local(out), eval_dir)
+        kodak = {
+            "bpp": result.bpp,
+            "psnr": result.psnr,
+            "ms_ssim": result.ms_ssim,
+            "images": result.images,
+            "dataset": Path(eval_dir).name,
+        }
+        shipped, _ = load_entry(out)  # the weights as stored: the card describes exactly those
+        info = save_entry(shipped, out, **kwargs, eval_results={"kodak": kodak})  # type: ignore[arg-type]
+    return info
+
+
+def manifest_line(info: EntryInfo, folder: Path, repo_root: Path, org: str = "zoo-codecs") -> dict[str, Any]:
+    e = info.entry
+    kodak = info.results.get("kodak", {})
+    return {
+        "arch": e.arch,
+        "quality": e.quality,
+        "metric": e.metric,
+        "version": e.version,
+        "repo": f"{org}/{e.arch}-q{e.quality}-{e.metric}",
+        "revision": f"v{e.version}",
+        "files": {f: sha256_file(folder / f) for f in ENTRY_FILES},
+        "kodak": {k: kodak[k] for k in ("bpp", "psnr", "ms_ssim") if k in kodak},
+        "path": str(folder.resolve().relative_to(repo_root)),
+    }
+
+
+def add_to_manifest(line: dict[str, Any], manifest: Path) -> None:
+    data = json.loads(manifest.read_text())
+    key = (line["arch"], line["quality"], line["metric"], line["version"])
+    data["entries"] = [e for e in data["entries"] if (e["arch"], e["quality"], e["metric"], e["version"]) != key]
+    data["entries"].append(line)
+    data["entries"].sort(key=lambda e: (e["arch"], e["metric"], e["quality"], e["version"]))
+    manifest.write_text(json.dumps(data, indent=1) + "\n")

@@ -1,0 +1,360 @@
+"""The training orchestrator: steps, validation with real bitstreams, checkpoints, resume, DDP.
+
+Resuming is exact: the model, both optimizers, the scheduler, torch's RNG, the step and the sampler's
+state are checkpointed, and every batch's crops are a function of (seed, step) alone, so DataLoader
+workers prefetching ahead change nothing.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from zoo.errors import InputError
+from zoo.models.base import CompressionModel
+from zoo.registry import create_model, get_arch
+from zoo.train.data import CropDataset, full_images, load_folder
+from zoo.train.losses import RateDistortionLoss
+from zoo.train.meters import MeterGroup
+from zoo.train.optim import build_optimizers, build_scheduler, grad_norm
+from zoo.train.sampler import CropSampler, HardSampleSampler
+
+
+@dataclass
+class TrainConfig:
+    arch: str
+    quality: int
+    train_dir: str
+    val_dir: str
+    out: str
+    metric: str = "mse"
+    steps: int | None = None
+    epochs: int | None = None
+    batch_size: int = 8
+    patch: int = 256
+    lr: float = 1e-4
+    aux_lr: float = 1e-3
+    scheduler: str = "plateau"
+    val_every: int = 500
+    ckpt_every: int = 200
+    log_every: int = 10
+    clip: float = 1.0
+    workers: int = 2
+    seed: int = 0
+    resume: bool = False
+    init: str | None = None
+    amp: str | None = None  # "bf16"
+    compile: bool = False
+    hard_samples: bool = False
+    widths: dict[str, int] = field(default_factory=dict)
+    val_max_side: int = 512
+    quiet: bool = False
+
+    def total_steps(self, n_images: int) -> int:
+        if self.steps:
+            return self.steps
+        if self.epochs:
+            return self.epochs * max(1, math.ceil(n_images / self.batch_size))
+        raise InputError("give --steps or --epochs")
+
+
+def _dist_info() -> tuple[int, int, int]:
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
+
+
+def load_init_weights(model: CompressionModel, spec: str) -> str:
+    """Warm start from an entry folder, a training checkpoint, or a Hub name (hf-hub:... or arch:quality)."""
+    path = Path(spec)
+    if path.is_dir():
+        from zoo.entry import load_entry
+
+        src, _ = load_entry(path)
+        state = src.state_dict()
+    elif path.is_file():
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        state = ckpt.get("model", ckpt.get("state_dict", ckpt))
+    else:
+        import zoo
+
+        name, _, q = spec.partition(":")
+        state = zoo.load(name, quality=int(q) if q else None).model.state_dict()
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise InputError(f"--init {spec} does not fit this architecture/width: {str(exc).splitlines()[0]}") from None
+    return spec
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig):
+        self.cfg = cfg
+        self.rank, self.world, self.local_rank = _dist_info()
+        self.is_main = self.rank == 0
+        self.out = Path(cfg.out)
+        self.device = torch.device(f"cuda:{self.local_rank}" if torch.cuda.is_available() else "cpu")
+        if self.world > 1:
+            import torch.distributed as dist
+
+            if not dist.is_initialized():
+                dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+        spec = get_arch(cfg.arch)
+        spec.check_quality(cfg.quality)
+        self.lmbda = spec.lmbda(cfg.quality, cfg.metric)
+        images, self.names, self.report = load_folder(cfg.train_dir, cfg.patch)
+        val_images, _, self.val_report = load_folder(cfg.val_dir, 1)
+        self.val = full_images(val_images, spec.downsample, cfg.val_max_side)
+        self.dataset = CropDataset(images, cfg.patch)
+        sizes = [a.shape[:2] for a in images]
+        sampler_cls = HardSampleSampler if cfg.hard_samples else CropSampler
+        self.sampler = sampler_cls(sizes, cfg.patch, cfg.batch_size, cfg.seed, self.rank, self.world)
+        self.total = cfg.total_steps(len(images))
+
+        torch.manual_seed(cfg.seed)
+        self.model = create_model(cfg.arch, cfg.quality, **cfg.widths).to(self.device)
+        self.init_from = load_init_weights(self.model, cfg.init) if cfg.init else None
+        self.optimizer, self.aux_optimizer = build_optimizers(self.model, cfg.lr, cfg.aux_lr)
+        self.scheduler = build_scheduler(cfg.scheduler, self.optimizer, self.total)
+        self.loss_fn = RateDistortionLoss(self.lmbda, cfg.metric)
+        self.step, self.best, self.wall = 0, math.inf, 0.0
+        if cfg.resume and (self.out / "last.pt").exists():
+            self._load_checkpoint(self.out / "last.pt")
+        self.net: torch.nn.Module = self.model
+        if self.world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.net = DistributedDataParallel(
+                self.model,
+                device_ids=[self.local_rank] if self.device.type == "cuda" else None,
+                find_unused_parameters=True,  # quantiles take no part in the training forward pass
+            )
+        self.forward = torch.compile(self.net) if cfg.compile else self.net
+
+    # -- checkpoints ----------------------------------------------------------------------------
+    def _checkpoint(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "aux_optimizer": self.aux_optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "sampler": self.sampler.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "step": self.step,
+            "best": self.best,
+            "wall": self.wall,
+            "config": json.dumps(asdict(self.cfg)),
+        }
+
+    def save(self, name: str) -> None:
+        if not self.is_main:
+            return
+        self.out.mkdir(parents=True, exist_ok=True)
+        tmp = self.out / f".{name}.tmp"
+        torch.save(self._checkpoint(), tmp)
+        os.replace(tmp, self.out / name)  # a run cut off mid-save keeps the previous checkpoint
+
+    def _load_checkpoint(self, path: Path) -> None:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.aux_optimizer.load_state_dict(ckpt["aux_optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.sampler.load_state_dict(ckpt["sampler"])
+        torch.set_rng_state(ckpt["torch_rng"])
+        self.step, self.best, self.wall = int(ckpt["step"]), float(ckpt["best"]), float(ckpt["wall"])
+
+    # -- validation with real bitstreams --------------------------------------------------------
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        from zoo import bitstream
+        from zoo.codec import Codec
+        from zoo.compressed import EntryId
+        from zoo.evaluation.metrics import ms_ssim_rgb, psnr_rgb
+        from zoo.imageio import to_uint8
+
+        self.model.eval()
+        self.model.update(force=True)
+        codec = Codec(
+            self.model, EntryId(self.cfg.arch, self.cfg.quality, self.cfg.metric, "train"), bytes(16), tile_size=0
+        )
+        meters = MeterGroup()
+        for x in self.val:
+            data = bitstream.dumps(codec.compress(x.to(self.device)))
+            ref, rec = to_uint8(x), to_uint8(codec.decompress(bitstream.loads(data)))
+            h, w = ref.shape[:2]
+            mse = float(((ref.astype("float64") - rec.astype("float64")) / 255.0).__pow__(2).mean())
+            bpp = 8 * len(data) / (h * w)
+            d = self.lmbda * 255**2 * mse if self.cfg.metric == "mse" else self.lmbda * (1 - ms_ssim_rgb(ref, rec))
+            meters.update(bpp=bpp, psnr=psnr_rgb(ref, rec), ms_ssim=ms_ssim_rgb(ref, rec), loss=d + bpp)
+        self.model.train()
+        return meters.averages()
+
+    # -- the loop -------------------------------------------------------------------------------
+    def run(self) -> dict[str, float]:
+        from tqdm import tqdm
+
+        cfg = self.cfg
+        self.model.train()
+        if self.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
+            if not cfg.quiet:
+                r = self.report
+                print(
+                    f"train: {r.loaded} images ({r.too_small} smaller than {cfg.patch}px, {r.unreadable} "
+                    f"unreadable, {r.not_images} non-image files skipped); val: {len(self.val)} images"
+                )
+        log = self._open_log()
+        tb = self._tensorboard()
+        loader = DataLoader(
+            self.dataset,
+            batch_sampler=self._batches(),
+            num_workers=0 if cfg.hard_samples else cfg.workers,
+            persistent_workers=False,
+        )
+        meters = MeterGroup()
+        bar = tqdm(total=self.total, initial=self.step, disable=cfg.quiet or not self.is_main, unit="step")
+        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.amp == "bf16")
+        last_val: dict[str, float] = {}
+        t_start = time.perf_counter() - self.wall
+        rng = torch.get_rng_state()
+        it = iter(loader)  # worker seeding draws from torch's RNG: keep it out of the training stream
+        torch.set_rng_state(rng)
+        while self.step < self.total:
+            x, idx = next(it)
+            x = x.to(self.device, non_blocking=True)
+            with autocast:
+                out = self.forward(x)
+            terms = self.loss_fn(out, x)
+            self.optimizer.zero_grad(set_to_none=True)
+            terms.loss.backward()
+            norm = (
+                float(torch.nn.utils.clip_grad_norm_(self.model.main_parameters(), cfg.clip))
+                if cfg.clip
+                else grad_norm(self.model.main_parameters())
+            )
+            self.optimizer.step()
+            aux = self.model.aux_loss()
+            self.aux_optimizer.zero_grad(set_to_none=True)
+            aux.backward()
+            self.aux_optimizer.step()
+            if cfg.scheduler != "plateau":
+                self.scheduler.step()  # type: ignore[call-arg]
+            self.sampler.observe(idx.tolist(), terms.per_image.tolist())
+            self.step += 1
+            meters.update(loss=terms.loss.item(), bpp=terms.bpp.item(), psnr=terms.psnr, aux=aux.item(), grad_norm=norm)
+            bar.update(1)
+            if self.step % cfg.log_every == 0 or self.step == self.total:
+                avg = meters.averages()
+                bar.set_postfix(loss=f"{avg['loss']:.3f}", bpp=f"{avg['bpp']:.3f}", psnr=f"{avg['psnr']:.2f}")
+                self._log(log, tb, "train", avg)
+                meters.reset()
+            if self.step % cfg.val_every == 0 or self.step == self.total:
+                last_val = self.validate()
+                self._log(log, tb, "val", last_val)
+                if cfg.scheduler == "plateau":
+                    self.scheduler.step(last_val["loss"])  # type: ignore[arg-type]
+                if last_val["loss"] < self.best:
+                    self.best = last_val["loss"]
+                    self.wall = time.perf_counter() - t_start
+                    self.save("best.pt")
+            if self.step % cfg.ckpt_every == 0 or self.step == self.total:
+                self.wall = time.perf_counter() - t_start
+                self.save("last.pt")
+        bar.close()
+        if log:
+            log.close()
+        self._write_summary(last_val, time.perf_counter() - t_start)
+        return last_val
+
+    def _batches(self):
+        step = self.step
+        while True:
+            yield self.sampler.batch_for_step(step)
+            step += 1
+
+    def _open_log(self):
+        if not self.is_main:
+            return None
+        path = self.out / "log.csv"
+        new = not path.exists() or not self.cfg.resume
+        f = open(path, "w" if new else "a", newline="")  # noqa: SIM115
+        if new:
+            f.write("step,phase,loss,bpp,psnr,ms_ssim,aux,grad_norm,lr\n")
+        return f
+
+    def _tensorboard(self):
+        if not self.is_main:
+            return None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:  # tensorboard is optional
+            return None
+        return SummaryWriter(str(self.out / "tb"))
+
+    def _log(self, f, tb, phase: str, values: dict[str, float]) -> None:
+        if not self.is_main:
+            return
+        lr = self.optimizer.param_groups[0]["lr"]
+        if f:
+            row = (
+                [self.step, phase]
+                + [values.get(k, "") for k in ("loss", "bpp", "psnr", "ms_ssim", "aux", "grad_norm")]
+                + [lr]
+            )
+            csv.writer(f).writerow(row)
+            f.flush()
+        if tb:
+            for k, v in values.items():
+                tb.add_scalar(f"{phase}/{k}", v, self.step)
+        if phase == "val" and not self.cfg.quiet:
+            print(
+                f"step {self.step}: val bpp {values['bpp']:.4f} PSNR {values['psnr']:.2f} dB "
+                f"MS-SSIM {values.get('ms_ssim', math.nan):.4f} loss {values['loss']:.4f}"
+            )
+
+    def _write_summary(self, val: dict[str, float], seconds: float) -> None:
+        if not self.is_main:
+            return
+        device = (
+            torch.cuda.get_device_name(self.device)
+            if self.device.type == "cuda"
+            else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+        )
+        summary = {
+            "dataset": str(self.cfg.train_dir),
+            "images": self.report.loaded,
+            "steps": self.step,
+            "batch_size": self.cfg.batch_size,
+            "patch": self.cfg.patch,
+            "lr": self.cfg.lr,
+            "processes": self.world,
+            "hardware": device,
+            "wall_time_s": round(seconds, 1),
+            "init": self.init_from,
+            "amp": self.cfg.amp or "off",
+            "hard_samples": self.cfg.hard_samples,
+            "final_val": val,
+        }
+        (self.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+
+
+def train(cfg: TrainConfig) -> dict[str, float]:
+    trainer = Trainer(cfg)
+    try:
+        return trainer.run()
+    finally:
+        if trainer.world > 1:
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.destroy_process_group()
