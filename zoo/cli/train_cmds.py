@@ -47,7 +47,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_release(args: argparse.Namespace) -> int:
     from zoo.train.release import add_to_manifest, manifest_line, release
 
-    info = release(args.run, args.version, args.out, args.eval, checkpoint=args.checkpoint, half=args.half)
+    extra = {"dataset": args.dataset_name} if args.dataset_name else {}
+    if args.note:
+        extra["note"] = args.note
+    info = release(
+        args.run, args.version, args.out, args.eval, checkpoint=args.checkpoint, half=args.half, training=extra
+    )
     kodak = info.results.get("kodak", {})
     figures = f" kodak bpp {kodak['bpp']:.4f} PSNR {kodak['psnr']:.2f} dB" if kodak else ""
     print(f"released {info.entry} to {args.out}{figures}")
@@ -102,4 +107,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--half", action="store_true", help="store fp16 weights (tables computed from them)")
     p.add_argument("--manifest", help="add the entry to this manifest ('package' for zoo/manifest.json)")
     p.add_argument("--repo-root", default=".", help="paths in the manifest are relative to this folder")
+    p.add_argument("--dataset-name", help="training data as the model card should name it")
+    p.add_argument("--note", help="a line of provenance for the model card")
     p.set_defaults(func=cmd_release)

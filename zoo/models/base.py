@@ -3,6 +3,7 @@ table updates, the auxiliary loss, and the typed results they return."""
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -43,6 +44,27 @@ class CompressionModel(nn.Module):
 
     downsample: int = 16
     latent_names: tuple[str, ...] = ("y",)
+
+    def f64(self, name: str) -> nn.Module:
+        """A float64 copy of a submodule, for the path that feeds the entropy models (see `entropy_params`).
+
+        Cached; rebuilt whenever the submodule's weights change."""
+        module = getattr(self, name)
+        key = tuple((p.data_ptr(), p._version) for p in module.parameters())
+        cache = self.__dict__.setdefault("_f64_cache", {})
+        hit = cache.get(name)
+        if hit is None or hit[0] != key:
+            hit = (key, copy.deepcopy(module).double().eval())
+            cache[name] = hit
+        return hit[1]
+
+    def entropy_params(self, z_hat: Tensor) -> Tensor:
+        """h_s(z_hat) as the entropy models see it when coding: in float64, whatever runs the transforms.
+
+        Table indexes and means must be identical on the encoder and decoder; computing them in double
+        precision from integer-valued z_hat makes a last-bit difference between backends or devices
+        (float32 ONNX Runtime vs eager, CPU vs GPU) practically never move an index or a mean."""
+        return self.f64("h_s")(z_hat.double())
 
     def aux_loss(self) -> Tensor:
         losses = [m.loss() for m in self.modules() if isinstance(m, EntropyBottleneck)]

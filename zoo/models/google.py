@@ -126,7 +126,7 @@ class ScaleHyperprior(CompressionModel):
     def _compress(self, x: Tensor) -> list[LatentStreams]:
         y = self.g_a(x)
         z_strings, z_crc, z_hat = self._code_z(y)
-        scales = self.h_s(z_hat)
+        scales = self.entropy_params(z_hat)
         indexes = self.gaussian_conditional.build_indexes(scales)
         y_strings = self.gaussian_conditional.compress(y, indexes)
         hw = (int(z_hat.shape[-2]), int(z_hat.shape[-1]))
@@ -137,7 +137,7 @@ class ScaleHyperprior(CompressionModel):
 
     def _decompress(self, streams: Sequence[LatentStreams], latent_hw: tuple[int, int]) -> tuple[Tensor, list[int]]:
         z_hat = self.entropy_bottleneck.decompress([s.stream("z") for s in streams], latent_hw)
-        scales = self.h_s(z_hat)
+        scales = self.entropy_params(z_hat)
         indexes = self.gaussian_conditional.build_indexes(scales)
         y_hat = self.gaussian_conditional.decompress([s.stream("y") for s in streams], indexes)
         return self.g_s(y_hat.to(z_hat.dtype)).clamp_(0, 1), self._checksums(indexes, latent_hw)
@@ -177,7 +177,7 @@ class MeanScaleHyperprior(ScaleHyperprior):
     def _compress(self, x: Tensor) -> list[LatentStreams]:
         y = self.g_a(x)
         z_strings, z_crc, z_hat = self._code_z(y)
-        scales, means = self.h_s(z_hat).chunk(2, 1)
+        scales, means = self.entropy_params(z_hat).chunk(2, 1)
         indexes = self.gaussian_conditional.build_indexes(scales)
         y_strings = self.gaussian_conditional.compress(y, indexes, means=means)
         hw = (int(z_hat.shape[-2]), int(z_hat.shape[-1]))
@@ -188,10 +188,10 @@ class MeanScaleHyperprior(ScaleHyperprior):
 
     def _decompress(self, streams: Sequence[LatentStreams], latent_hw: tuple[int, int]) -> tuple[Tensor, list[int]]:
         z_hat = self.entropy_bottleneck.decompress([s.stream("z") for s in streams], latent_hw)
-        scales, means = self.h_s(z_hat).chunk(2, 1)
+        scales, means = self.entropy_params(z_hat).chunk(2, 1)
         indexes = self.gaussian_conditional.build_indexes(scales)
         y_hat = self.gaussian_conditional.decompress([s.stream("y") for s in streams], indexes, means=means)
-        return self.g_s(y_hat).clamp_(0, 1), self._checksums(indexes, latent_hw)
+        return self.g_s(y_hat.to(z_hat.dtype)).clamp_(0, 1), self._checksums(indexes, latent_hw)
 
 
 class JointAutoregressiveHierarchicalPriors(MeanScaleHyperprior):
@@ -245,9 +245,11 @@ class JointAutoregressiveHierarchicalPriors(MeanScaleHyperprior):
 
     def context_step(self, y_crop: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
         """Scales and means at one position from its causal neighbourhood (a 5x5 crop of the padded
-        y_hat) and the hyperprior's params there. Another backend may replace this method."""
-        ctx = F.conv2d(y_crop, self.context_prediction.masked_weight(), self.context_prediction.bias)
-        gp = self.entropy_parameters(torch.cat((params, ctx), dim=1))
+        y_hat) and the hyperprior's params there, in float64 like `entropy_params`."""
+        cp = self.f64("context_prediction")
+        assert isinstance(cp, MaskedConv2d)
+        ctx = F.conv2d(y_crop.double(), cp.masked_weight(), cp.bias)
+        gp = self.f64("entropy_parameters")(torch.cat((params.double(), ctx), dim=1))
         scales, means = gp.flatten(1).chunk(2, 1)
         return scales, means
 
@@ -256,14 +258,14 @@ class JointAutoregressiveHierarchicalPriors(MeanScaleHyperprior):
 
         y = self.g_a(x)
         z_strings, z_crc, z_hat = self._code_z(y)
-        params = self.h_s(z_hat)
+        params = self.entropy_params(z_hat)
         k, p = self.context_size, self.context_size // 2
         height, width = y.shape[-2:]
         tables = self.gaussian_conditional.tables()
         out = []
         for i in range(x.shape[0]):
             # y_hat is filled in raster order so the context sees exactly what the decoder will see.
-            y_hat = F.pad(y[i : i + 1], (p, p, p, p))
+            y_hat = F.pad(y[i : i + 1].double(), (p, p, p, p))
             encoder, crc = Encoder(), z_crc
             for h in range(height):
                 for w in range(width):
@@ -283,14 +285,14 @@ class JointAutoregressiveHierarchicalPriors(MeanScaleHyperprior):
         from zoo.coder import Decoder
 
         z_hat = self.entropy_bottleneck.decompress([s.stream("z") for s in streams], latent_hw)
-        params = self.h_s(z_hat)
+        params = self.entropy_params(z_hat)
         k, p = self.context_size, self.context_size // 2
         height, width = latent_hw[0] * self.latent_stride, latent_hw[1] * self.latent_stride
         tables = self.gaussian_conditional.tables()
         z_crc = self.entropy_bottleneck.index_crc(latent_hw)
         y_hats, checksums = [], []
         for i, s in enumerate(streams):
-            y_hat = torch.zeros((1, self.M, height + 2 * p, width + 2 * p), dtype=z_hat.dtype)
+            y_hat = torch.zeros((1, self.M, height + 2 * p, width + 2 * p), dtype=torch.float64)
             decoder, crc = Decoder(s.stream("y")), z_crc
             for h in range(height):
                 for w in range(width):
@@ -302,4 +304,4 @@ class JointAutoregressiveHierarchicalPriors(MeanScaleHyperprior):
                     y_hat[:, :, h + p, w + p] = symbols.to(means.dtype) + means
             checksums.append(crc)
             y_hats.append(y_hat[:, :, p : p + height, p : p + width])
-        return self.g_s(torch.cat(y_hats)).clamp_(0, 1), checksums
+        return self.g_s(torch.cat(y_hats).to(z_hat.dtype)).clamp_(0, 1), checksums

@@ -22,7 +22,16 @@ def _run_model(run: Path, checkpoint: str):
     model = create_model(cfg["arch"], cfg["quality"], **cfg.get("widths", {}))
     model.load_state_dict(ckpt["model"])
     summary_path = run / "summary.json"
-    summary: dict[str, Any] = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    summary: dict[str, Any] = {k: cfg.get(k) for k in ("batch_size", "patch", "lr", "scheduler", "init", "amp")}
+    summary.update(
+        {
+            "dataset": Path(cfg["train_dir"]).name,
+            "steps": int(ckpt["step"]),
+            "wall_time_s": round(float(ckpt.get("wall", 0.0)), 1),
+        }
+    )
+    if summary_path.exists():
+        summary.update(json.loads(summary_path.read_text()))
     summary.update({"checkpoint": checkpoint, "checkpoint_step": int(ckpt["step"])})
     return model.eval(), cfg, summary
 
