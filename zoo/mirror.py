@@ -132,7 +132,7 @@ def start_server(
     timeout: float = 60.0,
 ) -> tuple[int, str]:
     """Start olah over a mirror folder on 127.0.0.1; returns (pid, HF_ENDPOINT)."""
-    state = Path(state_dir)
+    state = Path(state_dir).resolve()
     state.mkdir(parents=True, exist_ok=True)
     stop_server(state)
     port = port or _free_port()
