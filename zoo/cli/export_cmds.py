@@ -1,0 +1,39 @@
+"""`zoo export`: the transforms as ONNX and/or TorchScript graphs with a metadata.json."""
+
+from __future__ import annotations
+
+import argparse
+
+from zoo.cli.eval_cmds import _Loader
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from zoo.export import export_graphs
+
+    codec = _Loader(args.model, args.quality, args.metric, args.version, "torch", args.arch)()
+    formats = ("onnx", "torchscript") if args.format == "both" else (args.format,)
+    e = codec.entry
+    written = export_graphs(
+        codec.model,
+        args.out,
+        formats,
+        metadata={
+            "entry": {"arch": e.arch, "quality": e.quality, "metric": e.metric, "version": e.version},
+            "weights_fingerprint": codec.fingerprint.hex(),
+            "torchscript_note": "TorchScript is deprecated upstream; torch.export / ONNX are the forward path",
+        },
+    )
+    print(f"exported {e} to {args.out}: {', '.join(sorted(written))}")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("export", help="export the transforms to ONNX / TorchScript")
+    p.add_argument("model", help="registry name (with --quality), entry folder, or CompressAI checkpoint (--arch)")
+    p.add_argument("--quality", type=int)
+    p.add_argument("--metric", default="mse", choices=["mse", "ms-ssim"])
+    p.add_argument("--version")
+    p.add_argument("--arch", help="architecture of a CompressAI checkpoint")
+    p.add_argument("--format", default="onnx", choices=["onnx", "torchscript", "both"])
+    p.add_argument("--out", default="export/out")
+    p.set_defaults(func=cmd_export)

@@ -1,0 +1,152 @@
+"""The exported graphs: one per transform, dynamic height and width, reparametrisations folded.
+
+    g_a: x (1,3,H,W) -> y          h_a: y -> z            h_s: z_hat -> params (scales[, means])
+    g_s: y_hat -> x_hat            context_step (mbt2018, cheng2020): (5x5 crop of y_hat, params) -> gp
+
+GDN's non-negative reparametrisations and the context model's causal mask are computed once and stored as
+plain constants (`foldable_copy`), so the graphs hold no training-time machinery.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from zoo.layers import GDN, MaskedConv2d
+from zoo.models.base import CompressionModel
+
+OPSET = 17
+
+
+class FoldedGDN(nn.Module):
+    """GDN with beta and gamma already through their reparametrisation: x / sqrt(beta + gamma * x^2)."""
+
+    def __init__(self, gdn: GDN):
+        super().__init__()
+        beta, gamma = gdn.effective_params()
+        self.register_buffer("beta", beta.detach().clone())
+        self.register_buffer("gamma", gamma.detach().clone())
+        self.inverse = gdn.inverse
+
+    def forward(self, x: Tensor) -> Tensor:
+        norm = F.conv2d(x * x, self.gamma, self.beta)
+        return x * torch.sqrt(norm) if self.inverse else x * torch.rsqrt(norm)
+
+
+def _plain_conv(m: MaskedConv2d) -> nn.Conv2d:
+    conv = nn.Conv2d(m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding)  # type: ignore[arg-type]
+    with torch.no_grad():
+        conv.weight.copy_(m.masked_weight())
+        assert conv.bias is not None and m.bias is not None
+        conv.bias.copy_(m.bias)
+    return conv
+
+
+def foldable_copy(model: CompressionModel) -> CompressionModel:
+    """A copy of the model with GDNs and masked convolutions replaced by their constant-weight forms."""
+    folded = copy.deepcopy(model).cpu().float().eval()
+    for parent in list(folded.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, GDN):
+                setattr(parent, name, FoldedGDN(child))
+            elif isinstance(child, MaskedConv2d):
+                setattr(parent, name, _plain_conv(child))
+    return folded
+
+
+class ContextStep(nn.Module):
+    """Entropy parameters at one position: causal 5x5 context (no padding) + hyperprior params."""
+
+    def __init__(self, model: CompressionModel):
+        super().__init__()
+        self.context = model.context_prediction
+        self.entropy_parameters = model.entropy_parameters
+
+    def forward(self, y_crop: Tensor, params: Tensor) -> Tensor:
+        ctx = F.conv2d(y_crop, self.context.weight, self.context.bias)
+        return self.entropy_parameters(torch.cat((params, ctx), dim=1))
+
+
+def graph_modules(model: CompressionModel) -> dict[str, tuple[nn.Module, tuple[Tensor, ...], list[str]]]:
+    """name -> (module, example inputs, input names) for every graph of this architecture."""
+    folded = foldable_copy(model)
+    x = torch.rand(1, 3, 128, 192)
+    out: dict[str, tuple[nn.Module, tuple[Tensor, ...], list[str]]] = {}
+    with torch.no_grad():
+        y = folded.g_a(x)
+        out["g_a"] = (folded.g_a, (x,), ["x"])
+        out["g_s"] = (folded.g_s, (y,), ["y_hat"])
+        if hasattr(folded, "h_a"):
+            z = folded.h_a(y)
+            out["h_a"] = (folded.h_a, (y,), ["y"])
+            out["h_s"] = (folded.h_s, (z,), ["z_hat"])
+            if hasattr(folded, "context_prediction"):
+                params = folded.h_s(z)[:, :, :1, :1]
+                crop = y[:, :, :5, :5]
+                out["context_step"] = (ContextStep(folded), (crop, params), ["y_crop", "params"])
+    return out
+
+
+def _dynamic_axes(names: list[str], dynamic: bool) -> dict[str, dict[int, str]]:
+    if not dynamic:
+        return {}
+    axes = {n: {0: "batch", 2: f"{n}_h", 3: f"{n}_w"} for n in names}
+    axes["out"] = {0: "batch", 2: "out_h", 3: "out_w"}
+    return axes
+
+
+def export_graphs(
+    model: CompressionModel,
+    out_dir: str | Path,
+    formats: tuple[str, ...] = ("onnx",),
+    metadata: dict[str, Any] | None = None,
+) -> dict[str, Path]:
+    """Write each graph as <name>.onnx and/or <name>.pt (TorchScript) plus metadata.json."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written: dict[str, Path] = {}
+    for name, (module, inputs, input_names) in graph_modules(model).items():
+        if "onnx" in formats:
+            path = out / f"{name}.onnx"
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                torch.onnx.export(
+                    module,
+                    inputs,
+                    str(path),
+                    input_names=input_names,
+                    output_names=["out"],
+                    dynamic_axes=_dynamic_axes(input_names, name != "context_step"),
+                    opset_version=OPSET,
+                    do_constant_folding=True,
+                    dynamo=False,
+                )
+            written[f"{name}.onnx"] = path
+        if "torchscript" in formats:
+            path = out / f"{name}.pt"
+            with torch.no_grad(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                traced = torch.jit.trace(module, inputs, check_trace=False)
+            traced.save(str(path))
+            written[f"{name}.pt"] = path
+    meta = {
+        "graphs": sorted({p.stem for p in written.values()}),
+        "formats": list(formats),
+        "opset": OPSET,
+        "size_rule": f"input height and width must be multiples of {model.downsample} (zoo pads them)",
+        "inputs": {n: names for n, (_, _, names) in graph_modules(model).items()},
+        "context_step": "5x5 crop of the padded y_hat (no padding applied) and the hyperprior params at that "
+        "position -> (scales, means) concatenated on channels",
+        "entropy_parameters_precision": "zoo computes h_s and the context step in float64 when coding",
+        **(metadata or {}),
+    }
+    (out / "metadata.json").write_text(json.dumps(meta, indent=2) + "\n")
+    written["metadata.json"] = out / "metadata.json"
+    return written
