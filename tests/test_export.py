@@ -26,7 +26,7 @@ def test_every_graph_matches_eager(arch, tmp_path):
         if hasattr(model, "h_a"):
             z = torch.round(model.h_a(y))
             inputs.update({"h_a": (y,), "h_s": (z,)})
-        for name, (module, _, names) in graph_modules(model).items():
+        for name, (module, _, _names) in graph_modules(model).items():
             if name == "context_step":
                 crop, params = torch.randn(1, y.shape[1], 5, 5), torch.randn(1, 2 * y.shape[1], 1, 1)
                 import onnxruntime as ort

@@ -28,6 +28,9 @@ OPSET = 17
 class FoldedGDN(nn.Module):
     """GDN with beta and gamma already through their reparametrisation: x / sqrt(beta + gamma * x^2)."""
 
+    beta: Tensor
+    gamma: Tensor
+
     def __init__(self, gdn: GDN):
         super().__init__()
         beta, gamma = gdn.effective_params()
@@ -64,7 +67,7 @@ def foldable_copy(model: CompressionModel) -> CompressionModel:
 class ContextStep(nn.Module):
     """Entropy parameters at one position: causal 5x5 context (no padding) + hyperprior params."""
 
-    def __init__(self, model: CompressionModel):
+    def __init__(self, model: Any):
         super().__init__()
         self.context = model.context_prediction
         self.entropy_parameters = model.entropy_parameters
@@ -76,7 +79,7 @@ class ContextStep(nn.Module):
 
 def graph_modules(model: CompressionModel) -> dict[str, tuple[nn.Module, tuple[Tensor, ...], list[str]]]:
     """name -> (module, example inputs, input names) for every graph of this architecture."""
-    folded = foldable_copy(model)
+    folded: Any = foldable_copy(model)
     x = torch.rand(1, 3, 128, 192)
     out: dict[str, tuple[nn.Module, tuple[Tensor, ...], list[str]]] = {}
     with torch.no_grad():
