@@ -25,7 +25,7 @@ def read_image(source: str | Path | bytes, *, max_pixels: int = DEFAULT_MAX_PIXE
 
     The pixel limit is checked from the header, before any pixel is decoded."""
     notices: list[str] = []
-    name = "image" if isinstance(source, bytes | bytearray) else str(source)
+    name = "the input" if isinstance(source, bytes | bytearray) else str(source)
     try:
         fp = io.BytesIO(source) if isinstance(source, bytes | bytearray) else open(source, "rb")  # noqa: SIM115
     except OSError as exc:

@@ -1,0 +1,265 @@
+"""Serving with TorchServe: model archives of zoo entries, config.properties, start and stop by pid.
+
+Each entry is archived twice, as `<name>-encode` and `<name>-decode` (TorchServe routes by model name:
+POST /predictions/<name>-encode with an image, POST /predictions/<name>-decode with a zoo file).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+from zoo.entry import ENTRY_FILES, read_config
+from zoo.errors import ZooError
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+HANDLER = REPO_ROOT / "handlers" / "zoo_handler.py"
+DEFAULT_STORE = REPO_ROOT / "model_store"
+DEFAULT_STATE = Path(os.environ.get("ZOO_HOME", Path.home() / ".cache" / "zoo")) / "torchserve"
+MAX_BODY = 256 * 1024 * 1024  # a 24-megapixel image as PNG, or its reconstruction, fits
+OPS = ("encode", "decode")
+
+
+class ServeError(ZooError):
+    """TorchServe could not be started, reached or given a model."""
+
+
+def archive_name(entry_dir: str | Path, name: str | None = None) -> str:
+    if name:
+        base = name
+    else:
+        e = read_config(entry_dir).entry
+        base = f"{e.arch}-q{e.quality}-{e.metric}-v{e.version}"
+    return re.sub(r"[^A-Za-z0-9_-]", "-", base)
+
+
+def build_archives(
+    entry_dir: str | Path,
+    store: str | Path = DEFAULT_STORE,
+    *,
+    name: str | None = None,
+    backend: str = "torch",
+    batch_size: int = 4,
+    max_batch_delay_ms: int = 20,
+    max_pixels: int = 24_000_000,
+    threads: int = 1,
+) -> list[Path]:
+    """`<name>-encode.mar` and `<name>-decode.mar` in `store`, built with torch-model-archiver."""
+    read_config(entry_dir)
+    base = archive_name(entry_dir, name)
+    store = Path(store)
+    store.mkdir(parents=True, exist_ok=True)
+    archiver = shutil.which("torch-model-archiver") or str(Path(sys.executable).with_name("torch-model-archiver"))
+    if not Path(archiver).exists():
+        raise ServeError("torch-model-archiver is not installed: pip install 'zoo-codecs[serve]'")
+    out = []
+    for op in OPS:
+        with tempfile.TemporaryDirectory() as tmp:
+            t = Path(tmp)
+            for f in ENTRY_FILES:
+                shutil.copyfile(Path(entry_dir) / f, t / f)
+            (t / "zoo_serve.json").write_text(
+                json.dumps({"op": op, "backend": backend, "max_pixels": max_pixels, "threads": threads})
+            )
+            (t / "model-config.yaml").write_text(
+                f"minWorkers: 1\nmaxWorkers: 1\nbatchSize: {batch_size}\nmaxBatchDelay: {max_batch_delay_ms}\n"
+                "responseTimeout: 300\n"
+            )
+            extra = ",".join(str(t / f) for f in (*ENTRY_FILES, "zoo_serve.json"))
+            cmd = [
+                archiver,
+                "--model-name",
+                f"{base}-{op}",
+                "--version",
+                "1.0",
+                "--handler",
+                str(HANDLER),
+                "--extra-files",
+                extra,
+                "--config-file",
+                str(t / "model-config.yaml"),
+                "--export-path",
+                str(store),
+                "--force",
+            ]
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise ServeError(f"torch-model-archiver failed: {proc.stderr.strip()[-300:]}")
+        out.append(store / f"{base}-{op}.mar")
+    return out
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def write_config(
+    path: str | Path,
+    store: str | Path,
+    *,
+    inference_port: int,
+    management_port: int,
+    metrics_port: int,
+    auth: bool = True,
+    workers: int = 1,
+) -> Path:
+    lines = [
+        f"inference_address=http://127.0.0.1:{inference_port}",
+        f"management_address=http://127.0.0.1:{management_port}",
+        f"metrics_address=http://127.0.0.1:{metrics_port}",
+        f"model_store={Path(store).resolve()}",
+        f"max_request_size={MAX_BODY}",
+        f"max_response_size={MAX_BODY}",
+        "metrics_mode=prometheus",
+        f"default_workers_per_model={workers}",
+        "install_py_dep_per_model=false",
+        "disable_system_metrics=true",
+        f"disable_token_authorization={'false' if auth else 'true'}",
+        "enable_model_api=false",
+        "default_response_timeout=300",
+    ]
+    Path(path).write_text("\n".join(lines) + "\n")
+    return Path(path)
+
+
+def start(
+    store: str | Path = DEFAULT_STORE,
+    models: list[str] | None = None,
+    *,
+    state_dir: str | Path = DEFAULT_STATE,
+    auth: bool = True,
+    timeout: float = 180.0,
+    ports: tuple[int, int, int] | None = None,
+) -> dict:
+    """Start TorchServe in its own process group on 127.0.0.1; wait until the listed models answer."""
+    state = Path(state_dir).resolve()
+    state.mkdir(parents=True, exist_ok=True)
+    stop(state)
+    exe = shutil.which("torchserve") or str(Path(sys.executable).with_name("torchserve"))
+    if not Path(exe).exists() or not shutil.which("java"):
+        raise ServeError("TorchServe needs `pip install 'zoo-codecs[serve]'` and Java 17 on PATH")
+    inf, mgmt, met = ports or (free_port(), free_port(), free_port())
+    cfg = write_config(
+        state / "config.properties", store, inference_port=inf, management_port=mgmt, metrics_port=met, auth=auth
+    )
+    models = models or sorted(p.name for p in Path(store).glob("*.mar"))
+    env = {
+        **os.environ,
+        "TMPDIR": str(state),
+        "LOG_LOCATION": str(state / "logs"),
+        "METRICS_LOCATION": str(state / "logs"),
+    }
+    log = open(state / "torchserve.out", "wb")  # noqa: SIM115 - handed to the child
+    cmd = [
+        exe,
+        "--start",
+        "--foreground",
+        "--ts-config",
+        str(cfg),
+        "--model-store",
+        str(Path(store).resolve()),
+        "--ncs",
+        *(["--disable-token-auth"] if not auth else []),
+        "--models",
+        *models,
+    ]
+    proc = subprocess.Popen(cmd, cwd=state, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    info = {
+        "pid": proc.pid,
+        "inference": f"http://127.0.0.1:{inf}",
+        "management": f"http://127.0.0.1:{mgmt}",
+        "metrics": f"http://127.0.0.1:{met}",
+        "models": [m.removesuffix(".mar") for m in models],
+        "state": str(state),
+    }
+    (state / "server.json").write_text(json.dumps(info, indent=2))
+    try:
+        _wait_ready(info, proc, timeout, state)
+    except ServeError:
+        stop(state)
+        raise
+    return info
+
+
+def _headers(state: Path) -> dict[str, str]:
+    keys = state / "key_file.json"
+    if keys.exists():
+        token = json.loads(keys.read_text()).get("management", {}).get("key")
+        if token:
+            return {"Authorization": f"Bearer {token}"}
+    return {}
+
+
+def _wait_ready(info: dict, proc: subprocess.Popen, timeout: float, state: Path) -> None:
+    deadline = time.monotonic() + timeout
+    pending = set(info["models"])
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise ServeError(f"TorchServe exited at startup; see {state / 'torchserve.out'}")
+        for m in list(pending):
+            req = urllib.request.Request(f"{info['management']}/models/{m}", headers=_headers(state))
+            try:
+                with urllib.request.urlopen(req, timeout=2) as r:
+                    status = json.loads(r.read())[0]["workers"]
+                if any(w.get("status") == "READY" for w in status):
+                    pending.discard(m)
+            except (OSError, ValueError, KeyError, IndexError):
+                pass
+        if not pending:
+            return
+        time.sleep(0.5)
+    raise ServeError(f"TorchServe models {sorted(pending)} not ready within {timeout:.0f} s")
+
+
+def running(state_dir: str | Path = DEFAULT_STATE) -> dict | None:
+    path = Path(state_dir) / "server.json"
+    if not path.exists():
+        return None
+    info = json.loads(path.read_text())
+    try:
+        os.kill(int(info["pid"]), 0)
+    except OSError:
+        return None
+    return info
+
+
+def stop(state_dir: str | Path = DEFAULT_STATE, timeout: float = 20.0) -> bool:
+    """Stop the TorchServe started from this state folder (its whole process group), by pid."""
+    path = Path(state_dir) / "server.json"
+    if not path.exists():
+        return False
+    pid = int(json.loads(path.read_text())["pid"])
+    path.unlink()
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except OSError:
+        return False
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pid, 0)
+        except OSError:
+            return True
+        try:  # reap it if it is our child
+            if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                pass
+        except ChildProcessError:
+            pass
+        time.sleep(0.2)
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except OSError:
+        pass
+    return True
