@@ -1,0 +1,106 @@
+"""Served (TorchServe) vs in-process throughput for encode and decode of Kodak images.
+
+    python benchmarks/serve.py [--entry DIR] [--images 8] [--requests 16]
+
+Starts TorchServe on free loopback ports (token auth off), sends encode then decode requests from 1 and 4
+concurrent clients, and compares with the in-process codec on the same machine. Ends with
+`inproc_rps=<x> served_rps=<y> ratio=<y/x> p50_ms=<a> p99_ms=<b>` (4 clients, encode + decode requests).
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+KODAK = REPO.parent / "shared" / "datasets" / "kodak"
+DEFAULT_ENTRY = REPO / "model_store" / "entries" / "bmshj2018-hyperprior" / "q3-mse" / "v0.1"
+
+
+def post(url: str, body: bytes) -> tuple[float, bytes]:
+    req = urllib.request.Request(url, data=body, method="POST", headers={"Content-Type": "application/octet-stream"})
+    t0 = time.perf_counter()
+    with urllib.request.urlopen(req, timeout=300) as r:
+        data = r.read()
+    return time.perf_counter() - t0, data
+
+
+def run_clients(url: str, bodies: list[bytes], clients: int) -> tuple[float, list[float]]:
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        lat = [t for t, _ in pool.map(lambda b: post(url, b), bodies)]
+    return len(bodies) / (time.perf_counter() - t0), lat
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--entry", default=str(DEFAULT_ENTRY))
+    ap.add_argument("--images", type=int, default=8)
+    ap.add_argument("--requests", type=int, default=16)
+    args = ap.parse_args()
+
+    import torch
+
+    import zoo
+    from zoo import bitstream
+    from zoo.imageio import read_image
+    from zoo.serve import build_archives, start, stop
+
+    paths = sorted(KODAK.glob("*.png"))[: args.images]
+    pngs = [p.read_bytes() for p in paths]
+    bodies = [pngs[i % len(pngs)] for i in range(args.requests)]
+
+    # In-process: the same work a worker does (image bytes -> bitstream, bitstream -> PNG), one process.
+    from zoo.imageio import png_bytes
+
+    torch.set_num_threads(1)
+    codec = zoo.load_local(args.entry)
+    streams = [bitstream.dumps(codec.compress(read_image(b)[0])) for b in pngs]
+    t0 = time.perf_counter()
+    for b in bodies:
+        bitstream.dumps(codec.compress(read_image(b)[0]))
+    for i in range(len(bodies)):
+        png_bytes(codec.decompress(bitstream.loads(streams[i % len(streams)])))
+    inproc = 2 * len(bodies) / (time.perf_counter() - t0)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        store = Path(tmp) / "store"
+        build_archives(args.entry, store, name="bench", batch_size=4, max_batch_delay_ms=10)
+        info = start(store, state_dir=Path(tmp) / "state", auth=False)
+        try:
+            enc_url, dec_url = (
+                f"{info['inference']}/predictions/bench-encode",
+                f"{info['inference']}/predictions/bench-decode",
+            )
+            post(enc_url, pngs[0])
+            post(dec_url, streams[0])  # warm up
+            results = {}
+            for clients in (1, 4):
+                t0 = time.perf_counter()
+                _, lat_e = run_clients(enc_url, bodies, clients)
+                _, lat_d = run_clients(dec_url, [streams[i % len(streams)] for i in range(len(bodies))], clients)
+                rps = 2 * len(bodies) / (time.perf_counter() - t0)
+                lat = np.array(lat_e + lat_d) * 1e3
+                results[clients] = (rps, float(np.percentile(lat, 50)), float(np.percentile(lat, 99)))
+                print(
+                    f"{clients} client(s): {rps:.2f} req/s  p50 {results[clients][1]:.0f} ms  "
+                    f"p99 {results[clients][2]:.0f} ms"
+                )
+        finally:
+            stop(Path(tmp) / "state")
+    print(
+        f"in-process (1 thread, same requests): {inproc:.2f} req/s; {len(paths)} Kodak images, "
+        f"{args.requests} encode + {args.requests} decode requests per run"
+    )
+    rps, p50, p99 = results[4]
+    print(f"inproc_rps={inproc:.2f} served_rps={rps:.2f} ratio={rps / inproc:.3f} p50_ms={p50:.0f} p99_ms={p99:.0f}")
+
+
+if __name__ == "__main__":
+    main()
