@@ -205,19 +205,7 @@ class JointAutoregressiveHierarchicalPriors(MeanScaleHyperprior):
     context_size = 5
 
     def __init__(self, N: int = 192, M: int = 192):
-        super().__init__(N, M)
-        self.g_a = analysis(N, M)
-        self.g_s = synthesis(N, M)
-        self.h_a = nn.Sequential(
-            conv(M, N, 3, 1), nn.LeakyReLU(inplace=True), conv(N, N), nn.LeakyReLU(inplace=True), conv(N, N)
-        )
-        self.h_s = nn.Sequential(
-            deconv(N, M),
-            nn.LeakyReLU(inplace=True),
-            deconv(M, M * 3 // 2),
-            nn.LeakyReLU(inplace=True),
-            conv(M * 3 // 2, M * 2, 3, 1),
-        )
+        super().__init__(N, M)  # transforms and hyperprior as mbt2018-mean
         self.entropy_parameters = nn.Sequential(
             nn.Conv2d(M * 12 // 3, M * 10 // 3, 1),
             nn.LeakyReLU(inplace=True),
