@@ -5,7 +5,9 @@
 For each architecture and quality (standard widths, random initialisation: no trained entries exist for
 most), for each Kodak image: z_hat from the eager encoder, then the table indexes of y computed
 (a) naively, by h_s in float32 in each backend, and (b) by zoo's canonical float64 path in each backend.
-Prints per-element and per-image mismatch rates for both.
+Autoregressive models (mbt2018, cheng2020-*) are run on a 128x128 centre crop: the decoder's raster loop
+computes, at every position, the indexes from the float32 context-step graph in ONNX Runtime and from eager
+float32 (naive), and zoo's float64 context step (canonical). Prints mismatch rates for both.
 """
 
 from __future__ import annotations
@@ -23,10 +25,55 @@ from zoo.registry import get_arch
 KODAK = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "kodak"
 
 
+def _autoregressive(model, ort_model, folder: Path, x: torch.Tensor, totals: dict) -> None:
+    import onnxruntime as ort
+    import torch.nn.functional as F
+
+    sess = ort.InferenceSession(str(folder / "context_step.onnx"), providers=["CPUExecutionProvider"])
+    h0, w0 = (x.shape[-2] - 128) // 2, (x.shape[-1] - 128) // 2
+    x = x[..., h0 : h0 + 128, w0 : w0 + 128]
+    gc = model.gaussian_conditional
+    with torch.no_grad():
+        y = model.g_a(x)
+        z_hat = torch.round(model.h_a(y))
+        params = model.entropy_params(z_hat)
+        p32 = params.float()
+        y_hat = F.pad(y.double(), (2, 2, 2, 2))
+        hits = {"naive": 0, "canonical": 0}
+        for h in range(y.shape[-2]):
+            for w in range(y.shape[-1]):
+                crop = y_hat[:, :, h : h + 5, w : w + 5]
+                scales, means = model.context_step(crop, params[:, :, h : h + 1, w : w + 1])
+                s_ort, _ = ort_model.context_step(crop, params[:, :, h : h + 1, w : w + 1])
+                cp = model.context_prediction
+                ctx = F.conv2d(crop.float(), cp.masked_weight(), cp.bias)
+                eager32 = model.entropy_parameters(torch.cat((p32[:, :, h : h + 1, w : w + 1], ctx), 1))
+                ort32 = sess.run(
+                    None, {"y_crop": crop.float().numpy(), "params": p32[:, :, h : h + 1, w : w + 1].numpy()}
+                )[0]
+                pairs = {
+                    "naive": (eager32.flatten(1).chunk(2, 1)[0], torch.from_numpy(ort32).flatten(1).chunk(2, 1)[0]),
+                    "canonical": (scales, s_ort),
+                }
+                for key, (a, b) in pairs.items():
+                    diff = int((gc.build_indexes(a) != gc.build_indexes(b)).sum())
+                    totals[key][0] += diff
+                    totals[key][1] += a.numel()
+                    hits[key] += int(diff > 0)
+                q = torch.round(crop[:, :, 2, 2] - means)
+                y_hat[:, :, h + 2, w + 2] = q + means
+        for key in hits:
+            totals[key][2] += int(hits[key] > 0)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--images", type=int, default=6)
-    ap.add_argument("--archs", nargs="+", default=["bmshj2018-hyperprior", "mbt2018-mean"])
+    ap.add_argument(
+        "--archs",
+        nargs="+",
+        default=["bmshj2018-hyperprior", "mbt2018-mean", "mbt2018", "cheng2020-anchor", "cheng2020-attn"],
+    )
     args = ap.parse_args()
     torch.manual_seed(0)
     images = [read_image(p)[0][None] for p in sorted(KODAK.glob("*.png"))[: args.images]]
@@ -40,6 +87,15 @@ def main() -> None:
                 ort_model = to_onnx_backend(model, cache_dir=tmp)
                 ort_h_s = OrtModule(Path(tmp) / "h_s.onnx")
                 gc = model.gaussian_conditional
+                if spec.autoregressive:
+                    for x in images:
+                        _autoregressive(model, ort_model, Path(tmp), x, totals)
+                    print(
+                        f"{arch} q{q}: naive float32 mismatches so far {totals['naive'][0]}, canonical "
+                        f"{totals['canonical'][0]}",
+                        flush=True,
+                    )
+                    continue
                 for x in images:
                     with torch.no_grad():
                         z = model.h_a(model.g_a(x).abs() if arch == "bmshj2018-hyperprior" else model.g_a(x))
