@@ -1,0 +1,69 @@
+"""Property-based fuzzing of the parser (hypothesis): any bytes, and any edit of a valid header with its checksums
+repaired, either raise BitstreamError quickly or parse to a stream consistent with its own header.
+
+The 5,000-stream mutation run that also entropy-decodes what parses is in tests/test_bitstream.py."""
+
+from __future__ import annotations
+
+import struct
+import time
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests.test_bitstream import _reseal, golden_codec, golden_input
+from zoo import bitstream
+from zoo.errors import BitstreamError
+
+SETTINGS = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+@pytest.fixture(scope="module")
+def stream() -> bytes:
+    codec = golden_codec("bmshj2018-hyperprior", tile_size=64)
+    return bitstream.dumps(codec.compress(golden_input(40, 90)))
+
+
+def _check(data: bytes) -> None:
+    t0 = time.perf_counter()
+    try:
+        c = bitstream.loads(data)
+    except BitstreamError as exc:
+        assert str(exc) and "\n" not in str(exc)
+    else:
+        h = bitstream.peek_header(data)
+        assert (c.height, c.width) == (h.height, h.width)
+        assert 1 <= c.height <= bitstream.MAX_DIM and 1 <= c.width <= bitstream.MAX_DIM
+        assert h.total_bytes == len(data) and c.payload_bytes == h.payload_bytes
+        for t in c.tiles:
+            top, left, th, tw = t.rect
+            assert top + th <= c.height and left + tw <= c.width
+    assert time.perf_counter() - t0 < 2
+
+
+@SETTINGS
+@given(st.binary(max_size=300))
+def test_random_bytes(data):
+    _check(data)
+    _check(bitstream.MAGIC + data)
+    _check(bitstream.MAGIC + bytes([bitstream.FORMAT_VERSION, 0]) + data)
+
+
+@SETTINGS
+@given(pos=st.integers(min_value=10), value=st.integers(0, 255), width=st.sampled_from([1, 2, 4]))
+def test_edited_header_fields_with_repaired_checksums(stream, pos, value, width):
+    header_end = bitstream.peek_header(stream).header_bytes - 4
+    pos = 10 + pos % (header_end - 10 - width + 1)
+    buf = bytearray(stream)
+    buf[pos : pos + width] = bytes([value]) * width  # 0xFF.. makes huge u16/u32 fields, 0x00.. zero ones
+    _check(_reseal(buf))
+
+
+@SETTINGS
+@given(cut=st.integers(min_value=0), body_len=st.integers(0, 2**32 - 1))
+def test_truncation_and_lying_body_length(stream, cut, body_len):
+    _check(stream[: cut % len(stream)])
+    buf = bytearray(stream)
+    struct.pack_into("<I", buf, 6, body_len)
+    _check(bytes(buf))
