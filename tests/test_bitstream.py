@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import struct
 import time
@@ -43,23 +42,30 @@ def golden_input(h: int, w: int) -> torch.Tensor:
 
 
 def write_golden() -> None:  # run by hand when a format version is added: python -m tests.test_bitstream
-    sums = {}
+    from PIL import Image
+
     for name, arch, h, w, tile in GOLDEN_CASES:
         codec = golden_codec(arch, tile)
         data = bitstream.dumps(codec.compress(golden_input(h, w)))
         (GOLDEN / name).write_bytes(data)
-        sums[name] = hashlib.sha256(to_uint8(codec.decompress(bitstream.loads(data))).tobytes()).hexdigest()
-    (GOLDEN / "golden.json").write_text(json.dumps(sums, indent=2) + "\n")
+        Image.fromarray(to_uint8(codec.decompress(bitstream.loads(data)))).save(GOLDEN / f"{name}.png")
 
 
+# The entropy-decoded symbols must be bit-exact (decompress checks the encoder's index checksum, and a
+# symbol error shows as a large pixel error); the synthesis transform is float arithmetic whose last bits
+# vary with the CPU's kernels, so a pixel may round to the neighbouring 8-bit value, never further.
 @pytest.mark.parametrize("case", GOLDEN_CASES, ids=[c[0] for c in GOLDEN_CASES])
 def test_golden_files_still_decode_to_the_same_pixels(case):
+    from PIL import Image
+
     name, arch, h, w, tile = case
-    expected = json.loads((GOLDEN / "golden.json").read_text())[name]
+    expected = np.asarray(Image.open(GOLDEN / f"{name}.png")).astype(np.int16)
     c = bitstream.loads((GOLDEN / name).read_bytes())
     assert (c.height, c.width) == (h, w)
-    pixels = to_uint8(golden_codec(arch, tile).decompress(c))
-    assert hashlib.sha256(pixels.tobytes()).hexdigest() == expected
+    pixels = to_uint8(golden_codec(arch, tile).decompress(c)).astype(np.int16)
+    assert pixels.shape == expected.shape
+    diff = np.abs(pixels - expected)
+    assert diff.max() <= 1 and (diff > 0).mean() < 0.01
 
 
 def test_round_trip_is_exact():
