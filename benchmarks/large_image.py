@@ -26,7 +26,8 @@ if entry:
     codec = zoo.load_local(entry)
 else:
     from zoo.registry import create_model
-    m = create_model("bmshj2018-hyperprior", 3).eval(); torch.manual_seed(0); m.update()
+    torch.manual_seed(0)  # before construction: encode and decode processes must build the same weights
+    m = create_model("bmshj2018-hyperprior", 3).eval(); m.update()
     codec = Codec(m, EntryId("bmshj2018-hyperprior", 3, "mse", "random"), bytes(16))
 t0 = time.perf_counter()
 if mode == "encode":
@@ -56,8 +57,9 @@ def main() -> None:
                 [sys.executable, "-c", CHILD, mode, args.entry, path, str(args.width), str(args.height)],
                 capture_output=True,
                 text=True,
-                check=True,
             )
+            if res.returncode != 0:
+                sys.exit(f"{mode} failed:\n{res.stderr.strip()}")
             rss, secs = res.stdout.split()
             out[mode] = float(rss)
             print(f"{mode}: peak RSS {float(rss):.2f} GB, {secs} s")

@@ -14,7 +14,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 KODAK = REPO.parent / "shared" / "datasets" / "kodak"
-DEFAULT_ENTRY = REPO / "model_store" / "entries" / "bmshj2018-hyperprior" / "q3-mse" / "v0.1"
+DEFAULT_ENTRY = REPO / "model_store" / "entries" / "bmshj2018-hyperprior" / "q3-mse" / "v1.0"
 
 
 def main() -> None:

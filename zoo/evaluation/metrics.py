@@ -21,8 +21,8 @@ def ms_ssim_rgb(a: np.ndarray, b: np.ndarray) -> float:
 
     if min(a.shape[:2]) <= 160:
         return math.nan
-    ta = torch.from_numpy(np.array(a, copy=True)).permute(2, 0, 1)[None].double()
-    tb = torch.from_numpy(np.array(b, copy=True)).permute(2, 0, 1)[None].double()
+    ta = torch.from_numpy(np.array(a, copy=True)).permute(2, 0, 1)[None].float()
+    tb = torch.from_numpy(np.array(b, copy=True)).permute(2, 0, 1)[None].float()
     return float(ms_ssim(ta, tb, data_range=255.0))
 
 
