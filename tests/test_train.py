@@ -154,6 +154,8 @@ def test_release_loads_and_round_trips(folders, tmp_path):
     )
     config = json.loads((entry / "config.json").read_text())
     assert config["weights_dtype"] == "float16" and config["results"]["kodak"]["bpp"] > 0
+    # fp16 storage is measured against the fp32 weights on the same images, and costs almost nothing
+    assert abs(config["training"]["fp16_psnr_loss_db"]) < 0.1
     assert "model-index" in (entry / "README.md").read_text()
     codec = zoo.load_local(entry)
     x = torch.rand(3, 40, 70)
