@@ -96,6 +96,31 @@ def test_hard_sample_mode_and_warm_start(folders, tmp_path):
     assert ckpt["step"] == 5 and len(ckpt["sampler"]["loss"]) == 2
 
 
+def test_warm_start_across_architectures_takes_only_the_named_parts(folders, tmp_path):
+    from zoo.errors import InputError
+    from zoo.registry import create_model
+    from zoo.train.trainer import load_init_weights
+
+    torch.manual_seed(0)
+    source = create_model("bmshj2018-hyperprior", **SMALL)
+    ckpt = tmp_path / "hp.pt"
+    torch.save({"model": source.state_dict()}, ckpt)
+    target = create_model("bmshj2018-factorized", **SMALL)
+    before = {k: v.clone() for k, v in target.state_dict().items()}
+    with pytest.raises(InputError, match="does not fit"):
+        load_init_weights(target, str(ckpt))  # whole-model loading stays strict
+    assert load_init_weights(target, str(ckpt), ("g_a", "g_s")) == f"{ckpt} (g_a, g_s)"
+    for k, v in target.state_dict().items():
+        if k.startswith(("g_a.", "g_s.")):
+            assert torch.equal(v, source.state_dict()[k]), k
+        else:
+            assert torch.equal(v, before[k]), k  # the factorized entropy bottleneck is untouched
+    with pytest.raises(InputError, match="no submodule 'h_a'"):
+        load_init_weights(target, str(ckpt), ("h_a",))
+    with pytest.raises(InputError, match="this model needs"):
+        load_init_weights(create_model("bmshj2018-factorized", N=16, M=32), str(ckpt), ("g_a",))
+
+
 def test_ddp_gloo_two_processes(folders, tmp_path):
     out = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}

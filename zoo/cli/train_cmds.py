@@ -31,6 +31,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         ckpt_every=args.ckpt_every,
         resume=args.resume,
         init=args.init,
+        init_parts=tuple(x for x in (args.init_parts or '').split(',') if x),
         amp=args.amp,
         compile=args.compile,
         hard_samples=args.hard_samples,
@@ -87,6 +88,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--clip", type=float, default=1.0, help="gradient-norm clipping (0: off)")
     p.add_argument("--resume", action="store_true", help="continue exactly from OUT/last.pt")
     p.add_argument("--init", help="warm start from an entry folder, a checkpoint, or ARCH:QUALITY from the zoo")
+    p.add_argument(
+        "--init-parts", help="with --init: only these submodules, comma-separated (e.g. g_a,g_s from another arch)"
+    )
     p.add_argument("--amp", choices=["bf16"], help="bf16 autocast")
     p.add_argument("--compile", action="store_true", help="torch.compile the network")
     p.add_argument("--hard-samples", action="store_true", help="sample images by their running RD loss")

@@ -53,6 +53,7 @@ class TrainConfig:
     seed: int = 0
     resume: bool = False
     init: str | None = None
+    init_parts: tuple[str, ...] = ()  # with init: load only these submodules (e.g. g_a, g_s of another arch)
     amp: str | None = None  # "bf16"
     compile: bool = False
     hard_samples: bool = False
@@ -72,8 +73,11 @@ def _dist_info() -> tuple[int, int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
 
 
-def load_init_weights(model: CompressionModel, spec: str) -> str:
-    """Warm start from an entry folder, a training checkpoint, or a Hub name (hf-hub:... or arch:quality)."""
+def load_init_weights(model: CompressionModel, spec: str, parts: tuple[str, ...] = ()) -> str:
+    """Warm start from an entry folder, a training checkpoint, or a Hub name (hf-hub:... or arch:quality).
+
+    With `parts`, only those submodules are taken (each one whole, shapes equal): the way to start one
+    architecture from another's transforms, e.g. a factorized prior from a hyperprior's g_a and g_s."""
     path = Path(spec)
     if path.is_dir():
         from zoo.entry import load_entry
@@ -88,6 +92,22 @@ def load_init_weights(model: CompressionModel, spec: str) -> str:
 
         name, _, q = spec.partition(":")
         state = zoo.load(name, quality=int(q) if q else None).model.state_dict()
+    if parts:
+        own = model.state_dict()
+        for part in parts:
+            wanted = {k for k in own if k.startswith(part + ".")}
+            if not wanted:
+                raise InputError(f"--init-parts: this model has no submodule {part!r}")
+            missing = sorted(k for k in wanted if k not in state)
+            if missing:
+                raise InputError(f"--init {spec} has no {part} weights (missing {missing[0]})")
+            bad = sorted(k for k in wanted if state[k].shape != own[k].shape)
+            if bad:
+                have, need = tuple(state[bad[0]].shape), tuple(own[bad[0]].shape)
+                raise InputError(f"--init {spec}: {bad[0]} is {have}, this model needs {need}")
+        state = {k: v for k, v in state.items() if any(k.startswith(p + ".") for p in parts)}
+        model.load_state_dict(state, strict=False)
+        return f"{spec} ({', '.join(parts)})"
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
@@ -121,7 +141,7 @@ class Trainer:
 
         torch.manual_seed(cfg.seed)
         self.model = create_model(cfg.arch, cfg.quality, **cfg.widths).to(self.device)
-        self.init_from = load_init_weights(self.model, cfg.init) if cfg.init else None
+        self.init_from = load_init_weights(self.model, cfg.init, cfg.init_parts) if cfg.init else None
         self.optimizer, self.aux_optimizer = build_optimizers(self.model, cfg.lr, cfg.aux_lr)
         self.scheduler = build_scheduler(cfg.scheduler, self.optimizer, self.total)
         self.loss_fn = RateDistortionLoss(self.lmbda, cfg.metric)
