@@ -121,6 +121,43 @@ def test_warm_start_across_architectures_takes_only_the_named_parts(folders, tmp
         load_init_weights(create_model("bmshj2018-factorized", N=16, M=32), str(ckpt), ("g_a",))
 
 
+@pytest.mark.parametrize("arch", ["bmshj2018-hyperprior", "bmshj2018-factorized"])
+def test_widening_keeps_what_the_narrow_model_computes(arch, tmp_path):
+    from zoo.registry import create_model
+    from zoo.train.trainer import load_init_weights
+
+    torch.manual_seed(1)
+    small = create_model(arch, N=8, M=12)
+    with torch.no_grad():
+        for p in small.parameters():  # off the init values, so a wrong copy would show
+            p.add_(0.02 * torch.randn_like(p))
+    ckpt = tmp_path / "small.pt"
+    torch.save({"model": small.state_dict()}, ckpt)
+    big = create_model(arch, N=12, M=20)
+    assert load_init_weights(big, str(ckpt), widen=True).endswith("(widened)")
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        y_small, y_big = small.g_a(x), big.g_a(x)
+        assert torch.allclose(y_big[:, :12], y_small, atol=1e-6)
+        assert torch.allclose(big.g_s(y_big), small.g_s(y_small), atol=1e-6)  # new channels are not read
+        if arch == "bmshj2018-hyperprior":
+            s_small, s_big = small.h_s(small.h_a(y_small.abs())), big.h_s(big.h_a(y_big.abs()))
+            assert torch.allclose(s_big[:, :12], s_small, atol=1e-6)
+    big.train()
+    out = big(torch.rand(2, 3, 64, 64))
+    (out.x_hat.square().mean() + sum(v.log().sum() for v in out.likelihoods.values())).backward()
+    assert big.g_a[0].weight.grad[12:].abs().sum() > 0 or big.g_a[-1].weight.grad[12:].abs().sum() > 0
+
+
+def test_widening_refuses_mean_scale_models(tmp_path):
+    from zoo.errors import InputError
+    from zoo.registry import create_model
+    from zoo.train.widen import widen_into
+
+    with pytest.raises(InputError, match="not MeanScaleHyperprior"):
+        widen_into(create_model("mbt2018-mean", N=12, M=20), create_model("mbt2018-mean", N=8, M=12).state_dict())
+
+
 def test_ddp_gloo_two_processes(folders, tmp_path):
     out = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}

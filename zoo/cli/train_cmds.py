@@ -31,7 +31,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         ckpt_every=args.ckpt_every,
         resume=args.resume,
         init=args.init,
-        init_parts=tuple(x for x in (args.init_parts or '').split(',') if x),
+        init_parts=tuple(x for x in (args.init_parts or "").split(",") if x),
+        init_widen=args.init_widen,
         amp=args.amp,
         compile=args.compile,
         hard_samples=args.hard_samples,
@@ -90,6 +91,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--init", help="warm start from an entry folder, a checkpoint, or ARCH:QUALITY from the zoo")
     p.add_argument(
         "--init-parts", help="with --init: only these submodules, comma-separated (e.g. g_a,g_s from another arch)"
+    )
+    p.add_argument(
+        "--init-widen", action="store_true", help="with --init: grow a narrower model into this quality's widths"
     )
     p.add_argument("--amp", choices=["bf16"], help="bf16 autocast")
     p.add_argument("--compile", action="store_true", help="torch.compile the network")

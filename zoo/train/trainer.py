@@ -54,6 +54,7 @@ class TrainConfig:
     resume: bool = False
     init: str | None = None
     init_parts: tuple[str, ...] = ()  # with init: load only these submodules (e.g. g_a, g_s of another arch)
+    init_widen: bool = False  # with init: grow a narrower model of the same arch into this quality's widths
     amp: str | None = None  # "bf16"
     compile: bool = False
     hard_samples: bool = False
@@ -73,11 +74,12 @@ def _dist_info() -> tuple[int, int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
 
 
-def load_init_weights(model: CompressionModel, spec: str, parts: tuple[str, ...] = ()) -> str:
+def load_init_weights(model: CompressionModel, spec: str, parts: tuple[str, ...] = (), widen: bool = False) -> str:
     """Warm start from an entry folder, a training checkpoint, or a Hub name (hf-hub:... or arch:quality).
 
     With `parts`, only those submodules are taken (each one whole, shapes equal): the way to start one
-    architecture from another's transforms, e.g. a factorized prior from a hyperprior's g_a and g_s."""
+    architecture from another's transforms, e.g. a factorized prior from a hyperprior's g_a and g_s.
+    With `widen`, a narrower model of the same architecture is grown into this one (`zoo.train.widen`)."""
     path = Path(spec)
     if path.is_dir():
         from zoo.entry import load_entry
@@ -92,6 +94,11 @@ def load_init_weights(model: CompressionModel, spec: str, parts: tuple[str, ...]
 
         name, _, q = spec.partition(":")
         state = zoo.load(name, quality=int(q) if q else None).model.state_dict()
+    if widen:
+        from zoo.train.widen import widen_into
+
+        widen_into(model, state)
+        return f"{spec} (widened)"
     if parts:
         own = model.state_dict()
         for part in parts:
@@ -141,7 +148,7 @@ class Trainer:
 
         torch.manual_seed(cfg.seed)
         self.model = create_model(cfg.arch, cfg.quality, **cfg.widths).to(self.device)
-        self.init_from = load_init_weights(self.model, cfg.init, cfg.init_parts) if cfg.init else None
+        self.init_from = load_init_weights(self.model, cfg.init, cfg.init_parts, cfg.init_widen) if cfg.init else None
         self.optimizer, self.aux_optimizer = build_optimizers(self.model, cfg.lr, cfg.aux_lr)
         self.scheduler = build_scheduler(cfg.scheduler, self.optimizer, self.total)
         self.loss_fn = RateDistortionLoss(self.lmbda, cfg.metric)
