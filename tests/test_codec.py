@@ -51,17 +51,20 @@ def test_round_trip_kodak_matches_direct_model_decode(arch):
     assert psnr(x_hat, x[None]) > 15  # small 300-step fixture models
 
 
-# Autoregressive models are left out: their forward pass (like CompressAI's) estimates rates with a
-# parallel approximation of the context (round(y) instead of round(y - mean) + mean), ~9% off by design.
-@pytest.mark.parametrize("arch", ["bmshj2018-factorized", "bmshj2018-hyperprior", "mbt2018-mean"])
+# The estimate prices each element with its exact scale; the coder uses the nearest larger entry of the
+# 64-level scale table (CompressAI's, kept for stream compatibility). On the low-rate cheng2020-anchor
+# fixture (0.1 bpp) that rounding alone costs 4.4% (docs/entropy-coding.md), so it gets 5%.
+# Autoregressive models code a crop: their raster loop is slow on CPU.
+@pytest.mark.parametrize("arch", FIXTURE_ARCHS)
 def test_estimated_bits_agree_with_actual_bits(arch):
-    codec = fixture_codec(arch)
+    codec, model = fixture_codec(arch), fixture_model(arch)
     x = kodak_image("kodim23.png")
-    with torch.no_grad():
-        out = fixture_model(arch)(x[None])
-    estimated = sum((-torch.log2(lik)).sum().item() for lik in out.likelihoods.values())
+    if hasattr(model, "context_size"):
+        x = x[:, :256, :384]
+    estimated = model.estimate_bits(x[None])
     actual = codec.compress(x).payload_bits
-    assert abs(actual - estimated) <= 0.02 * estimated + 64 * 8, (actual, estimated)
+    tolerance = 0.05 if arch == "cheng2020-anchor" else 0.02
+    assert abs(actual - estimated) <= tolerance * estimated + 64 * 8, (actual, estimated)
 
 
 def test_latent_outliers_round_trip_bit_exactly():

@@ -66,6 +66,19 @@ class CompressionModel(nn.Module):
         (float32 ONNX Runtime vs eager, CPU vs GPU) practically never move an index or a mean."""
         return self.f64("h_s")(z_hat.double())
 
+    @torch.no_grad()
+    def estimate_bits(self, x: Tensor) -> float:
+        """The rate of a padded batch estimated from likelihoods (-sum log2), without coding it. For
+        these models the eval-mode forward quantizes exactly as the coder does; the coder then pays
+        only its table precision and a few bytes of flushing over this figure."""
+        was_training = self.training
+        self.eval()
+        try:
+            out = self(x)
+        finally:
+            self.train(was_training)
+        return float(sum(-torch.log2(lik.double()).sum() for lik in out.likelihoods.values()))
+
     def aux_loss(self) -> Tensor:
         losses = [m.loss() for m in self.modules() if isinstance(m, EntropyBottleneck)]
         return torch.stack(losses).sum() if losses else torch.zeros(())

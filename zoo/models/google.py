@@ -8,8 +8,9 @@ bmshj2018-factorized stops at y with a factorized prior (EB); mbt2018 adds a cau
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -241,33 +242,59 @@ class JointAutoregressiveHierarchicalPriors(MeanScaleHyperprior):
         scales, means = gp.flatten(1).chunk(2, 1)
         return scales, means
 
+    def _raster(self, y_hat: Tensor, params: Tensor) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Quantize one image's latent in raster order, as the coder does: `y_hat` is y padded by
+        context_size // 2 and is overwritten position by position with round(y - mean) + mean, so each
+        context sees exactly what the decoder will. Yields (symbols, table indexes) per position."""
+        k, p = self.context_size, self.context_size // 2
+        height, width = y_hat.shape[-2] - 2 * p, y_hat.shape[-1] - 2 * p
+        for h in range(height):
+            for w in range(width):
+                crop = y_hat[:, :, h : h + k, w : w + k]
+                scales, means = self.context_step(crop, params[:, :, h : h + 1, w : w + 1])
+                indexes = self.gaussian_conditional.build_indexes(scales)
+                symbols = self.gaussian_conditional.quantize(crop[:, :, p, p], "symbols", means)
+                y_hat[:, :, h + p, w + p] = symbols + means
+                yield symbols.reshape(-1).numpy(), indexes.reshape(-1).numpy()
+
     def _compress(self, x: Tensor) -> list[LatentStreams]:
         from zoo.coder import Encoder
 
         y = self.g_a(x)
         z_strings, z_crc, z_hat = self._code_z(y)
         params = self.entropy_params(z_hat)
-        k, p = self.context_size, self.context_size // 2
-        height, width = y.shape[-2:]
+        p = self.context_size // 2
         tables = self.gaussian_conditional.tables()
         out = []
         for i in range(x.shape[0]):
-            # y_hat is filled in raster order so the context sees exactly what the decoder will see.
-            y_hat = F.pad(y[i : i + 1].double(), (p, p, p, p))
             encoder, crc = Encoder(), z_crc
-            for h in range(height):
-                for w in range(width):
-                    crop = y_hat[:, :, h : h + k, w : w + k]
-                    scales, means = self.context_step(crop, params[i : i + 1, :, h : h + 1, w : w + 1])
-                    indexes = self.gaussian_conditional.build_indexes(scales)
-                    symbols = self.gaussian_conditional.quantize(crop[:, :, p, p], "symbols", means)
-                    y_hat[:, :, h + p, w + p] = symbols + means
-                    idx = indexes.reshape(-1).numpy()
-                    encoder.push(symbols.reshape(-1).numpy(), idx, tables)
-                    crc = crc_indexes(idx, crc)
+            for symbols, idx in self._raster(F.pad(y[i : i + 1].double(), (p, p, p, p)), params[i : i + 1]):
+                encoder.push(symbols, idx, tables)
+                crc = crc_indexes(idx, crc)
             hw = (int(z_hat.shape[-2]), int(z_hat.shape[-1]))
             out.append(LatentStreams((("z", z_strings[i]), ("y", encoder.flush())), hw, crc))
         return out
+
+    @torch.no_grad()
+    def estimate_bits(self, x: Tensor) -> float:
+        """The forward pass estimates y's rate from round(y) contexts, a parallel stand-in for the coder's
+        sequential round(y - mean) + mean; here the likelihoods are those of the latent the coder
+        actually produces (sequential quantization, then one parallel pass of the context model)."""
+        y = self.g_a(x)
+        z_hat, z_lik = self.entropy_bottleneck(self.hyper_analysis(y))
+        params = self.entropy_params(z_hat)
+        p = self.context_size // 2
+        y_hat = F.pad(y.double(), (p, p, p, p))
+        for i in range(x.shape[0]):
+            for _ in self._raster(y_hat[i : i + 1], params[i : i + 1]):
+                pass
+        y_hat = y_hat[:, :, p:-p, p:-p]
+        cp = self.f64("context_prediction")
+        assert isinstance(cp, MaskedConv2d)
+        ctx = F.conv2d(y_hat, cp.masked_weight(), cp.bias, padding=p)
+        scales, means = self.f64("entropy_parameters")(torch.cat((params, ctx), dim=1)).chunk(2, 1)
+        _, y_lik = self.gaussian_conditional(y_hat, scales, means=means)
+        return float(-(torch.log2(y_lik).sum() + torch.log2(z_lik).sum()))
 
     def _decompress(self, streams: Sequence[LatentStreams], latent_hw: tuple[int, int]) -> tuple[Tensor, list[int]]:
         from zoo.coder import Decoder
