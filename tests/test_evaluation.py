@@ -50,10 +50,17 @@ def test_eval_bpp_is_file_size_and_psnr_is_independent(two_images, fixture_entry
         )
         == 0
     )
-    assert "skipped 1 non-image" in capsys.readouterr().err
+    printed = capsys.readouterr()
+    assert "skipped 1 non-image" in printed.err
+    assert "kodim05.png" in printed.out and "kodim23.png" in printed.out  # the per-image table
     res = json.loads(out.read_text())
-    assert set(res) == {"name", "description", "results"}
+    assert set(res) == {"name", "description", "results", "per_image"}
     assert set(res["results"]) >= {"bpp", "psnr-rgb", "ms-ssim-rgb", "encoding_time", "decoding_time"}
+    assert res["name"] == "bmshj2018-hyperprior-mse@0.1"
+    (run,) = res["per_image"]
+    assert run["quality"] == 1 and run["entry"] == "bmshj2018-hyperprior/q1-mse@0.1"
+    assert [r["image"] for r in run["images"]] == ["kodim05.png", "kodim23.png"]
+    assert np.mean([r["bpp"] for r in run["images"]]) == pytest.approx(res["results"]["bpp"][0], rel=1e-12)
     codec = zoo.load_local(fixture_entry)
     bpps, psnrs = [], []
     for name in ("kodim05.png", "kodim23.png"):
@@ -74,6 +81,133 @@ def test_eval_bpp_is_file_size_and_psnr_is_independent(two_images, fixture_entry
         main(["eval", "--model", str(fixture_entry), "--dataset", str(two_images), "--json", str(out), "--quiet"]) == 0
     )
     assert len(cache[0].read_text().splitlines()) == 2
+
+
+@pytest.fixture(scope="module")
+def small_images(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("small")
+    for name in ("kodim05.png", "kodim23.png"):
+        Image.open(KODAK / name).crop((64, 64, 128, 128)).save(folder / name)
+    return folder
+
+
+def _eval(model, dataset, out, *extra):
+    return main(["eval", "--model", str(model), "--dataset", str(dataset), "--json", str(out), "--quiet", *extra])
+
+
+def _variant(tmp_path, name, *, version, scale=1.0):
+    """The fixture entry saved again under `tmp_path/name/hyperprior` (the same folder name as the session
+    fixture), at another version and/or with the synthesis transform's last layer scaled."""
+    import copy
+
+    import torch
+
+    from tests.support import fixture_model
+    from zoo.entry import save_entry
+
+    model = copy.deepcopy(fixture_model("bmshj2018-hyperprior"))
+    with torch.no_grad():
+        model.g_s[-1].weight.mul_(scale)
+    out = tmp_path / name / "hyperprior"
+    save_entry(model, out, arch="bmshj2018-hyperprior", quality=1, version=version, training={"dataset": "fixture"})
+    return out
+
+
+def test_eval_resume_cache_is_keyed_by_entry_version_and_weights(small_images, fixture_entry, tmp_path):
+    retrained = _variant(tmp_path, "retrained", version="0.1", scale=0.5)  # same name and version, new weights
+    bumped = _variant(tmp_path, "bumped", version="0.2")  # same weights, new version
+    out = tmp_path / "r.json"
+    psnr = {}
+    for key, entry in (("orig", fixture_entry), ("retrained", retrained), ("bumped", bumped)):
+        assert _eval(entry, small_images, out) == 0
+        psnr[key] = json.loads(out.read_text())["results"]["psnr-rgb"][0]
+    assert len(list(out.with_suffix(".cache").glob("*.jsonl"))) == 3
+    # The retrained entry's figures are its own, as a run without any cache computes them.
+    assert psnr["retrained"] != pytest.approx(psnr["orig"], abs=0.01)
+    assert _eval(retrained, small_images, tmp_path / "fresh.json") == 0
+    assert psnr["retrained"] == json.loads((tmp_path / "fresh.json").read_text())["results"]["psnr-rgb"][0]
+    assert psnr["bumped"] == pytest.approx(psnr["orig"], rel=1e-9)
+
+    # Several versions of one architecture in one run get distinct labels.
+    both = tmp_path / "both.json"
+    models = [str(m) for m in (fixture_entry, bumped, retrained)]
+    assert main(["eval", "--model", *models, "--dataset", str(small_images), "--json", str(both), "--quiet"]) == 0
+    names = [r["name"] for r in json.loads(both.read_text())]
+    assert names[:2] == ["bmshj2018-hyperprior-mse@0.1", "bmshj2018-hyperprior-mse@0.2"]
+    assert len(set(names)) == 3
+
+
+def test_eval_skips_corrupt_image_files(small_images, fixture_entry, tmp_path, capsys):
+    folder = tmp_path / "data"
+    shutil.copytree(small_images, folder)
+    (folder / "broken.png").write_bytes(b"not a PNG at all")
+    (folder / "cut.png").write_bytes((small_images / "kodim05.png").read_bytes()[:100])
+    out = tmp_path / "r.json"
+    assert main(["eval", "--model", str(fixture_entry), "--dataset", str(folder), "--json", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "skipped 2 unreadable image files" in err and err.count("unreadable") == 1
+    res = json.loads(out.read_text())
+    assert [r["image"] for r in res["per_image"][0]["images"]] == ["kodim05.png", "kodim23.png"]
+    assert res["per_image"][0]["skipped"] == ["broken.png", "cut.png"]
+
+    only_bad = tmp_path / "bad"
+    only_bad.mkdir()
+    (only_bad / "broken.png").write_bytes(b"not a PNG at all")
+    assert main(["eval", "--model", str(fixture_entry), "--dataset", str(only_bad), "--quiet"]) == 2
+    assert "none of the 1 image files" in capsys.readouterr().err
+
+
+def test_eval_quality_of_a_single_entry(small_images, fixture_entry, tmp_path, capsys):
+    out = tmp_path / "r.json"
+    for quality in ("1", "1-8"):
+        assert _eval(fixture_entry, small_images, out, "--quality", quality) == 0
+        res = json.loads(out.read_text())
+        assert res["results"]["quality"] == [1] and len(res["per_image"]) == 1
+    assert _eval(fixture_entry, small_images, out, "--quality", "2-3") == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "quality 1" in err and "2-3" in err
+
+    # A checkpoint does not know its quality: one number labels it, a range is refused.
+    import torch
+
+    from tests.support import fixture_state_dict
+
+    ckpt = tmp_path / "hyperprior.pth"
+    torch.save(fixture_state_dict("bmshj2018-hyperprior"), ckpt)
+    arch = ("--arch", "bmshj2018-hyperprior")
+    assert _eval(ckpt, small_images, out, *arch, "--quality", "4") == 0
+    assert json.loads(out.read_text())["results"]["quality"] == [4]
+    assert _eval(ckpt, small_images, out, *arch, "--quality", "1-8") == 2
+    assert "one checkpoint" in capsys.readouterr().err
+
+
+def test_eval_registry_quality_range_uses_released_entries(tmp_path, monkeypatch, small_images, capsys):
+    from tests.conftest import write_manifest
+    from zoo.cli.eval_cmds import parse_qualities, released_qualities
+
+    def entry(q, version="1.0"):
+        return {
+            "arch": "bmshj2018-hyperprior",
+            "quality": q,
+            "metric": "mse",
+            "version": version,
+            "repo": "zoo-test/x",
+            "revision": "main",
+            "files": {},
+        }
+
+    monkeypatch.setenv("ZOO_MANIFEST", str(write_manifest(tmp_path / "m.json", [entry(1), entry(3), entry(3, "2")])))
+    assert released_qualities("bmshj2018-hyperprior", parse_qualities("1-8"), "mse", None) == (
+        [1, 3],
+        [2, 4, 5, 6, 7, 8],
+    )
+    assert released_qualities("bmshj2018-hyperprior", parse_qualities("3"), "mse", "2") == ([3], [])
+    # None released: one clear error, before anything is loaded or downloaded.
+    assert main(["eval", "--model", "bmshj2018-hyperprior", "--quality", "4-6", "--dataset", str(small_images)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "released: q1-mse@1.0, q3-mse@1.0, q3-mse@2" in err
+    with pytest.raises(InputError):
+        parse_qualities("5-2")
 
 
 def test_bd_rate_sanity():

@@ -5,23 +5,85 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from zoo.errors import InputError
 
 
 def parse_qualities(text: str | None) -> list[int | None]:
-    """ "3", "1-8" or "1,3,5" -> list of ints; None -> [None] (the entry decides)."""
+    """ "3", "1-8" or "1,3,5" -> list of ints (in order, once each); None -> [None] (the entry decides)."""
     if not text:
         return [None]
     out: list[int | None] = []
     try:
         for part in text.split(","):
             lo, _, hi = part.partition("-")
-            out += list(range(int(lo), int(hi or lo) + 1))
+            span = range(int(lo), int(hi or lo) + 1)
+            if not span:
+                raise ValueError
+            out += [q for q in span if q not in out]
     except ValueError:
-        raise InputError(f"--quality takes N, N-M or N,M,...; got {text!r}") from None
+        raise InputError(f"--quality takes N, N-M (N <= M) or N,M,...; got {text!r}") from None
     return out
+
+
+def _is_single_entry(model: str) -> bool:
+    """An entry folder, a checkpoint file or a Hub repo: one model, so one quality."""
+    from zoo.hub import HF_PREFIX
+
+    return model.startswith(HF_PREFIX) or Path(model).exists()
+
+
+def released_qualities(
+    arch: str, qualities: list[int | None], metric: str, version: str | None
+) -> tuple[list[int], list[int]]:
+    """(released, missing) among the requested qualities of a registry architecture, from the manifest.
+
+    Unknown architectures and qualities the architecture does not have are errors; a quality with no
+    released entry is only missing. None of them released is an error that says what is."""
+    from zoo.errors import EntryNotFound
+    from zoo.hub import load_manifest, resolve
+    from zoo.registry import get_arch
+
+    spec = get_arch(arch)
+    if qualities == [None]:
+        raise EntryNotFound(f"{arch} needs --quality: {', '.join(map(str, spec.qualities))}")
+    manifest = load_manifest()
+    released: list[int] = []
+    missing: list[int] = []
+    first_error: EntryNotFound | None = None
+    for q in qualities:
+        assert q is not None
+        spec.check_quality(q)
+        try:
+            resolve(arch, q, metric, version, manifest=manifest)
+        except EntryNotFound as exc:
+            missing.append(q)
+            first_error = first_error or exc
+            continue
+        released.append(q)
+    if not released:
+        assert first_error is not None
+        if len(qualities) == 1:
+            raise first_error
+        have = sorted({(e.quality, e.metric, e.version) for e in manifest if e.arch == arch})
+        listed = ", ".join(f"q{q}-{m}@{v}" for q, m, v in have) or "none yet"
+        wanted = f"{metric}" + (f" version {version}" if version else "")
+        raise EntryNotFound(f"{arch} has no released {wanted} entry at any requested quality; released: {listed}")
+    return released, missing
+
+
+def _spans(qs: list[int]) -> str:
+    """[1, 2, 3, 5] -> "q1-3, q5"."""
+    groups: list[list[int]] = []
+    for q in sorted(qs):
+        if groups and q == groups[-1][-1] + 1:
+            groups[-1].append(q)
+        else:
+            groups.append([q])
+    return ", ".join(f"q{g[0]}" + (f"-{g[-1]}" if len(g) > 1 else "") for g in groups)
 
 
 class _Loader:
@@ -58,39 +120,117 @@ class _Loader:
         return zoo.load(model, quality=quality, metric=metric, version=version, backend=backend)
 
 
+def _plan(model: str, args: argparse.Namespace) -> list[tuple[_Loader, Any]]:
+    """What to evaluate for one --model: (loader, codec or None to load when its turn comes) per quality."""
+    from zoo.errors import EntryNotFound
+
+    requested = parse_qualities(args.quality)
+    if not _is_single_entry(model):
+        released, missing = released_qualities(model, requested, args.metric, args.version)
+        if missing:
+            print(
+                f"zoo: warning: {model} has no released {args.metric} entry at {_spans(missing)}; "
+                f"evaluating {_spans(released)}",
+                file=sys.stderr,
+            )
+        return [(_Loader(model, q, args.metric, args.version, args.backend, args.arch), None) for q in released]
+    if Path(model).is_file():
+        # A checkpoint does not know its quality: --quality only labels it, so it takes one number.
+        if len(requested) > 1:
+            raise InputError(f"{model} is one checkpoint: --quality takes a single N to label it, not {args.quality}")
+        return [(_Loader(model, requested[0], args.metric, args.version, args.backend, args.arch), None)]
+    loader = _Loader(model, None, args.metric, args.version, args.backend, args.arch)
+    codec = loader()
+    q = codec.entry.quality
+    if requested != [None] and q not in requested:
+        raise EntryNotFound(f"{model} is {codec.entry}, quality {q}; --quality {args.quality} does not include it")
+    if len(requested) > 1 and not args.quiet:
+        print(f"zoo: note: {model} is one entry ({codec.entry}); evaluating q{q} only", file=sys.stderr)
+    return [(loader, codec)]
+
+
+def _labels(runs: list[tuple[str, list[Any]]]) -> list[str]:
+    """A distinct series label per --model: "arch-metric@version" (versions joined with "+" when a sweep
+    mixes them), then the --model text, then a counter, where that is still not unique."""
+    labels: list[str] = []
+    for model, codecs in runs:
+        versions = list(dict.fromkeys(c.entry.version for c in codecs))
+        e = codecs[0].entry
+        label = f"{e.arch}-{e.metric}@{'+'.join(versions)}"
+        if label in labels:
+            label = f"{label} ({model})"
+        n = 2
+        base = label
+        while label in labels:
+            label, n = f"{base} #{n}", n + 1
+        labels.append(label)
+    return labels
+
+
+def _print_table(summary: Any) -> None:
+    print(f"  {'image':<24} {'size':>9} {'bytes':>8} {'bpp':>7} {'PSNR':>6} {'MS-SSIM':>7} {'enc s':>6} {'dec s':>6}")
+    for r in summary.per_image:
+        print(
+            f"  {r.image:<24} {f'{r.width}x{r.height}':>9} {r.num_bytes:>8} {r.bpp:>7.4f} {r.psnr:>6.2f} "
+            f"{r.ms_ssim:>7.4f} {r.encoding_time:>6.3f} {r.decoding_time:>6.3f}"
+        )
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from zoo.evaluation.plot import rd_plot
-    from zoo.evaluation.runner import compressai_layout, evaluate_codec, list_images
+    from zoo.evaluation.runner import cache_name, compressai_layout, evaluate_codec, list_images, per_image_record
 
     images, skipped = list_images(args.dataset)
     if not images:
         raise InputError(f"{args.dataset} has no images")
     if skipped and not args.quiet:
         print(f"zoo: note: skipped {skipped} non-image files in {args.dataset}", file=sys.stderr)
-    series, outputs = {}, []
+    # Plan every model first, so a bad name or quality fails before any long run.
+    plans = [(model, _plan(model, args)) for model in args.model]
     cache_dir = Path(args.json).with_suffix(".cache") if args.json else None
-    for model in args.model:
-        points = []
-        for q in parse_qualities(args.quality):
-            loader = _Loader(model, q, args.metric, args.version, args.backend, args.arch)
-            codec = loader()
-            label = f"{codec.entry.arch}-{codec.entry.metric}"
+    unreadable: set[str] = set()
+    runs: list[tuple[str, list[Any]]] = []
+    summaries: list[list[Any]] = []
+    for model, plan in plans:
+        codecs, done = [], []
+        for loader, codec in plan:
+            codec = codec or loader()
             cache = None
             if cache_dir:
                 cache_dir.mkdir(parents=True, exist_ok=True)
-                cache = cache_dir / f"{Path(model).name}-q{codec.entry.quality}-{args.backend}.jsonl"
+                cache = cache_dir / cache_name(codec, args.backend)
             summary = evaluate_codec(
-                codec, args.dataset, label=label, cache=cache, workers=args.workers, loader=loader, quiet=args.quiet
+                codec, args.dataset, cache=cache, workers=args.workers, loader=loader, quiet=args.quiet
             )
+            new = [s for s in summary.skipped if s.image not in unreadable]
+            unreadable.update(s.image for s in new)
+            if new and not args.quiet:
+                print(
+                    f"zoo: note: skipped {len(new)} unreadable image files in {args.dataset} (first: {new[0].reason})",
+                    file=sys.stderr,
+                )
             p = summary.point
-            points.append(p)
             if not args.quiet:
+                _print_table(summary)
                 print(
                     f"{codec.entry}: {p.images} images  bpp {p.bpp:.4f}  PSNR {p.psnr:.2f} dB  "
                     f"MS-SSIM {p.ms_ssim:.4f}  enc {p.encoding_time:.3f} s  dec {p.decoding_time:.3f} s"
                 )
+            codecs.append(codec)
+            done.append(summary)
+        runs.append((model, codecs))
+        summaries.append(done)
+    series, outputs = {}, []
+    for label, (_, codecs), done in zip(_labels(runs), runs, summaries, strict=True):
+        points = [replace(s.point, label=label) for s in done]
         series[label] = points
-        outputs.append(compressai_layout(label, f"zoo eval on {args.dataset} ({args.backend})", points))
+        per_image = [
+            per_image_record(s, entry=str(c.entry), fingerprint=c.fingerprint.hex())
+            for s, c in zip(done, codecs, strict=True)
+        ]
+        outputs.append(
+            compressai_layout(label, f"zoo eval on {args.dataset} ({args.backend})", points, per_image=per_image)
+        )
     if args.json:
         Path(args.json).write_text(json.dumps(outputs[0] if len(outputs) == 1 else outputs, indent=2) + "\n")
     if args.plot:
@@ -100,7 +240,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from zoo.evaluation.plot import rd_plot
-    from zoo.evaluation.runner import compressai_layout, evaluate_classical
+    from zoo.evaluation.runner import compressai_layout, evaluate_classical, per_image_record
 
     qualities = [q for q in parse_qualities(args.quality) if q is not None] or None
     cache_dir = Path(args.json).with_suffix(".cache") if args.json else None
@@ -112,7 +252,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         for p in points:
             print(f"{args.codec} q{p.quality}: bpp {p.bpp:.4f}  PSNR {p.psnr:.2f} dB  MS-SSIM {p.ms_ssim:.4f}")
     if args.json:
-        layout = compressai_layout(args.codec, f"Pillow {args.codec} on {args.dataset}", points)
+        per_image = [per_image_record(s) for s in summaries]
+        layout = compressai_layout(args.codec, f"Pillow {args.codec} on {args.dataset}", points, per_image=per_image)
         Path(args.json).write_text(json.dumps(layout, indent=2) + "\n")
     if args.plot:
         rd_plot({args.codec: points}, args.plot)

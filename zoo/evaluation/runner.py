@@ -1,5 +1,6 @@
 """Rate–distortion runs over an image folder: real files (bpp from their size, header included), PSNR and
 MS-SSIM on the 8-bit reconstruction, encode/decode seconds; parallel, resumable, with a progress bar.
+Files that cannot be read as images are skipped and reported, never fatal.
 
 Results are written in CompressAI's layout ({"name", "description", "results": {"bpp": [...], ...}}, one
 value per quality) so our curves compare directly with published ones.
@@ -10,6 +11,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import re
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor
@@ -36,6 +38,14 @@ class ImageResult:
     ms_ssim: float
     encoding_time: float
     decoding_time: float
+
+
+@dataclass(frozen=True)
+class SkippedImage:
+    """A file with an image extension that could not be read or coded as an image."""
+
+    image: str
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -106,6 +116,15 @@ def _classical_one(codec, quality: int, path: Path) -> ImageResult:
     )
 
 
+def _guarded(one: Callable[[Path], ImageResult], path: Path) -> ImageResult | SkippedImage:
+    # InputError is what image reading raises for a corrupt or foreign file (and the codec for an
+    # image it cannot take); anything else is a bug and must still surface.
+    try:
+        return one(path)
+    except InputError as exc:
+        return SkippedImage(path.name, str(exc))
+
+
 def _init_worker(loader: Callable[[], Any], threads: int) -> None:
     import torch
 
@@ -113,8 +132,8 @@ def _init_worker(loader: Callable[[], Any], threads: int) -> None:
     _WORKER["codec"] = loader()
 
 
-def _worker_learned(path: Path) -> ImageResult:
-    return _learned_one(_WORKER["codec"], path)
+def _worker_learned(path: Path) -> ImageResult | SkippedImage:
+    return _guarded(functools.partial(_learned_one, _WORKER["codec"]), path)
 
 
 # -- runs ----------------------------------------------------------------------------------------
@@ -147,21 +166,28 @@ def run_images(
     workers: int = 1,
     loader: Callable[[], Any] | None = None,
     quiet: bool = False,
-) -> list[ImageResult]:
-    """Evaluate each image once; results already in `cache` (a JSONL file) are kept, new ones appended."""
+) -> tuple[list[ImageResult], list[SkippedImage]]:
+    """Evaluate each image once; results already in `cache` (a JSONL file) are kept, new ones appended.
+
+    Returns the results in image order and the files that could not be read as images (not cached, so a
+    file repaired later is evaluated by the next run)."""
     done = _cache_load(cache)
+    skipped: list[SkippedImage] = []
     todo = [p for p in images if p.name not in done]
     bar = _progress(len(images), desc, quiet)
     bar.update(len(images) - len(todo))
     sink = open(cache, "a") if cache else None  # noqa: SIM115
     try:
 
-        def record(r: ImageResult) -> None:
+        def record(r: ImageResult | SkippedImage) -> None:
+            bar.update(1)
+            if isinstance(r, SkippedImage):
+                skipped.append(r)
+                return
             done[r.image] = r
             if sink:
                 sink.write(json.dumps(asdict(r)) + "\n")
                 sink.flush()
-            bar.update(1)
 
         if workers > 1 and loader is not None and len(todo) > 1:
             import multiprocessing as mp
@@ -174,12 +200,12 @@ def run_images(
         else:
             assert one is not None
             for p in todo:
-                record(one(p))
+                record(_guarded(one, p))
     finally:
         bar.close()
         if sink:
             sink.close()
-    return [done[p.name] for p in images]
+    return [done[p.name] for p in images if p.name in done], skipped
 
 
 def mean_point(label: str, quality: int, results: Iterable[ImageResult]) -> RDPoint:
@@ -198,6 +224,7 @@ def mean_point(label: str, quality: int, results: Iterable[ImageResult]) -> RDPo
 class EvalSummary:
     point: RDPoint
     per_image: list[ImageResult]
+    skipped: tuple[SkippedImage, ...] = ()
 
     # shortcuts used by release tooling
     @property
@@ -217,6 +244,19 @@ class EvalSummary:
         return self.point.images
 
 
+def _check_any(dataset: str | Path, results: list[ImageResult], skipped: list[SkippedImage]) -> None:
+    if not results:
+        raise InputError(f"none of the {len(skipped)} image files in {dataset} could be read: {skipped[0].reason}")
+
+
+def cache_name(codec, backend: str = "torch") -> str:
+    """File name of a codec's per-image results: the entry's full identity (architecture, quality, metric,
+    version), its weights fingerprint and the backend, so no other entry or retrained weights reuse them."""
+    e = codec.entry
+    version = re.sub(r"[^A-Za-z0-9._-]", "_", e.version)
+    return f"{e.arch}-q{e.quality}-{e.metric}-v{version}-{codec.fingerprint.hex()}-{backend}.jsonl"
+
+
 def evaluate_codec(
     codec,
     dataset: str | Path,
@@ -232,10 +272,17 @@ def evaluate_codec(
     if not images:
         raise InputError(f"{dataset} has no images")
     label = label or str(codec.entry)
-    results = run_images(
-        images, lambda p: _learned_one(codec, p), desc=label, cache=cache, workers=workers, loader=loader, quiet=quiet
+    results, skipped = run_images(
+        images,
+        functools.partial(_learned_one, codec),
+        desc=label,
+        cache=cache,
+        workers=workers,
+        loader=loader,
+        quiet=quiet,
     )
-    return EvalSummary(mean_point(label, codec.entry.quality, results), results)
+    _check_any(dataset, results, skipped)
+    return EvalSummary(mean_point(label, codec.entry.quality, results), results, tuple(skipped))
 
 
 def evaluate_classical(
@@ -255,17 +302,23 @@ def evaluate_classical(
     out = []
     for q in qualities or codec.qualities:
         cache = cache_dir / f"{name}-q{q}.jsonl" if cache_dir else None
-        results = run_images(
+        results, skipped = run_images(
             images, functools.partial(_classical_one, codec, q), desc=f"{name} q{q}", cache=cache, quiet=quiet
         )
-        out.append(EvalSummary(mean_point(name, q, results), results))
+        _check_any(dataset, results, skipped)
+        out.append(EvalSummary(mean_point(name, q, results), results, tuple(skipped)))
     return out
 
 
-def compressai_layout(name: str, description: str, points: list[RDPoint]) -> dict[str, Any]:
-    """CompressAI's results JSON: one value per quality, in quality order."""
+def compressai_layout(
+    name: str, description: str, points: list[RDPoint], per_image: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    """CompressAI's results JSON: one value per quality, in quality order.
+
+    `per_image`, one dict per point with a "quality" key, goes under an extra top-level "per_image" key
+    (same order as "results"), which readers of CompressAI's layout ignore."""
     pts = sorted(points, key=lambda p: p.quality)
-    return {
+    layout: dict[str, Any] = {
         "name": name,
         "description": description,
         "results": {
@@ -276,4 +329,17 @@ def compressai_layout(name: str, description: str, points: list[RDPoint]) -> dic
             "encoding_time": [p.encoding_time for p in pts],
             "decoding_time": [p.decoding_time for p in pts],
         },
+    }
+    if per_image is not None:
+        layout["per_image"] = sorted(per_image, key=lambda d: d["quality"])
+    return layout
+
+
+def per_image_record(summary: EvalSummary, **identity: Any) -> dict[str, Any]:
+    """One point's per-image figures for the "per_image" key of the results JSON."""
+    return {
+        "quality": summary.point.quality,
+        **identity,
+        "images": [asdict(r) for r in summary.per_image],
+        "skipped": [s.image for s in summary.skipped],
     }
