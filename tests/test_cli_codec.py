@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import io
 import json
+import struct
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from tests.support import KODAK, REPO
+from tests.test_bitstream import _field_offset, _reseal
 from zoo import bitstream
 from zoo.cli import main
 from zoo.imageio import read_image
@@ -83,11 +86,24 @@ def test_bad_inputs_exit_2_with_one_line(tmp_path, fixture_entry):
     (tmp_path / "empty.zoo").write_bytes(b"")
     (tmp_path / "text.txt").write_text("hello")
     Image.new("RGBA", (8, 8), (0, 0, 0, 0)).save(tmp_path / "clear.png")
+    flipped = bytearray(data)
+    flipped[-20] ^= 4
+    (tmp_path / "flipped.zoo").write_bytes(flipped)
+    future = bytearray(data)
+    future[4] = 99
+    (tmp_path / "future.zoo").write_bytes(_reseal(future))
+    huge = bytearray(data)
+    struct.pack_into("<II", huge, _field_offset(data), 100_000, 100_000)
+    (tmp_path / "huge.zoo").write_bytes(_reseal(huge))
     out = str(tmp_path / "o")
     cases = [
         (["decode", str(tmp_path / "trunc.zoo"), out], "truncated"),
         (["decode", str(tmp_path / "empty.zoo"), out], "empty"),
         (["decode", str(tmp_path / "text.txt"), out], "magic"),
+        (["decode", str(tmp_path / "flipped.zoo"), out], "checksum"),
+        (["decode", str(tmp_path / "future.zoo"), out], "version 99"),
+        (["info", str(tmp_path / "huge.zoo")], "outside the limits"),
+        (["decode", str(tmp_path / "huge.zoo"), out], "outside the limits"),
         (["info", str(tmp_path / "missing.zoo")], "cannot read"),
         (["encode", str(tmp_path / "text.txt"), out, "--model", str(fixture_entry)], "not an image"),
         (["encode", str(tmp_path / "clear.png"), out, "--model", str(fixture_entry)], "transparent"),
@@ -99,6 +115,10 @@ def test_bad_inputs_exit_2_with_one_line(tmp_path, fixture_entry):
         assert proc.returncode == 2, (args, proc.stderr)
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and message in lines[0] and "Traceback" not in proc.stderr, (args, proc.stderr)
+        # Answered promptly: timed in-process, so interpreter start-up does not count.
+        t0 = time.perf_counter()
+        assert main(args) == 2
+        assert time.perf_counter() - t0 < 2, args
 
 
 def test_pixel_limit_is_checked_before_decoding(tmp_path):
