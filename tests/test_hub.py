@@ -102,6 +102,24 @@ def test_tampered_download_is_refused_and_removed(env, tmp_path, monkeypatch):
     assert not any(p.exists() for p in cached)
 
 
+def test_truncated_blob_on_the_server_is_refused_and_removed(env, tmp_path, monkeypatch):
+    """The manifest is right, the server holds a truncated weights file: the download itself is bad."""
+    import zoo
+
+    bad = tmp_path / "truncated"
+    shutil.copytree(env["v1"], bad)
+    weights = (bad / WEIGHTS_NAME).read_bytes()
+    (bad / WEIGHTS_NAME).write_bytes(weights[: len(weights) // 2])
+    repo = "zoo-test/hyperprior-q1-truncated"
+    publish_to_mirror(bad, env["root"] / "mirror", repo, "0.3")
+    line = _manifest_entry(env["v1"], "0.3") | {"repo": repo, "revision": "v0.3"}  # true sums of the good files
+    manifest = write_manifest(tmp_path / "m.json", [line])
+    monkeypatch.setenv("ZOO_MANIFEST", str(manifest))
+    with pytest.raises(IntegrityError, match="removed from the cache"):
+        zoo.load("bmshj2018-hyperprior", quality=1, version="0.3")
+    assert not any(p.exists() for p in (tmp_path / "hf-cache").rglob(WEIGHTS_NAME))
+
+
 def test_offline_after_first_load_uses_the_cache(env, monkeypatch, tmp_path):
     import huggingface_hub.constants as hfc
 
@@ -169,3 +187,68 @@ def test_corrupt_entry_folders_are_integrity_errors(fixture_entry, tmp_path):
         zoo.load_local(bad)
     with pytest.raises(EntryNotFound):
         zoo.load_local(tmp_path / "missing")
+
+
+def test_cli_publish_list_and_hub_errors(env, tmp_path, capsys):
+    """`zoo publish --mirror` → loadable through the server; `zoo list --json`; Hub errors as one line, exit 2."""
+    import zoo
+    from zoo.cli import main
+
+    assert main(["publish", str(env["v1"]), "--repo", "zoo-test/cli-published", "--version", "0.1",
+                 "--mirror", str(env["root"] / "mirror")]) == 0  # fmt: skip
+    assert "zoo-test/cli-published v0.1" in capsys.readouterr().out
+    loaded = zoo.load("hf-hub:zoo-test/cli-published@v0.1")
+    assert _same_weights(loaded, env["v1"])
+
+    assert main(["list", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert [(e["version"], e["revision"]) for e in listed] == [("0.1", "v0.1"), ("0.2", "v0.2")]
+
+    image = tmp_path / "x.png"
+    from PIL import Image
+
+    Image.new("RGB", (32, 32), (120, 30, 200)).save(image)
+    out = str(tmp_path / "x.zoo")
+    for args, message in [
+        (["--model", "bmshj2018-hyperprior", "--quality", "1", "--version", "9.9"], "versions: 0.1, 0.2"),
+        (["--model", "bmshj2018-hyperprior", "--quality", "5"], "released: q1-mse"),
+    ]:
+        assert main(["encode", str(image), out, *args]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], err
+
+
+def test_hub_serve_and_stop_over_the_shipped_entries(tmp_path, monkeypatch):
+    """`zoo hub serve` builds git repos from the manifest's entries, olah serves them, `zoo hub stop` ends it."""
+    import os
+    import subprocess
+    import sys
+
+    from zoo.hub import load_manifest
+
+    state = tmp_path / "state"
+    cli = [sys.executable, "-m", "zoo.cli", "hub"]
+    endpoint = subprocess.run([*cli, "serve", "--dir", str(state), "--quiet"], capture_output=True, text=True,
+                              check=True, timeout=300).stdout.strip()  # fmt: skip
+    pid = int((state / "olah.pid").read_text().split()[0])
+    try:
+        assert endpoint.startswith("http://127.0.0.1:")
+        import huggingface_hub.constants as hfc
+
+        monkeypatch.setenv("HF_ENDPOINT", endpoint)
+        monkeypatch.setattr(hfc, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+        monkeypatch.setattr(hfc, "HF_HUB_OFFLINE", False)
+        import zoo
+
+        newest = max(load_manifest(), key=lambda e: (e.quality == 3, e.version))
+        codec = zoo.load(newest.arch, quality=newest.quality, version=newest.version)
+        assert codec.entry.version == newest.version
+    finally:
+        stopped = subprocess.run([*cli, "stop", "--dir", str(state)], capture_output=True, text=True, timeout=60)
+    assert "stopped" in stopped.stdout
+    with pytest.raises(ProcessLookupError):
+        for _ in range(50):
+            os.kill(pid, 0)
+            import time
+
+            time.sleep(0.1)
