@@ -158,6 +158,14 @@ def test_widening_refuses_mean_scale_models(tmp_path):
         widen_into(create_model("mbt2018-mean", N=12, M=20), create_model("mbt2018-mean", N=8, M=12).state_dict())
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def test_ddp_gloo_two_processes(folders, tmp_path):
     out = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
@@ -168,7 +176,7 @@ def test_ddp_gloo_two_processes(folders, tmp_path):
         "--nproc-per-node",
         "2",
         "--master-port",
-        "29531",
+        str(_free_port()),
         "-m",
         "zoo.train",
         "--arch",
@@ -196,6 +204,7 @@ def test_ddp_gloo_two_processes(folders, tmp_path):
         "--quiet",
         "--val-every",
         "6",
+        "--hard-samples",  # ranks share their losses, so their samplers stay identical (checked at the end)
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]

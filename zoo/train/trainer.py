@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
@@ -276,7 +277,7 @@ class Trainer:
             self.aux_optimizer.step()
             if cfg.scheduler != "plateau":
                 self.scheduler.step()  # type: ignore[call-arg]
-            self.sampler.observe(idx.tolist(), terms.per_image.tolist())
+            self._observe(idx, terms.per_image)
             self.step += 1
             meters.update(loss=terms.loss.item(), bpp=terms.bpp.item(), psnr=terms.psnr, aux=aux.item(), grad_norm=norm)
             bar.update(1)
@@ -298,10 +299,37 @@ class Trainer:
                 self.wall = time.perf_counter() - t_start
                 self.save("last.pt")
         bar.close()
+        if self.world > 1:
+            self._check_ranks_agree()
         if log:
             log.close()
         self._write_summary(last_val, time.perf_counter() - t_start)
         return last_val
+
+    def _observe(self, idx: torch.Tensor, per_image: torch.Tensor) -> None:
+        """Feed per-image losses to the sampler. Under DDP every rank gets every rank's losses, so the
+        hard-sample weights, and hence the global batches, stay the same on all ranks."""
+        if self.world > 1 and self.cfg.hard_samples:
+            import torch.distributed as dist
+
+            mine = torch.stack([idx.double().to(self.device), per_image.detach().double()])
+            parts = [torch.empty_like(mine) for _ in range(self.world)]
+            dist.all_gather(parts, mine)
+            both = torch.cat(parts, dim=1).cpu()
+            idx, per_image = both[0].long(), both[1]
+        self.sampler.observe(idx.tolist(), per_image.tolist())
+
+    def _check_ranks_agree(self) -> None:
+        """The samplers must have drawn the same global batches on every rank: compare their state."""
+        import torch.distributed as dist
+
+        state = torch.tensor(
+            np.nan_to_num(np.asarray(self.sampler.state_dict().get("loss", [0.0]))), device=self.device
+        )
+        parts = [torch.empty_like(state) for _ in range(self.world)]
+        dist.all_gather(parts, state)
+        if any(not torch.equal(p, parts[0]) for p in parts):
+            raise RuntimeError("hard-sample sampler state differs between ranks")
 
     def _batches(self):
         step = self.step
