@@ -6,8 +6,9 @@ For each architecture and quality (standard widths, random initialisation: no tr
 most), for each Kodak image: z_hat from the eager encoder, then the table indexes of y computed
 (a) naively, by h_s in float32 in each backend, and (b) by zoo's canonical float64 path in each backend.
 Autoregressive models (mbt2018, cheng2020-*) are run on a 128x128 centre crop: the decoder's raster loop
-computes, at every position, the indexes from the float32 context-step graph in ONNX Runtime and from eager
-float32 (naive), and zoo's float64 context step (canonical). Prints mismatch rates for both.
+computes, at every position, the indexes from the float32 context_prediction and entropy_parameters graphs
+in ONNX Runtime and from eager float32 (naive), and zoo's float64 context step (canonical). Prints mismatch
+rates for both.
 """
 
 from __future__ import annotations
@@ -29,7 +30,9 @@ def _autoregressive(model, ort_model, folder: Path, x: torch.Tensor, totals: dic
     import onnxruntime as ort
     import torch.nn.functional as F
 
-    sess = ort.InferenceSession(str(folder / "context_step.onnx"), providers=["CPUExecutionProvider"])
+    cpu = ["CPUExecutionProvider"]
+    ctx_sess = ort.InferenceSession(str(folder / "context_prediction.onnx"), providers=cpu)
+    ep_sess = ort.InferenceSession(str(folder / "entropy_parameters.onnx"), providers=cpu)
     h0, w0 = (x.shape[-2] - 128) // 2, (x.shape[-1] - 128) // 2
     x = x[..., h0 : h0 + 128, w0 : w0 + 128]
     gc = model.gaussian_conditional
@@ -48,9 +51,9 @@ def _autoregressive(model, ort_model, folder: Path, x: torch.Tensor, totals: dic
                 cp = model.context_prediction
                 ctx = F.conv2d(crop.float(), cp.masked_weight(), cp.bias)
                 eager32 = model.entropy_parameters(torch.cat((p32[:, :, h : h + 1, w : w + 1], ctx), 1))
-                ort32 = sess.run(
-                    None, {"y_crop": crop.float().numpy(), "params": p32[:, :, h : h + 1, w : w + 1].numpy()}
-                )[0]
+                # The graph pads the 5x5 crop itself; its centre output is the context at this position.
+                ctx_ort = ctx_sess.run(None, {"y_hat": crop.float().numpy()})[0][:, :, 2:3, 2:3]
+                ort32 = ep_sess.run(None, {"params": p32[:, :, h : h + 1, w : w + 1].numpy(), "ctx": ctx_ort})[0]
                 pairs = {
                     "naive": (eager32.flatten(1).chunk(2, 1)[0], torch.from_numpy(ort32).flatten(1).chunk(2, 1)[0]),
                     "canonical": (scales, s_ort),

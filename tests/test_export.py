@@ -2,83 +2,198 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import cache
 
 import numpy as np
+import onnx
+import onnxruntime as ort
 import pytest
 import torch
+from torch import Tensor, nn
 
 from tests.support import FIXTURE_ARCHS, fixture_codec, fixture_model, kodak_image
 from zoo.codec import Codec
-from zoo.export import export_graphs, graph_modules
-from zoo.export.ort_backend import OrtModule, to_onnx_backend
+from zoo.compressed import EntryId
+from zoo.errors import EntryNotFound
+from zoo.export import export_graphs
+from zoo.export.ort_backend import onnx_backend_from_folder, to_onnx_backend
+from zoo.models.base import CompressionModel
+from zoo.registry import create_model
+
+# Architectures without a CompressAI fixture run as small seeded random models.
+ARCHS = (*FIXTURE_ARCHS, "bmshj2018-factorized-relu")
 
 
-@pytest.mark.parametrize("arch", FIXTURE_ARCHS)
-def test_every_graph_matches_eager(arch, tmp_path):
-    model = fixture_model(arch)
-    export_graphs(model, tmp_path, ("onnx",))
-    x = kodak_image("kodim23.png")[None]  # Kodak-sized input: 768x512
+@cache
+def _random_model(arch: str) -> CompressionModel:
+    torch.manual_seed(0)
+    model = create_model(arch, N=32, M=48).eval()
+    with torch.no_grad():  # at initialisation y is within +-0.1 and quantizes to all zeros: spread it out
+        model.g_a[-1].weight.mul_(100)
+    model.update()
+    return model
+
+
+def _model(arch: str) -> CompressionModel:
+    return fixture_model(arch) if arch in FIXTURE_ARCHS else _random_model(arch)
+
+
+def _codec(arch: str) -> Codec:
+    if arch in FIXTURE_ARCHS:
+        return fixture_codec(arch)
+    return Codec(_random_model(arch), EntryId(arch, 1, "mse", "random"), bytes(16))
+
+
+def _is_autoregressive(arch: str) -> bool:
+    return hasattr(_model(arch), "context_prediction")
+
+
+def graph_inputs(model: nn.Module, x: Tensor) -> dict[str, dict[str, Tensor]]:
+    """Realistic inputs of every graph the architecture should export, by graph then input name."""
     with torch.no_grad():
         y = model.g_a(x)
-        inputs = {"g_a": (x,), "g_s": (torch.round(y),)}
+        y_hat = torch.round(y)
+        inputs = {"g_a": {"x": x}, "g_s": {"y_hat": y_hat}}
         if hasattr(model, "h_a"):
-            z = torch.round(model.h_a(y))
-            inputs.update({"h_a": (y,), "h_s": (z,)})
-        for name, (module, _, _names) in graph_modules(model).items():
-            if name == "context_step":
-                crop, params = torch.randn(1, y.shape[1], 5, 5), torch.randn(1, 2 * y.shape[1], 1, 1)
-                import onnxruntime as ort
-
-                sess = ort.InferenceSession(str(tmp_path / "context_step.onnx"), providers=["CPUExecutionProvider"])
-                got = torch.from_numpy(sess.run(None, {"y_crop": crop.numpy(), "params": params.numpy()})[0])
-                ref = module(crop, params)
-            else:
-                ref = module(*inputs[name])
-                got = OrtModule(tmp_path / f"{name}.onnx")(*inputs[name])
-            assert (got - ref).abs().max().item() <= 1e-4, name
+            z_hat = torch.round(model.h_a(y))
+            inputs.update({"h_a": {"y": y}, "h_s": {"z_hat": z_hat}})
+            if hasattr(model, "context_prediction"):
+                inputs["context_prediction"] = {"y_hat": y_hat}
+                inputs["entropy_parameters"] = {"params": model.h_s(z_hat), "ctx": model.context_prediction(y_hat)}
+    return inputs
 
 
-@pytest.mark.parametrize("arch", FIXTURE_ARCHS)
+def eager_output(model: nn.Module, name: str, inputs: dict[str, Tensor]) -> Tensor:
+    """What the original model (unfolded GDNs, masked convolution) computes for one graph."""
+    with torch.no_grad():
+        if name == "entropy_parameters":
+            return model.entropy_parameters(torch.cat((inputs["params"], inputs["ctx"]), dim=1))
+        (arg,) = inputs.values()
+        return getattr(model, name)(arg)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_every_graph_matches_eager(arch, tmp_path):
+    model = _model(arch)
+    export_graphs(model, tmp_path, ("onnx",))
+    meta = json.loads((tmp_path / "metadata.json").read_text())
+    # Kodak-sized input (768x512), not the 128x192 the graphs were exported at: height and width are dynamic.
+    inputs = graph_inputs(model, kodak_image("kodim23.png")[None])
+    assert set(meta["graphs"]) == set(inputs)
+    for name, feeds in inputs.items():
+        sess = ort.InferenceSession(str(tmp_path / f"{name}.onnx"), providers=["CPUExecutionProvider"])
+        assert [i.name for i in sess.get_inputs()] == meta["inputs"][name] == list(feeds), name
+        (got,) = sess.run(None, {k: v.numpy() for k, v in feeds.items()})
+        ref = eager_output(model, name, feeds).numpy()
+        assert got.shape == ref.shape, name
+        assert np.abs(got - ref).max() <= 1e-4, name
+
+
+def test_context_graphs_are_separate_and_folded(tmp_path):
+    export_graphs(fixture_model("mbt2018"), tmp_path, ("onnx",))
+    meta = json.loads((tmp_path / "metadata.json").read_text())
+    assert {"context_prediction", "entropy_parameters"} <= set(meta["graphs"]) and "context_model" in meta
+    # The causal mask is in the weights: one plain convolution, nothing computed from a mask at run time.
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "context_prediction.onnx")).graph.node]
+    assert ops == ["Conv"]
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "entropy_parameters.onnx")).graph.node]
+    assert ops[0] == "Concat" and set(ops[1:]) == {"Conv", "LeakyRelu"}
+
+
+@contextmanager
+def g_s_inputs(model: nn.Module) -> Iterator[list[Tensor]]:
+    """Records what the decoder hands to g_s: the dequantized latent y_hat."""
+    seen: list[Tensor] = []
+    handle = model.g_s.register_forward_pre_hook(lambda _m, args: seen.append(args[0].detach().clone()))
+    try:
+        yield seen
+    finally:
+        handle.remove()
+
+
+@pytest.mark.parametrize("arch", ARCHS)
 def test_streams_are_interchangeable(arch):
-    eager = fixture_codec(arch)
-    onnx = Codec(to_onnx_backend(eager.model), eager.entry, eager.fingerprint)
-    x = (
-        kodak_image("kodim23.png")[:, 128:256, 256:448]
-        if "cheng" in arch or arch == "mbt2018"
-        else kodak_image("kodim23.png")
-    )
-    for enc, dec in ((eager, onnx), (onnx, eager)):
+    eager = _codec(arch)
+    onnx_codec = Codec(to_onnx_backend(eager.model), eager.entry, eager.fingerprint)
+    x = kodak_image("kodim23.png")
+    if _is_autoregressive(arch):
+        x = x[:, 128:256, 256:448]  # the raster-order context model costs one network call per position
+    sizes = []
+    for enc in (eager, onnx_codec):
         c = enc.compress(x)
-        a = dec.decompress(c)  # the index checksum check passes: same indexes on both sides
-        b = enc.decompress(c)
+        sizes.append(c.payload_bytes)
+        with g_s_inputs(eager.model) as y_eager, g_s_inputs(onnx_codec.model) as y_onnx:
+            a = eager.decompress(c)
+            b = onnx_codec.decompress(c)  # the index checksum check passes: same indexes on both sides
+        assert len(y_eager) == len(y_onnx) == 1
+        assert y_eager[0].abs().sum() > 0
+        assert torch.equal(y_eager[0], y_onnx[0])  # bit-exact y_hat whichever backend decodes
         assert (a - b).abs().max().item() <= 1e-3
-    # Same symbols from either encoder (the transforms differ only in the last bits).
-    assert eager.compress(x).payload_bytes == pytest.approx(onnx.compress(x).payload_bytes, rel=0.01)
+    # Same symbols from either encoder, give or take the transforms' last bits.
+    assert sizes[0] == pytest.approx(sizes[1], rel=0.01)
 
 
-def test_torchscript_loads_without_zoo(tmp_path):
-    model = fixture_model("bmshj2018-hyperprior")
+def test_onnx_backend_leaves_no_temporary_folder(tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    model = fixture_model("bmshj2018-factorized")
+    ort_model = to_onnx_backend(model)
+    assert list(tmp_path.iterdir()) == []
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        assert (ort_model.g_a(x) - model.g_a(x)).abs().max().item() <= 1e-4  # sessions outlive their files
+
+
+def test_onnx_backend_from_exported_folder(tmp_path, monkeypatch):
+    eager = fixture_codec("mbt2018-mean")
+    export_graphs(eager.model, tmp_path, ("onnx",))
+
+    def no_export(*args, **kwargs):
+        raise AssertionError("onnx_backend_from_folder must not export")
+
+    monkeypatch.setattr(torch.onnx, "export", no_export)
+    onnx_codec = Codec(onnx_backend_from_folder(eager.model, tmp_path), eager.entry, eager.fingerprint)
+    x = kodak_image("kodim23.png")[:, :256, :256]
+    c = eager.compress(x)
+    with g_s_inputs(eager.model) as y_eager, g_s_inputs(onnx_codec.model) as y_onnx:
+        a, b = eager.decompress(c), onnx_codec.decompress(c)
+    assert torch.equal(y_eager[0], y_onnx[0]) and (a - b).abs().max().item() <= 1e-3
+    (tmp_path / "g_s.onnx").unlink()
+    with pytest.raises(EntryNotFound, match="g_s.onnx"):
+        onnx_backend_from_folder(eager.model, tmp_path)
+
+
+def test_torchscript_graphs_load_without_zoo_and_match_eager(tmp_path):
+    model = fixture_model("mbt2018")
     export_graphs(model, tmp_path, ("torchscript",))
-    x = torch.rand(1, 3, 64, 128)
-    np.save(tmp_path / "x.npy", x.numpy())
+    # 256x384, not the 128x192 the graphs were traced at.
+    inputs = graph_inputs(model, kodak_image("kodim23.png")[None, :, :256, :384])
+    assert set(json.loads((tmp_path / "metadata.json").read_text())["graphs"]) == set(inputs)
+    for name, feeds in inputs.items():
+        np.savez(tmp_path / f"{name}.in.npz", **{k: v.numpy() for k, v in feeds.items()})
     code = (
         "import sys; sys.modules['zoo'] = None\n"  # any attempt to import zoo fails
-        "import numpy as np, torch\n"
-        f"m = torch.jit.load(r'{tmp_path / 'g_a.pt'}')\n"
-        f"y = m(torch.from_numpy(np.load(r'{tmp_path / 'x.npy'}')))\n"
-        f"np.save(r'{tmp_path / 'y.npy'}', y.detach().numpy())\n"
+        "import json, numpy as np, torch\n"
+        "meta = json.load(open('metadata.json'))\n"
+        "for name in meta['graphs']:\n"
+        "    feeds = np.load(f'{name}.in.npz')\n"
+        "    args = [torch.from_numpy(feeds[k]) for k in meta['inputs'][name]]\n"
+        "    np.save(f'{name}.out.npy', torch.jit.load(f'{name}.pt')(*args).detach().numpy())\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=tmp_path, timeout=120)
-    with torch.no_grad():
-        ref = model.g_a(x).numpy()
-    assert np.abs(np.load(tmp_path / "y.npy") - ref).max() <= 1e-4
+    for name, feeds in inputs.items():
+        ref = eager_output(model, name, feeds).numpy()
+        got = np.load(tmp_path / f"{name}.out.npy")
+        assert got.shape == ref.shape, name
+        assert np.abs(got - ref).max() <= 1e-4, name
 
 
 def test_export_cli_writes_metadata(tmp_path, fixture_entry):
-    import json
-
     from zoo.cli import main
 
     assert main(["export", str(fixture_entry), "--format", "both", "--out", str(tmp_path)]) == 0

@@ -1,7 +1,8 @@
 """The exported graphs: one per transform, dynamic height and width, reparametrisations folded.
 
     g_a: x (1,3,H,W) -> y          h_a: y -> z            h_s: z_hat -> params (scales[, means])
-    g_s: y_hat -> x_hat            context_step (mbt2018, cheng2020): (5x5 crop of y_hat, params) -> gp
+    g_s: y_hat -> x_hat
+    mbt2018, cheng2020:  context_prediction: y_hat -> ctx      entropy_parameters: (params, ctx) -> gp
 
 GDN's non-negative reparametrisations and the context model's causal mask are computed once and stored as
 plain constants (`foldable_copy`), so the graphs hold no training-time machinery.
@@ -64,24 +65,25 @@ def foldable_copy(model: CompressionModel) -> CompressionModel:
     return folded
 
 
-class ContextStep(nn.Module):
-    """Entropy parameters at one position: causal 5x5 context (no padding) + hyperprior params."""
+class EntropyParameters(nn.Module):
+    """The entropy-parameter network with its two inputs named, so callers never rely on concat order."""
 
-    def __init__(self, model: Any):
+    def __init__(self, entropy_parameters: nn.Module):
         super().__init__()
-        self.context = model.context_prediction
-        self.entropy_parameters = model.entropy_parameters
+        self.net = entropy_parameters
 
-    def forward(self, y_crop: Tensor, params: Tensor) -> Tensor:
-        ctx = F.conv2d(y_crop, self.context.weight, self.context.bias)
-        return self.entropy_parameters(torch.cat((params, ctx), dim=1))
+    def forward(self, params: Tensor, ctx: Tensor) -> Tensor:
+        return self.net(torch.cat((params, ctx), dim=1))
 
 
-def graph_modules(model: CompressionModel) -> dict[str, tuple[nn.Module, tuple[Tensor, ...], list[str]]]:
+Graphs = dict[str, tuple[nn.Module, tuple[Tensor, ...], list[str]]]
+
+
+def graph_modules(model: CompressionModel) -> Graphs:
     """name -> (module, example inputs, input names) for every graph of this architecture."""
     folded: Any = foldable_copy(model)
     x = torch.rand(1, 3, 128, 192)
-    out: dict[str, tuple[nn.Module, tuple[Tensor, ...], list[str]]] = {}
+    out: Graphs = {}
     with torch.no_grad():
         y = folded.g_a(x)
         out["g_a"] = (folded.g_a, (x,), ["x"])
@@ -91,15 +93,18 @@ def graph_modules(model: CompressionModel) -> dict[str, tuple[nn.Module, tuple[T
             out["h_a"] = (folded.h_a, (y,), ["y"])
             out["h_s"] = (folded.h_s, (z,), ["z_hat"])
             if hasattr(folded, "context_prediction"):
-                params = folded.h_s(z)[:, :, :1, :1]
-                crop = y[:, :, :5, :5]
-                out["context_step"] = (ContextStep(folded), (crop, params), ["y_crop", "params"])
+                # Both are fully convolutional: one graph serves the whole latent or a 5x5 crop of it.
+                params, ctx = folded.h_s(z), folded.context_prediction(y)
+                out["context_prediction"] = (folded.context_prediction, (y,), ["y_hat"])
+                out["entropy_parameters"] = (
+                    EntropyParameters(folded.entropy_parameters),
+                    (params, ctx),
+                    ["params", "ctx"],
+                )
     return out
 
 
-def _dynamic_axes(names: list[str], dynamic: bool) -> dict[str, dict[int, str]]:
-    if not dynamic:
-        return {}
+def _dynamic_axes(names: list[str]) -> dict[str, dict[int, str]]:
     axes = {n: {0: "batch", 2: f"{n}_h", 3: f"{n}_w"} for n in names}
     axes["out"] = {0: "batch", 2: "out_h", 3: "out_w"}
     return axes
@@ -115,7 +120,8 @@ def export_graphs(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written: dict[str, Path] = {}
-    for name, (module, inputs, input_names) in graph_modules(model).items():
+    graphs = graph_modules(model)
+    for name, (module, inputs, input_names) in graphs.items():
         if "onnx" in formats:
             path = out / f"{name}.onnx"
             with warnings.catch_warnings():
@@ -126,7 +132,7 @@ def export_graphs(
                     str(path),
                     input_names=input_names,
                     output_names=["out"],
-                    dynamic_axes=_dynamic_axes(input_names, name != "context_step"),
+                    dynamic_axes=_dynamic_axes(input_names),
                     opset_version=OPSET,
                     do_constant_folding=True,
                     dynamo=False,
@@ -144,12 +150,18 @@ def export_graphs(
         "formats": list(formats),
         "opset": OPSET,
         "size_rule": f"input height and width must be multiples of {model.downsample} (zoo pads them)",
-        "inputs": {n: names for n, (_, _, names) in graph_modules(model).items()},
-        "context_step": "5x5 crop of the padded y_hat (no padding applied) and the hyperprior params at that "
-        "position -> (scales, means) concatenated on channels",
-        "entropy_parameters_precision": "zoo computes h_s and the context step in float64 when coding",
-        **(metadata or {}),
+        "inputs": {n: names for n, (_, _, names) in graphs.items()},
+        "output": "every graph has one output, named out",
+        "entropy_parameters_precision": "zoo computes h_s and the context model in float64 when coding",
     }
+    if "context_prediction" in graphs:
+        meta["context_model"] = (
+            "context_prediction: y_hat (the graph zero-pads it; causal mask folded) -> ctx with 2*M channels; "
+            "entropy_parameters: (params from h_s, ctx) -> scales then means, concatenated on channels. Decoding "
+            "runs them in raster order over the partly decoded y_hat; at one position, context_prediction of "
+            "the 5x5 crop centred there gives ctx at the crop's centre"
+        )
+    meta.update(metadata or {})
     (out / "metadata.json").write_text(json.dumps(meta, indent=2) + "\n")
     written["metadata.json"] = out / "metadata.json"
     return written

@@ -56,21 +56,50 @@ def to_onnx_backend(
     providers: list[str] | None = None,
     threads: int | None = None,
 ) -> CompressionModel:
-    """A copy of `model` whose heavy transforms run in ONNX Runtime (exported to `cache_dir`, or a
-    temporary folder)."""
+    """A copy of `model` whose heavy transforms run in ONNX Runtime, exported now to `cache_dir` (kept, for
+    `onnx_backend_from_folder` to reuse) or to a temporary folder removed before returning."""
     try:
         import onnxruntime  # noqa: F401
     except ImportError:
         raise ZooError("the onnx backend needs onnxruntime: pip install 'zoo-codecs[export]'") from None
     from zoo.export.graphs import export_graphs
 
-    folder = Path(cache_dir) if cache_dir else Path(tempfile.mkdtemp(prefix="zoo-onnx-"))
-    export_graphs(model, folder, ("onnx",))
+    if cache_dir:
+        export_graphs(model, cache_dir, ("onnx",))
+        return onnx_backend_from_folder(model, cache_dir, providers=providers, threads=threads)
+    # Sessions hold their graphs in memory once built, so the files are not needed afterwards.
+    with tempfile.TemporaryDirectory(prefix="zoo-onnx-") as tmp:
+        export_graphs(model, tmp, ("onnx",))
+        return onnx_backend_from_folder(model, tmp, providers=providers, threads=threads)
+
+
+def onnx_backend_from_folder(
+    model: CompressionModel,
+    folder: str | Path,
+    *,
+    providers: list[str] | None = None,
+    threads: int | None = None,
+) -> CompressionModel:
+    """Like `to_onnx_backend`, from graphs that `export_graphs` already wrote to `folder` (e.g. the ones a
+    model archive carries): nothing is exported, so a server worker starts without running torch.onnx.
+
+    The graphs must have been exported from `model`'s weights; callers check that against the
+    `weights_fingerprint` in the folder's metadata.json."""
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        raise ZooError("the onnx backend needs onnxruntime: pip install 'zoo-codecs[export]'") from None
+    from zoo.errors import EntryNotFound
+
+    folder = Path(folder)
+    names = [name for name in ORT_GRAPHS if hasattr(model, name)]
+    missing = [f"{name}.onnx" for name in names if not (folder / f"{name}.onnx").is_file()]
+    if missing:
+        raise EntryNotFound(f"{folder} has no {', '.join(missing)}: export the graphs first (zoo export)")
     ort_model = copy.deepcopy(model).cpu().eval()
     if hasattr(ort_model, "h_s"):
         ort_model.f64("h_s")  # build the float64 entropy-parameter copy from the eager weights first
-    for name in ORT_GRAPHS:
-        if hasattr(ort_model, name):
-            setattr(ort_model, name, OrtModule(folder / f"{name}.onnx", providers, threads))
+    for name in names:
+        setattr(ort_model, name, OrtModule(folder / f"{name}.onnx", providers, threads))
     ort_model.backend = "onnx"  # type: ignore[assignment]
     return ort_model
