@@ -3,8 +3,10 @@
     python benchmarks/serve.py [--entry DIR] [--images 8] [--requests 16]
 
 Starts TorchServe on free loopback ports (token auth off), sends encode then decode requests from 1 and 4
-concurrent clients, and compares with the in-process codec on the same machine. Ends with
-`inproc_rps=<x> served_rps=<y> ratio=<y/x> p50_ms=<a> p99_ms=<b>` (4 clients, encode + decode requests).
+concurrent clients, and compares with the in-process codec on the same machine. Prints requests/s and p50/p99
+latency per endpoint (encode, decode) and combined for each client count, then the 4-client per-endpoint line
+`encode_p50_ms=.. encode_p99_ms=.. decode_p50_ms=.. decode_p99_ms=..`, and ends with
+`inproc_rps=<x> served_rps=<y> ratio=<y/x> p50_ms=<a> p99_ms=<b>` (4 clients, encode + decode requests together).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import tempfile
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +39,23 @@ def run_clients(url: str, bodies: list[bytes], clients: int) -> tuple[float, lis
     with ThreadPoolExecutor(clients) as pool:
         lat = [t for t, _ in pool.map(lambda b: post(url, b), bodies)]
     return len(bodies) / (time.perf_counter() - t0), lat
+
+
+@dataclass(frozen=True)
+class Load:
+    """Throughput and latency of one run of requests."""
+
+    rps: float
+    p50_ms: float
+    p99_ms: float
+
+    @classmethod
+    def of(cls, rps: float, latencies_s: list[float]) -> Load:
+        ms = np.array(latencies_s) * 1e3
+        return cls(rps, float(np.percentile(ms, 50)), float(np.percentile(ms, 99)))
+
+    def __str__(self) -> str:
+        return f"{self.rps:.2f} req/s  p50 {self.p50_ms:.0f} ms  p99 {self.p99_ms:.0f} ms"
 
 
 def main() -> None:
@@ -80,26 +100,34 @@ def main() -> None:
             )
             post(enc_url, pngs[0])
             post(dec_url, streams[0])  # warm up
-            results = {}
+            results: dict[int, dict[str, Load]] = {}
             for clients in (1, 4):
                 t0 = time.perf_counter()
-                _, lat_e = run_clients(enc_url, bodies, clients)
-                _, lat_d = run_clients(dec_url, [streams[i % len(streams)] for i in range(len(bodies))], clients)
+                rps_e, lat_e = run_clients(enc_url, bodies, clients)
+                rps_d, lat_d = run_clients(dec_url, [streams[i % len(streams)] for i in range(len(bodies))], clients)
                 rps = 2 * len(bodies) / (time.perf_counter() - t0)
-                lat = np.array(lat_e + lat_d) * 1e3
-                results[clients] = (rps, float(np.percentile(lat, 50)), float(np.percentile(lat, 99)))
-                print(
-                    f"{clients} client(s): {rps:.2f} req/s  p50 {results[clients][1]:.0f} ms  "
-                    f"p99 {results[clients][2]:.0f} ms"
-                )
+                results[clients] = {
+                    "encode": Load.of(rps_e, lat_e),
+                    "decode": Load.of(rps_d, lat_d),
+                    "encode+decode": Load.of(rps, lat_e + lat_d),
+                }
+                for op, load in results[clients].items():
+                    print(f"{clients} client(s) {op}: {load}")
         finally:
             stop(Path(tmp) / "state")
     print(
         f"in-process (1 thread, same requests): {inproc:.2f} req/s; {len(paths)} Kodak images, "
         f"{args.requests} encode + {args.requests} decode requests per run"
     )
-    rps, p50, p99 = results[4]
-    print(f"inproc_rps={inproc:.2f} served_rps={rps:.2f} ratio={rps / inproc:.3f} p50_ms={p50:.0f} p99_ms={p99:.0f}")
+    enc, dec, both = (results[4][op] for op in ("encode", "decode", "encode+decode"))
+    print(
+        f"encode_p50_ms={enc.p50_ms:.0f} encode_p99_ms={enc.p99_ms:.0f} "
+        f"decode_p50_ms={dec.p50_ms:.0f} decode_p99_ms={dec.p99_ms:.0f}"
+    )
+    print(
+        f"inproc_rps={inproc:.2f} served_rps={both.rps:.2f} ratio={both.rps / inproc:.3f} "
+        f"p50_ms={both.p50_ms:.0f} p99_ms={both.p99_ms:.0f}"
+    )
 
 
 if __name__ == "__main__":

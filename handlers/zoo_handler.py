@@ -1,19 +1,24 @@
 """TorchServe handler for zoo entries: one archive per entry and operation (`<name>-encode`, `<name>-decode`).
 
-The archive carries the entry folder (config.json, model.safetensors, README.md) and `zoo_serve.json`
-(operation, backend, limits). The handler is a thin caller of the installed `zoo` package: the same Codec,
-bitstream and image I/O as the library and the CLI, batched over the requests TorchServe groups together.
+The archive carries the entry folder (config.json, model.safetensors, README.md), `zoo_serve.json` (operation,
+backend, limits) and, for the onnx backend, the exported graphs in `onnx/`. The handler is a thin caller of the
+installed `zoo` package: the same Codec, bitstream and image I/O as the library and the CLI, batched over the
+requests TorchServe groups together.
 
 encode: body = image bytes (any format Pillow reads) -> zoo bitstream (application/octet-stream), with
         X-Zoo-Bpp, X-Zoo-Entry and X-Zoo-Fingerprint headers.
 decode: body = zoo bitstream -> PNG.
-Errors answer that request only, as JSON {"error": ...}: 400 for bad input, 413 for images over the limit.
+Every response carries X-Zoo-Batch, the number of requests in the batch the worker handled it in.
+Every request gets its own answer, whatever happens to the others in its batch: JSON {"error": ...} with 400
+for bad input, 413 for images over the limit, 500 for an unexpected failure (logged with its traceback).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+from http import HTTPStatus
 from typing import Any
 
 from ts.torch_handler.base_handler import BaseHandler
@@ -21,20 +26,32 @@ from ts.torch_handler.base_handler import BaseHandler
 from zoo import bitstream
 from zoo.errors import InputError, ZooError
 
+logger = logging.getLogger(__name__)
+
+
+def status_for(exc: BaseException) -> int:
+    """The HTTP status a failure answers with: the request's fault (4xx) or ours (500)."""
+    if isinstance(exc, InputError) and "over the limit" in str(exc):
+        return 413
+    if isinstance(exc, ZooError):
+        return 400
+    return 500
+
 
 class ZooHandler(BaseHandler):
     def initialize(self, context: Any) -> None:
         import torch
 
-        import zoo
+        from zoo.serve import archived_codec
 
         model_dir = context.system_properties["model_dir"]
         with open(os.path.join(model_dir, "zoo_serve.json")) as f:
             self.settings = json.load(f)
         self.op = self.settings["op"]
         self.max_pixels = int(self.settings.get("max_pixels", 24_000_000))
-        torch.set_num_threads(int(self.settings.get("threads", 1)))
-        self.codec = zoo.load_local(model_dir, backend=self.settings.get("backend", "torch"))
+        threads = int(self.settings.get("threads", 1))
+        torch.set_num_threads(threads)
+        self.codec = archived_codec(model_dir, backend=self.settings.get("backend", "torch"), threads=threads)
         self.initialized = True
 
     @staticmethod
@@ -48,34 +65,44 @@ class ZooHandler(BaseHandler):
             raise InputError("the request body is empty: send the image (encode) or the zoo file (decode) as the body")
         return body
 
-    def _error(self, context: Any, idx: int, status: int, message: str) -> bytes:
-        context.set_response_status(status, message[:200], idx)
+    def _error(self, context: Any, idx: int, exc: BaseException) -> bytes:
+        status = status_for(exc)
+        if status >= 500:
+            logger.error("%s request %d of its batch failed", self.op, idx, exc_info=exc)
+            message = f"internal error while serving {self.op} ({type(exc).__name__}); see the worker log"
+        else:
+            message = str(exc)
+        # The reason phrase travels in the HTTP status line: keep it the standard one (ASCII, no newlines);
+        # the message goes in the JSON body.
+        context.set_response_status(status, HTTPStatus(status).phrase, idx)
         context.set_response_content_type(idx, "application/json")
         return json.dumps({"error": message}).encode()
 
     def handle(self, data: list[dict], context: Any) -> list[bytes]:
+        """One answer per request: any failure, ours or the input's, is confined to the request it belongs to."""
         results: list[bytes | None] = [None] * len(data)
         items: dict[int, Any] = {}
         for idx, row in enumerate(data):
+            context.set_response_header(idx, "X-Zoo-Batch", str(len(data)))
             try:
-                body = self._body(row)
-                items[idx] = self._parse(body)
-            except InputError as exc:
-                status = 413 if "over the limit" in str(exc) else 400
-                results[idx] = self._error(context, idx, status, str(exc))
-            except ZooError as exc:
-                results[idx] = self._error(context, idx, 400, str(exc))
+                items[idx] = self._parse(self._body(row))
+            except Exception as exc:
+                results[idx] = self._error(context, idx, exc)
+        outputs: dict[int, Any] = {}
         if items:
             order = list(items)
             try:
-                outputs = self._run([items[i] for i in order])
-            except ZooError:
-                outputs = [self._run_one(items[i]) for i in order]  # isolate the bad one
-            for idx, out in zip(order, outputs, strict=True):
-                if isinstance(out, ZooError):
-                    results[idx] = self._error(context, idx, 400, str(out))
-                else:
-                    results[idx] = self._respond(context, idx, items[idx], out)
+                outputs = dict(zip(order, self._run([items[i] for i in order]), strict=True))
+            except Exception:  # one bad item fails the shared pass: run each alone to find it
+                outputs = {i: self._run_one(items[i]) for i in order}
+        for idx, out in outputs.items():
+            if isinstance(out, Exception):
+                results[idx] = self._error(context, idx, out)
+                continue
+            try:
+                results[idx] = self._respond(context, idx, items[idx], out)
+            except Exception as exc:
+                results[idx] = self._error(context, idx, exc)
         return [r if r is not None else b"" for r in results]
 
     # -- per operation --------------------------------------------------------------------------
@@ -99,7 +126,7 @@ class ZooHandler(BaseHandler):
     def _run_one(self, item: Any) -> Any:
         try:
             return self._run([item])[0]
-        except ZooError as exc:
+        except Exception as exc:
             return exc
 
     def _respond(self, context: Any, idx: int, item: Any, out: Any) -> bytes:

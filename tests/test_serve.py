@@ -1,15 +1,19 @@
 """A real TorchServe on loopback ports: HTTP encode/decode equal the in-process codec, errors are 4xx JSON,
-concurrent clients get their own answers, and a killed worker comes back."""
+a bad request does not spoil the others in its batch, concurrent clients get their own answers, onnx archives
+carry their graphs, and a killed worker comes back."""
 
 from __future__ import annotations
 
 import io
 import json
 import shutil
+import threading
 import time
 import urllib.error
 import urllib.request
+import zipfile
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
@@ -37,14 +41,39 @@ def _png(w: int, h: int, left: int = 300) -> bytes:
     return buf.getvalue()
 
 
+def _post_together(url: str, bodies: list[bytes]) -> list[tuple[int, dict, bytes]]:
+    """POST all bodies at the same moment, one thread each, so that they can land in one batch."""
+    barrier = threading.Barrier(len(bodies))
+
+    def send(body: bytes) -> tuple[int, dict, bytes]:
+        barrier.wait()
+        return _post(url, body)
+
+    with ThreadPoolExecutor(len(bodies)) as pool:
+        return list(pool.map(send, bodies))
+
+
+def _in_one_batch(url: str, bodies: list[bytes], attempts: int = 10) -> list[tuple[int, dict, bytes]]:
+    """Answers to `bodies` sent together, from a round the worker handled as a single batch (X-Zoo-Batch)."""
+    for _ in range(attempts):
+        answers = _post_together(url, bodies)
+        if all(headers.get("x-zoo-batch") == str(len(bodies)) for _, headers, _ in answers):
+            return answers
+    pytest.fail(f"{len(bodies)} simultaneous requests never landed in one batch in {attempts} rounds")
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, fixture_entry):
     from zoo.serve import build_archives, start, stop
 
     root = tmp_path_factory.mktemp("ts")
-    build_archives(fixture_entry, root / "store", name="hp", batch_size=4, max_batch_delay_ms=50, max_pixels=200_000)
-    info = start(root / "store", state_dir=root / "state", auth=False)
-    yield info
+    store = root / "store"
+    for name, backend in (("hp", "torch"), ("hpo", "onnx")):
+        build_archives(
+            fixture_entry, store, name=name, backend=backend, batch_size=4, max_batch_delay_ms=50, max_pixels=200_000
+        )
+    info = start(store, state_dir=root / "state", auth=False)
+    yield {**info, "store": store}
     stop(root / "state")
 
 
@@ -105,6 +134,159 @@ def test_concurrent_clients_get_their_own_answers(server):
     with ThreadPoolExecutor(4) as pool:
         results = [r for rs in pool.map(client, range(4)) for r in rs]
     assert len(results) == 100 and all(results)
+
+
+@contextmanager
+def _worker_threads():
+    """Run the in-process codec on a worker's thread count (the archives' threads=1): the last bits of a
+    convolution, and so now and then a rounded pixel, depend on it."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+# Sizes whose latents differ (the fixture downsamples by 64), so no two good requests share a network pass
+# and each must equal the in-process codec's single-image result to the byte.
+MIXED_SIZES = [(48, 32), (112, 80), (200, 144)]
+
+
+def test_bad_requests_do_not_spoil_their_batch(server, fixture_entry):
+    import zoo
+    from zoo.imageio import read_image, to_uint8
+
+    codec = zoo.load_local(fixture_entry)
+    url = server["inference"]
+    images = [_png(w, h, left=100 + 7 * i) for i, (w, h) in enumerate(MIXED_SIZES)]
+    with _worker_threads():
+        streams = [bitstream.dumps(codec.compress(read_image(body)[0])) for body in images]
+        pixels = [to_uint8(codec.decompress(bitstream.loads(stream))) for stream in streams]
+
+    # encode: three images of different sizes and one body that is not an image, in one batch
+    answers = _in_one_batch(f"{url}/predictions/hp-encode", [images[0], b"definitely not an image", *images[1:]])
+    (bad_status, bad_headers, bad_body), good = answers[1], [answers[0], *answers[2:]]
+    assert bad_status == 400 and bad_headers["content-type"].startswith("application/json")
+    assert "not an image" in json.loads(bad_body)["error"]
+    for (status, headers, data), expected in zip(good, streams, strict=True):
+        assert status == 200 and headers["content-type"].startswith("application/octet-stream"), data[:200]
+        assert data == expected
+
+    # decode: three streams of different sizes and one whose payload was damaged, in one batch
+    corrupt = bytearray(streams[1])
+    corrupt[-10] ^= 0xFF  # a payload byte: the last 4 bytes are the file checksum
+    answers = _in_one_batch(f"{url}/predictions/hp-decode", [*streams[:2], bytes(corrupt), streams[2]])
+    (bad_status, bad_headers, bad_body), good = answers[2], [*answers[:2], answers[3]]
+    assert bad_status == 400 and bad_headers["content-type"].startswith("application/json")
+    assert "corrupt" in json.loads(bad_body)["error"]
+    for (status, headers, png), expected in zip(good, pixels, strict=True):
+        assert status == 200 and headers["content-type"].startswith("image/png"), png[:200]
+        assert np.array_equal(np.asarray(Image.open(io.BytesIO(png))), expected)
+
+
+def _load_handler(model_dir, op: str):
+    """The archive's handler class run in-process on a real TorchServe Context, as a worker would."""
+    import importlib.util
+
+    from ts.context import Context
+
+    from zoo.serve import HANDLER
+
+    (model_dir / "zoo_serve.json").write_text(
+        json.dumps({"op": op, "backend": "torch", "max_pixels": 200_000, "threads": 1})
+    )
+    spec = importlib.util.spec_from_file_location("zoo_handler", HANDLER)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    handler = module.ZooHandler()
+    context = Context(f"hp-{op}", str(model_dir), {}, 4, None, "test")
+    handler.initialize(context)
+    return handler, context
+
+
+def test_unexpected_error_answers_500_for_that_request_only(fixture_entry, tmp_path, monkeypatch):
+    from ts.context import RequestProcessor
+
+    import zoo
+    from zoo.imageio import read_image
+
+    model_dir = tmp_path / "model"
+    shutil.copytree(fixture_entry, model_dir)
+    handler, context = _load_handler(model_dir, "encode")
+    codec = zoo.load_local(fixture_entry)
+
+    compress_batch = handler.codec.compress_batch
+
+    def fails_on_40_wide(images):  # stands in for a bug that only one input triggers
+        if any(x.shape[-1] == 40 for x in images):
+            raise RuntimeError("boom")
+        return compress_batch(images)
+
+    monkeypatch.setattr(handler.codec, "compress_batch", fails_on_40_wide)
+    bodies = [_png(48, 32), _png(40, 40), b"definitely not an image", _png(112, 80)]
+    context.request_processor = [RequestProcessor({}) for _ in bodies]
+    out = handler.handle([{"body": b} for b in bodies], context)
+
+    assert [context.get_response_status(i)[0] for i in range(4)] == [200, 500, 400, 200]
+    assert context.get_response_status(1)[1] == "Internal Server Error"  # standard phrase, not the message
+    error = json.loads(out[1])["error"]
+    assert "internal error" in error and "boom" not in error  # the traceback goes to the log, not the client
+    assert context.get_response_content_type(1) == "application/json"
+    for i in (0, 3):
+        assert out[i] == bitstream.dumps(codec.compress(read_image(bodies[i])[0]))
+        assert context.get_response_headers(i)["X-Zoo-Batch"] == "4"
+
+
+def test_onnx_archive_carries_its_graphs(server, tmp_path):
+    from zoo.entry import read_config
+    from zoo.errors import IntegrityError
+    from zoo.export.ort_backend import OrtModule
+    from zoo.serve import archived_codec
+
+    for op in ("encode", "decode"):
+        with zipfile.ZipFile(server["store"] / f"hpo-{op}.mar") as z:
+            names = set(z.namelist())
+            assert {f"onnx/{g}.onnx" for g in ("g_a", "h_a", "h_s", "g_s")} <= names
+            assert json.loads(z.read("zoo_serve.json"))["backend"] == "onnx"
+            z.extractall(tmp_path / op)
+        meta = json.loads((tmp_path / op / "onnx" / "metadata.json").read_text())
+        assert meta["weights_fingerprint"] == read_config(tmp_path / op).fingerprint.hex()
+    with zipfile.ZipFile(server["store"] / "hp-encode.mar") as z:
+        assert not any(n.startswith("onnx/") for n in z.namelist())  # the torch archive does not carry them
+
+    # A worker runs the archive's graphs as they are: nothing exported anew.
+    codec = archived_codec(tmp_path / "encode", "onnx", threads=1)
+    for name in ("g_a", "h_a", "g_s"):
+        module = getattr(codec.model, name)
+        assert isinstance(module, OrtModule) and module.path == str(tmp_path / "encode" / "onnx" / f"{name}.onnx")
+    # Graphs that belong to other weights are refused.
+    meta_path = tmp_path / "decode" / "onnx" / "metadata.json"
+    meta_path.write_text(json.dumps({**json.loads(meta_path.read_text()), "weights_fingerprint": "00" * 16}))
+    with pytest.raises(IntegrityError, match="exported from weights"):
+        archived_codec(tmp_path / "decode", "onnx")
+
+
+def test_onnx_backend_round_trip_over_http(server, tmp_path):
+    from zoo.imageio import read_image, to_uint8
+    from zoo.serve import archived_codec
+
+    with zipfile.ZipFile(server["store"] / "hpo-encode.mar") as z:
+        z.extractall(tmp_path)
+    codec = archived_codec(tmp_path, "onnx", threads=1)  # the graphs the server runs
+    url = server["inference"]
+    body = _png(112, 80)
+    status, headers, data = _post(f"{url}/predictions/hpo-encode", body)
+    assert status == 200, data
+    with _worker_threads():
+        assert data == bitstream.dumps(codec.compress(read_image(body)[0]))
+        expected = to_uint8(codec.decompress(bitstream.loads(data)))
+    status, headers, png = _post(f"{url}/predictions/hpo-decode", data)
+    assert status == 200 and headers["content-type"].startswith("image/png")
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(png))), expected)
+    # Streams are interchangeable between the backends.
+    assert _post(f"{url}/predictions/hp-decode", data)[0] == 200
 
 
 def test_killed_worker_is_restarted(server):

@@ -1,7 +1,9 @@
 """Serving with TorchServe: model archives of zoo entries, config.properties, start and stop by pid.
 
 Each entry is archived twice, as `<name>-encode` and `<name>-decode` (TorchServe routes by model name:
-POST /predictions/<name>-encode with an image, POST /predictions/<name>-decode with a zoo file).
+POST /predictions/<name>-encode with an image, POST /predictions/<name>-decode with a zoo file). An archive
+for the onnx backend also carries the exported graphs in `onnx/`, so its workers load them instead of
+exporting at startup.
 """
 
 from __future__ import annotations
@@ -18,9 +20,13 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from zoo.entry import ENTRY_FILES, read_config
-from zoo.errors import ZooError
+from zoo.errors import EntryNotFound, IntegrityError, ZooError
+
+if TYPE_CHECKING:
+    from zoo.codec import Codec
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 HANDLER = REPO_ROOT / "handlers" / "zoo_handler.py"
@@ -28,6 +34,8 @@ DEFAULT_STORE = REPO_ROOT / "model_store"
 DEFAULT_STATE = Path(os.environ.get("ZOO_HOME", Path.home() / ".cache" / "zoo")) / "torchserve"
 MAX_BODY = 256 * 1024 * 1024  # a 24-megapixel image as PNG, or its reconstruction, fits
 OPS = ("encode", "decode")
+BACKENDS = ("torch", "onnx")
+ONNX_DIR = "onnx"  # folder of exported graphs inside an onnx-backend archive
 
 
 class ServeError(ZooError):
@@ -54,8 +62,12 @@ def build_archives(
     max_pixels: int = 24_000_000,
     threads: int = 1,
 ) -> list[Path]:
-    """`<name>-encode.mar` and `<name>-decode.mar` in `store`, built with torch-model-archiver."""
+    """`<name>-encode.mar` and `<name>-decode.mar` in `store`, built with torch-model-archiver.
+
+    With backend="onnx" the transforms are exported once here and both archives carry the graphs in `onnx/`."""
     read_config(entry_dir)
+    if backend not in BACKENDS:
+        raise ServeError(f"unknown backend {backend!r}; backends are {', '.join(BACKENDS)}")
     base = archive_name(entry_dir, name)
     store = Path(store)
     store.mkdir(parents=True, exist_ok=True)
@@ -63,19 +75,23 @@ def build_archives(
     if not Path(archiver).exists():
         raise ServeError("torch-model-archiver is not installed: pip install 'zoo-codecs[serve]'")
     out = []
-    for op in OPS:
-        with tempfile.TemporaryDirectory() as tmp:
-            t = Path(tmp)
-            for f in ENTRY_FILES:
-                shutil.copyfile(Path(entry_dir) / f, t / f)
-            (t / "zoo_serve.json").write_text(
+    with tempfile.TemporaryDirectory() as tmp:
+        # Everything in `payload` lands at the archive's root (torch-model-archiver copies a folder's contents).
+        payload = Path(tmp) / "payload"
+        payload.mkdir()
+        for f in ENTRY_FILES:
+            shutil.copyfile(Path(entry_dir) / f, payload / f)
+        if backend == "onnx":
+            export_onnx_graphs(entry_dir, payload / ONNX_DIR)
+        model_config = Path(tmp) / "model-config.yaml"
+        model_config.write_text(
+            f"minWorkers: 1\nmaxWorkers: 1\nbatchSize: {batch_size}\nmaxBatchDelay: {max_batch_delay_ms}\n"
+            "responseTimeout: 300\n"
+        )
+        for op in OPS:
+            (payload / "zoo_serve.json").write_text(
                 json.dumps({"op": op, "backend": backend, "max_pixels": max_pixels, "threads": threads})
             )
-            (t / "model-config.yaml").write_text(
-                f"minWorkers: 1\nmaxWorkers: 1\nbatchSize: {batch_size}\nmaxBatchDelay: {max_batch_delay_ms}\n"
-                "responseTimeout: 300\n"
-            )
-            extra = ",".join(str(t / f) for f in (*ENTRY_FILES, "zoo_serve.json"))
             cmd = [
                 archiver,
                 "--model-name",
@@ -85,9 +101,9 @@ def build_archives(
                 "--handler",
                 str(HANDLER),
                 "--extra-files",
-                extra,
+                str(payload),
                 "--config-file",
-                str(t / "model-config.yaml"),
+                str(model_config),
                 "--export-path",
                 str(store),
                 "--force",
@@ -95,8 +111,57 @@ def build_archives(
             proc = subprocess.run(cmd, capture_output=True, text=True)
             if proc.returncode != 0:
                 raise ServeError(f"torch-model-archiver failed: {proc.stderr.strip()[-300:]}")
-        out.append(store / f"{base}-{op}.mar")
+            out.append(store / f"{base}-{op}.mar")
     return out
+
+
+def export_onnx_graphs(entry_dir: str | Path, out_dir: str | Path) -> dict[str, Path]:
+    """The entry's transforms as ONNX graphs, with a metadata.json naming the entry and its weights fingerprint
+    (the same metadata `zoo export` writes), so a worker can check the graphs belong to the weights beside them."""
+    from zoo.entry import load_entry
+    from zoo.export import export_graphs
+
+    model, info = load_entry(entry_dir)
+    e = info.entry
+    return export_graphs(
+        model,
+        out_dir,
+        ("onnx",),
+        metadata={
+            "entry": {"arch": e.arch, "quality": e.quality, "metric": e.metric, "version": e.version},
+            "weights_fingerprint": info.fingerprint.hex(),
+        },
+    )
+
+
+def archived_codec(model_dir: str | Path, backend: str = "torch", threads: int | None = None) -> Codec:
+    """The codec a worker serves from its unpacked archive: the entry's weights, and for the onnx backend the
+    graphs the archive carries (checked against the weights' fingerprint, never re-exported)."""
+    from zoo.codec import Codec
+    from zoo.entry import codec_from_entry, load_entry
+
+    if backend == "torch":
+        return codec_from_entry(model_dir)
+    if backend != "onnx":
+        raise EntryNotFound(f"unknown backend {backend!r}; backends are {', '.join(BACKENDS)}")
+    from zoo.export.ort_backend import onnx_backend_from_folder
+
+    model, info = load_entry(model_dir)
+    graphs = Path(model_dir) / ONNX_DIR
+    try:
+        meta = json.loads((graphs / "metadata.json").read_text())
+    except FileNotFoundError:
+        raise EntryNotFound(
+            f"{model_dir} has no {ONNX_DIR}/metadata.json: rebuild the archive with `zoo archive ... --backend onnx`"
+        ) from None
+    except ValueError as exc:
+        raise IntegrityError(f"{graphs / 'metadata.json'} is not valid JSON ({exc})") from None
+    if meta.get("weights_fingerprint") != info.fingerprint.hex():
+        raise IntegrityError(
+            f"the graphs in {graphs} were exported from weights {str(meta.get('weights_fingerprint'))[:12]}, "
+            f"not from this entry's {info.fingerprint.hex()[:12]}"
+        )
+    return Codec(onnx_backend_from_folder(model, graphs, threads=threads), info.entry, info.fingerprint)
 
 
 def free_port() -> int:

@@ -55,7 +55,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--quality", type=int)
     p.add_argument("--metric", default="mse", choices=["mse", "ms-ssim"])
     p.add_argument("--version")
-    p.add_argument("--backend", default="torch", choices=["torch", "onnx"])
+    p.add_argument(
+        "--backend",
+        default="torch",
+        choices=["torch", "onnx"],
+        help="onnx: export the transforms now and put the graphs in the archives (workers load, never export)",
+    )
     p.add_argument("--name", help="archive base name (default: <arch>-q<Q>-<metric>-v<version>)")
     p.add_argument("--store", default=str(Path(__file__).resolve().parents[2] / "model_store"))
     p.add_argument("--batch-size", type=int, default=4)
