@@ -24,14 +24,14 @@ from typing import Any
 from ts.torch_handler.base_handler import BaseHandler
 
 from zoo import bitstream
-from zoo.errors import InputError, ZooError
+from zoo.errors import ImageTooLarge, InputError, ZooError
 
 logger = logging.getLogger(__name__)
 
 
 def status_for(exc: BaseException) -> int:
     """The HTTP status a failure answers with: the request's fault (4xx) or ours (500)."""
-    if isinstance(exc, InputError) and "over the limit" in str(exc):
+    if isinstance(exc, ImageTooLarge):
         return 413
     if isinstance(exc, ZooError):
         return 400
@@ -114,7 +114,7 @@ class ZooHandler(BaseHandler):
             return x
         c = bitstream.loads(body)
         if c.height * c.width > self.max_pixels:
-            raise InputError(f"image of {c.width}x{c.height} pixels is over the limit of {self.max_pixels}")
+            raise ImageTooLarge(f"image of {c.width}x{c.height} pixels is over the limit of {self.max_pixels}")
         self.codec.check_compatible(c)
         return c
 

@@ -128,3 +128,19 @@ def test_pixel_limit_is_checked_before_decoding(tmp_path):
 
     with pytest.raises(InputError, match="over the limit"):
         read_image(buf.getvalue(), max_pixels=1000)
+
+
+def test_header_bigger_than_pillow_allows_is_too_large_not_unreadable():
+    """A PNG header declaring 20000x20000 trips Pillow's bomb guard inside open(): still 'too large'."""
+    import struct as st
+    import zlib
+
+    from zoo.errors import ImageTooLarge
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return st.pack(">I", len(body)) + kind + body + st.pack(">I", zlib.crc32(kind + body))
+
+    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", st.pack(">IIBBBBB", 20000, 20000, 8, 2, 0, 0, 0))
+    png += chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    with pytest.raises(ImageTooLarge, match="over the limit"):
+        read_image(png)

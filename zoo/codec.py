@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from zoo.compressed import Compressed, EntryId, TileStreams
-from zoo.errors import BitstreamError, InputError
+from zoo.errors import BitstreamError, ImageTooLarge, InputError
 from zoo.models.base import CompressionModel, LatentStreams, check_index_crc
 
 DEFAULT_TILE_SIZE = 1024  # bounds peak memory: a 1024^2 tile needs well under 1 GB at the largest widths
@@ -107,7 +107,7 @@ class Codec:
         if h < 1 or w < 1:
             raise InputError(f"empty image {h}x{w}")
         if h * w > self.max_pixels:
-            raise InputError(f"image of {h}x{w} pixels is over the limit of {self.max_pixels} pixels")
+            raise ImageTooLarge(f"image of {h}x{w} pixels is over the limit of {self.max_pixels} pixels")
         if not x.is_floating_point():
             raise InputError(f"expected a float image in [0, 1], got dtype {x.dtype}")
         if not torch.isfinite(x).all():

@@ -14,6 +14,10 @@ class InputError(ZooError, ValueError):
     """An input image or tensor that cannot be coded (not an image, wrong shape, too large)."""
 
 
+class ImageTooLarge(InputError):
+    """An image (or a stream's declared size) over the pixel limit: a server answers 413."""
+
+
 class BitstreamError(ZooError):
     """A compressed file or stream that is truncated, corrupt, foreign or of an unknown version."""
 

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from zoo.errors import InputError
+from zoo.errors import ImageTooLarge, InputError
 
 DEFAULT_MAX_PIXELS = 64 * 1024 * 1024
 
@@ -36,12 +36,17 @@ def read_image(source: str | Path | bytes, *, max_pixels: int = DEFAULT_MAX_PIXE
             img: Image.Image = Image.open(fp)
             w, h = img.size
             if w * h > max_pixels:
-                raise InputError(f"{name} is {w}x{h} = {w * h} pixels, over the limit of {max_pixels}")
+                raise ImageTooLarge(f"{name} is {w}x{h} = {w * h} pixels, over the limit of {max_pixels}")
             img = ImageOps.exif_transpose(img) or img
             arr = _to_rgb8(img, notices)
         except InputError:
             raise
-        except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+            # Pillow's own guard fires in open() for very large headers, before our check can
+            raise ImageTooLarge(
+                f"{name} has more pixels than Pillow will open, over the limit of {max_pixels}"
+            ) from None
+        except UnidentifiedImageError as exc:
             raise InputError(f"{name} is not an image Pillow can read ({type(exc).__name__})") from None
         except (OSError, SyntaxError, ValueError) as exc:
             raise InputError(f"{name} could not be decoded: {exc}") from None
