@@ -49,6 +49,18 @@ def psnr_to_rate(curve_bpp: list[float], curve_psnr: list[float], psnr: float) -
     return float(np.exp(np.interp(psnr, ps, rs)))
 
 
+def update_readme(lines: list[str]) -> None:
+    """Put the table and the BD-rates between the README's results markers (the plot path made relative)."""
+    readme = REPO / "README.md"
+    text = readme.read_text()
+    start, end = "<!-- results:start -->", "<!-- results:end -->"
+    if start not in text or end not in text:
+        return
+    body = [line.replace("](rd.png)", "](docs/rd.png)") for line in lines[2:]]  # without the page title
+    head, rest = text.split(start, 1)
+    readme.write_text(head + start + "\n" + "\n".join(body).strip() + "\n" + end + rest.split(end, 1)[1])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--codecs", nargs="+", default=["jpeg", "webp", "avif"])
@@ -115,6 +127,7 @@ def main() -> None:
                 lines.append(f"- {name} vs {key}: {exc}")
     lines += ["", "![Kodak RD](rd.png)", ""]
     (OUT / "results.md").write_text("\n".join(lines))
+    update_readme(lines)
     series = {n: p for n, p in ours.items()}
     for c in args.codecs:
         series[f"{c} (Pillow, measured)"] = [

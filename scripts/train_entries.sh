@@ -1,29 +1,68 @@
 #!/usr/bin/env bash
-# How the shipped entries were made (CPU, this repository's training module). Re-run on a GPU with far
-# more --steps for competitive models. Data: shared/datasets/photos 001-035 for training, 036-039 held out
-# for validation; Kodak only for the model cards' figures.
-set -euo pipefail
+# How the shipped v1.0 entries were made: CPU, this repository's training module, 2 threads. Re-run on a GPU
+# with far more --steps (and --amp bf16, larger --patch) for competitive models. Data: shared/datasets/photos
+# 001-035 for training, 036-039 held out for validation; Kodak only for the model cards' figures.
+#
+#   bash scripts/train_entries.sh            # every stage; a stage whose entry exists is skipped
+#   STEPS=700 bash scripts/train_entries.sh  # fine-tuning steps per entry (default 700; factorized 600)
+#
+# Order (each stage warm-starts from the one before, since CPU training cannot afford scratch runs):
+#   1. bmshj2018-hyperprior q3: the headline entry (bootstrapped, then 1,750 steps: see its model card)
+#   2. hyperprior q1, q2, q4, q5: fine-tuned at their own lambda from q3 (q5 from q4)
+#   3. bmshj2018-factorized q1-q5: g_a and g_s from the hyperprior of the same quality, new entropy bottleneck
+#   4. hyperprior q6-q8: q5 grown to the standard N=192, M=320 (zoo.train.widen), then q7 from q6, q8 from q7
+set -uo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${RUNS:-runs}
 DATA=${DATA:-$RUNS/data}
+STEPS=${STEPS:-700}
+DS="shared/datasets/photos 001-035 (036-039 held out for validation)"
+H=model_store/entries/bmshj2018-hyperprior
+F=model_store/entries/bmshj2018-factorized
 mkdir -p "$DATA/train" "$DATA/val"
 for f in ../shared/datasets/photos/0{01..35}.png; do ln -sf "$(realpath "$f")" "$DATA/train/"; done
 for f in ../shared/datasets/photos/0{36..39}.png; do ln -sf "$(realpath "$f")" "$DATA/val/"; done
 
-# bmshj2018-hyperprior quality 3: the headline entry.
-zoo train --arch bmshj2018-hyperprior --quality 3 --train "$DATA/train" --val "$DATA/val" --out "$RUNS/hp3" \
-    --lr 3e-4 --scheduler cosine --patch 128 --batch-size 8 --steps "${STEPS:-5000}" --val-every 1000 \
-    --ckpt-every 250 --threads 2 --workers 1 ${INIT:+--init "$INIT"} --resume
-zoo release "$RUNS/hp3" --checkpoint last.pt --version "${VERSION:-1.0}" --half --manifest package \
-    --out "model_store/entries/bmshj2018-hyperprior/q3-mse/v${VERSION:-1.0}" --eval ../shared/datasets/kodak \
-    --dataset-name "shared/datasets/photos 001-035 (036-039 held out for validation)"
+# stage ARCH QUALITY STEPS NOTE -- extra zoo-train arguments (the warm start)
+stage() {
+    local arch=$1 q=$2 steps=$3 note=$4 out
+    shift 5
+    out=model_store/entries/$arch/q$q-mse/v1.0
+    [ -f "$out/config.json" ] && return 0
+    zoo train --arch "$arch" --quality "$q" --train "$DATA/train" --val "$DATA/val" --out "$RUNS/$arch-q$q" \
+        --steps "$steps" --batch-size 8 --patch 128 --lr 1e-4 --scheduler cosine --val-every $((steps / 2)) \
+        --ckpt-every 100 --workers 1 --threads 2 --quiet --resume "$@" || return 1
+    zoo release "$RUNS/$arch-q$q" --checkpoint last.pt --version 1.0 --half --manifest package --out "$out" \
+        --eval ../shared/datasets/kodak --dataset-name "$DS" \
+        --note "$steps steps (batch 8, 128px crops, cosine from lr 1e-4) $note; CPU, 2 threads"
+}
 
-# Neighbouring qualities: warm-started from quality 3 and fine-tuned at their own lambda.
-for q in ${QUALITIES:-}; do
-    zoo train --arch bmshj2018-hyperprior --quality "$q" --train "$DATA/train" --val "$DATA/val" \
-        --out "$RUNS/hp$q" --init "$RUNS/hp3/last.pt" --lr 1e-4 --scheduler cosine --patch 128 --batch-size 8 \
-        --steps "${FT_STEPS:-300}" --val-every "${FT_STEPS:-300}" --threads 1 --workers 0 --resume
-    zoo release "$RUNS/hp$q" --checkpoint last.pt --version "${VERSION:-1.0}" --half --manifest package \
-        --out "model_store/entries/bmshj2018-hyperprior/q$q-mse/v${VERSION:-1.0}" --eval ../shared/datasets/kodak \
-        --dataset-name "shared/datasets/photos 001-035 (036-039 held out for validation)"
+# 1. The headline entry. Its first 2,800 steps were a bootstrap run at lr 3e-4; this reproduces its shape.
+if [ ! -f "$H/q3-mse/v1.0/config.json" ]; then
+    zoo train --arch bmshj2018-hyperprior --quality 3 --train "$DATA/train" --val "$DATA/val" \
+        --out "$RUNS/bmshj2018-hyperprior-q3" --lr 3e-4 --scheduler cosine --patch 128 --batch-size 8 \
+        --steps 4550 --val-every 1000 --ckpt-every 250 --threads 2 --workers 1 --resume
+    zoo release "$RUNS/bmshj2018-hyperprior-q3" --checkpoint last.pt --version 1.0 --half --manifest package \
+        --out "$H/q3-mse/v1.0" --eval ../shared/datasets/kodak --dataset-name "$DS"
+fi
+
+# 2. Neighbouring hyperprior qualities.
+stage bmshj2018-hyperprior 4 "$STEPS" "at its own lambda from the quality-3 v1.0 entry" -- --init "$H/q3-mse/v1.0"
+stage bmshj2018-hyperprior 5 "$STEPS" "at its own lambda from the quality-4 run" -- \
+    --init "$RUNS/bmshj2018-hyperprior-q4/last.pt"
+stage bmshj2018-hyperprior 2 "$STEPS" "at its own lambda from the quality-3 v1.0 entry" -- --init "$H/q3-mse/v1.0"
+stage bmshj2018-hyperprior 1 "$STEPS" "at its own lambda from the quality-3 v1.0 entry" -- --init "$H/q3-mse/v1.0"
+
+# 3. Factorized prior: the hyperprior's transforms, a new entropy bottleneck.
+for q in 3 1 2 4 5; do
+    stage bmshj2018-factorized "$q" 600 \
+        "with g_a and g_s taken from the bmshj2018-hyperprior q$q v1.0 entry and a new entropy bottleneck" -- \
+        --init "$H/q$q-mse/v1.0" --init-parts g_a,g_s
 done
+
+# 4. The wider qualities.
+stage bmshj2018-hyperprior 6 "$STEPS" \
+    "at its own lambda from the quality-5 v1.0 entry grown to N=192, M=320 (zoo.train.widen)" -- \
+    --init "$H/q5-mse/v1.0" --init-widen
+stage bmshj2018-hyperprior 7 "$STEPS" "at its own lambda from the quality-6 v1.0 entry" -- --init "$H/q6-mse/v1.0"
+stage bmshj2018-hyperprior 8 "$STEPS" "at its own lambda from the quality-7 v1.0 entry" -- --init "$H/q7-mse/v1.0"
