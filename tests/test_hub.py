@@ -172,6 +172,26 @@ def test_compressai_import_loads_and_reproduces_its_outputs(tmp_path):
         assert psnr(x_hat, expected["decompress_x_hat"]) >= 60
 
 
+def test_import_takes_train_py_checkpoints_with_ddp_prefixes(tmp_path, capsys):
+    """CompressAI's train.py saves {"epoch", "state_dict", ...}; DataParallel adds "module." to every key."""
+    import zoo
+    from tests.support import fixture_state_dict
+    from zoo.cli import main
+
+    sd = fixture_state_dict("bmshj2018-factorized")
+    ckpt = tmp_path / "checkpoint.pth.tar"
+    torch.save({"epoch": 3, "state_dict": {f"module.{k}": v for k, v in sd.items()}, "loss": 1.0}, ckpt)
+    out = tmp_path / "entry"
+    assert main(["import-compressai", str(ckpt), "--arch", "bmshj2018-factorized", "--out", str(out)]) == 0
+    codec = zoo.load_local(out)
+    assert codec.entry.quality == 0  # no --quality: the entry says it is not one of the standard qualities
+    own = codec.model.state_dict()
+    assert all(torch.equal(own[k].float(), v.float()) for k, v in sd.items() if k in own and v.is_floating_point())
+    assert main(["import-compressai", str(ckpt), "--arch", "bmshj2018-hyperprior", "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "zoo: error:" in err[0], err
+
+
 def test_corrupt_entry_folders_are_integrity_errors(fixture_entry, tmp_path):
     import zoo
 
