@@ -234,7 +234,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(outputs[0] if len(outputs) == 1 else outputs, indent=2) + "\n")
     if args.plot:
-        rd_plot(series, args.plot, references=args.reference or ())
+        rd_plot(series, args.plot, references=args.reference or (), metric=args.plot_metric)
     return 0
 
 
@@ -256,7 +256,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         layout = compressai_layout(args.codec, f"Pillow {args.codec} on {args.dataset}", points, per_image=per_image)
         Path(args.json).write_text(json.dumps(layout, indent=2) + "\n")
     if args.plot:
-        rd_plot({args.codec: points}, args.plot)
+        rd_plot({args.codec: points}, args.plot, metric=args.plot_metric)
     return 0
 
 
@@ -304,6 +304,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=1, help="parallel processes")
     p.add_argument("--json", help="write results (CompressAI layout); per-image results beside it resume runs")
     p.add_argument("--plot", help="write an RD plot (PNG)")
+    p.add_argument("--plot-metric", default="psnr", choices=["psnr", "ms-ssim"], help="the plot's quality axis")
     p.add_argument(
         "--reference", nargs="*", help="published curves to draw, e.g. compressai-bmshj2018-hyperprior_mse_cuda"
     )
@@ -316,6 +317,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--quality", help="N, N-M or N,M,... (default: the codec's sweep)")
     p.add_argument("--json")
     p.add_argument("--plot")
+    p.add_argument("--plot-metric", default="psnr", choices=["psnr", "ms-ssim"], help="the plot's quality axis")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_bench)
 
