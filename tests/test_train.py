@@ -158,6 +158,21 @@ def test_widening_refuses_mean_scale_models(tmp_path):
         widen_into(create_model("mbt2018-mean", N=12, M=20), create_model("mbt2018-mean", N=8, M=12).state_dict())
 
 
+def test_entropy_lr_gives_the_bottleneck_density_its_own_group():
+    from zoo.registry import create_model
+    from zoo.train.optim import build_optimizers
+
+    model = create_model("bmshj2018-factorized", **SMALL)
+    main, aux = build_optimizers(model, 1e-4, entropy_lr=5e-3)
+    rest, density = main.param_groups
+    assert rest["lr"] == 1e-4 and density["lr"] == 5e-3
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert all(names[id(p)].startswith("entropy_bottleneck.") for p in density["params"])
+    grouped = [id(p) for g in main.param_groups for p in g["params"]]
+    assert sorted(grouped) == sorted(id(p) for p in model.main_parameters())  # each exactly once
+    assert [names[id(p)] for p in aux.param_groups[0]["params"]] == ["entropy_bottleneck.quantiles"]
+
+
 def _free_port() -> int:
     import socket
 

@@ -33,6 +33,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         init=args.init,
         init_parts=tuple(x for x in (args.init_parts or "").split(",") if x),
         init_widen=args.init_widen,
+        entropy_lr=args.entropy_lr,
         amp=args.amp,
         compile=args.compile,
         hard_samples=args.hard_samples,
@@ -95,6 +96,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--init-widen", action="store_true", help="with --init: grow a narrower model into this quality's widths"
     )
+    p.add_argument("--entropy-lr", type=float, help="own learning rate for a fresh entropy bottleneck's density")
     p.add_argument("--amp", choices=["bf16"], help="bf16 autocast")
     p.add_argument("--compile", action="store_true", help="torch.compile the network")
     p.add_argument("--hard-samples", action="store_true", help="sample images by their running RD loss")

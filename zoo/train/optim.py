@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler, MultiStepLR, ReduceLROnPlateau
@@ -12,8 +13,19 @@ from zoo.models.base import CompressionModel
 SCHEDULERS = ("plateau", "cosine", "multistep", "poly")
 
 
-def build_optimizers(model: CompressionModel, lr: float, aux_lr: float = 1e-3):
-    main = torch.optim.Adam(model.main_parameters(), lr=lr)
+def build_optimizers(model: CompressionModel, lr: float, aux_lr: float = 1e-3, entropy_lr: float | None = None):
+    """Adam for the network and Adam for the quantiles (aux loss). With `entropy_lr`, the factorized
+    entropy bottleneck's density parameters get their own rate: a bottleneck that starts fresh under
+    trained transforms (a warm start from another architecture) needs far larger steps than they do."""
+    main_params = model.main_parameters()
+    if entropy_lr is None:
+        main = torch.optim.Adam(main_params, lr=lr)
+    else:
+        density = [p for n, p in model.named_parameters() if "entropy_bottleneck." in n and not n.endswith("quantiles")]
+        ids = {id(p) for p in density}
+        rest = [p for p in main_params if id(p) not in ids]
+        groups: list[dict[str, Any]] = [{"params": rest}, {"params": density, "lr": entropy_lr}]
+        main = torch.optim.Adam(groups, lr=lr)
     aux = torch.optim.Adam(model.aux_parameters(), lr=aux_lr)
     return main, aux
 

@@ -56,6 +56,7 @@ class TrainConfig:
     init: str | None = None
     init_parts: tuple[str, ...] = ()  # with init: load only these submodules (e.g. g_a, g_s of another arch)
     init_widen: bool = False  # with init: grow a narrower model of the same arch into this quality's widths
+    entropy_lr: float | None = None  # own learning rate for the entropy bottleneck's density (fresh bottlenecks)
     amp: str | None = None  # "bf16"
     compile: bool = False
     hard_samples: bool = False
@@ -150,7 +151,7 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         self.model = create_model(cfg.arch, cfg.quality, **cfg.widths).to(self.device)
         self.init_from = load_init_weights(self.model, cfg.init, cfg.init_parts, cfg.init_widen) if cfg.init else None
-        self.optimizer, self.aux_optimizer = build_optimizers(self.model, cfg.lr, cfg.aux_lr)
+        self.optimizer, self.aux_optimizer = build_optimizers(self.model, cfg.lr, cfg.aux_lr, cfg.entropy_lr)
         self.scheduler = build_scheduler(cfg.scheduler, self.optimizer, self.total)
         self.loss_fn = RateDistortionLoss(self.lmbda, cfg.metric)
         self.step, self.best, self.wall = 0, math.inf, 0.0
