@@ -70,18 +70,30 @@ def main() -> None:
     sweep = [int(q) for q in args.sweep.split(",")] if args.sweep else None
 
     from zoo.errors import InputError
-    from zoo.evaluation.bd import bd_rate
+    from zoo.evaluation.bd import bd_psnr, bd_rate
     from zoo.evaluation.plot import rd_plot, reference_curves
     from zoo.evaluation.runner import RDPoint
-    from zoo.hub import load_manifest
+    from zoo.hub import ManifestEntry, _version_key, load_manifest
 
     curves = {c: classical_curve(c, args.images, sweep)["results"] for c in args.codecs}
-    ours: dict[str, list[RDPoint]] = {}
+    # Each architecture's curve is what zoo.load gives by default: the newest version of every quality.
+    newest: dict[tuple[str, int], ManifestEntry] = {}
     for e in load_manifest():
-        if e.kodak:
-            ours.setdefault(f"zoo {e.arch} v{e.version}", []).append(
-                RDPoint(e.arch, e.quality, e.kodak["bpp"], e.kodak["psnr"], e.kodak.get("ms_ssim", math.nan), 0, 0, 24)
-            )
+        key = (e.arch, e.quality)
+        if (
+            e.kodak
+            and e.metric == "mse"
+            and (key not in newest or _version_key(e.version) > _version_key(newest[key].version))
+        ):
+            newest[key] = e
+    ours: dict[str, list[RDPoint]] = {}
+    versions: dict[tuple[str, int], str] = {}
+    for (arch, quality), e in sorted(newest.items()):
+        versions[arch, quality] = e.version
+        k = e.kodak
+        ours.setdefault(f"zoo {arch}", []).append(
+            RDPoint(arch, quality, k["bpp"], k["psnr"], k.get("ms_ssim", math.nan), 0, 0, 24)
+        )
     lines = [
         "# Kodak results",
         "",
@@ -89,10 +101,10 @@ def main() -> None:
         "PSNR-RGB on 8-bit reconstructions). Classical codecs measured here through Pillow (`zoo bench`); "
         "CompressAI's curves as published (zoo/data/SOURCES.md).",
         "",
-        "| entry | quality | bpp | PSNR (dB) | MS-SSIM | "
+        "| entry | quality | version | bpp | PSNR (dB) | MS-SSIM | "
         + " | ".join(f"rate vs {c} at equal PSNR" for c in args.codecs)
         + " |",
-        "| --- | --- | --- | --- | --- | " + " | ".join("---" for _ in args.codecs) + " |",
+        "| --- | --- | --- | --- | --- | --- | " + " | ".join("---" for _ in args.codecs) + " |",
     ]
     for name, pts in sorted(ours.items()):
         for p in sorted(pts, key=lambda p: p.quality):
@@ -101,7 +113,8 @@ def main() -> None:
                 ref = psnr_to_rate(curves[c]["bpp"], curves[c]["psnr-rgb"], p.psnr)
                 cells.append(f"{100 * (p.bpp / ref - 1):+.1f}%" if math.isfinite(ref) else "outside range")
             lines.append(
-                f"| {name} | {p.quality} | {p.bpp:.4f} | {p.psnr:.2f} | {p.ms_ssim:.4f} | " + " | ".join(cells) + " |"
+                f"| {name} | {p.quality} | {versions[p.label, p.quality]} | {p.bpp:.4f} | {p.psnr:.2f} | "
+                f"{p.ms_ssim:.4f} | " + " | ".join(cells) + " |"
             )
     lines += ["", "BD-rate (pchip) where our curve has at least two qualities:", ""]
     pub = reference_curves()
@@ -125,6 +138,19 @@ def main() -> None:
                 )
             except InputError as exc:  # curves that do not overlap
                 lines.append(f"- {name} vs {key}: {exc}")
+    lines += ["", "Checks:", ""]
+    for name, pts in sorted(ours.items()):
+        pts = sorted(pts, key=lambda p: p.quality)
+        up = all(a.bpp < b.bpp and a.psnr < b.psnr for a, b in zip(pts, pts[1:], strict=False))
+        lines.append(f"- {name}: {'monotone' if up else 'NOT monotone'} (higher quality, more bpp and more PSNR)")
+    hp, fa = ours.get("zoo bmshj2018-hyperprior"), ours.get("zoo bmshj2018-factorized")
+    if hp and fa and len(hp) > 1 and len(fa) > 1:
+        try:
+            gain = bd_psnr([p.bpp for p in fa], [p.psnr for p in fa], [p.bpp for p in hp], [p.psnr for p in hp])
+            rate = bd_rate([p.bpp for p in fa], [p.psnr for p in fa], [p.bpp for p in hp], [p.psnr for p in hp])
+            lines.append(f"- hyperprior vs factorized at equal bpp: BD-PSNR {gain:+.2f} dB, BD-rate {rate:+.1f}%")
+        except InputError as exc:
+            lines.append(f"- hyperprior vs factorized: {exc}")
     lines += ["", "![Kodak RD](rd.png)", ""]
     (OUT / "results.md").write_text("\n".join(lines))
     update_readme(lines)

@@ -37,8 +37,9 @@ class ClassicalCodec:
 CLASSICAL = {
     c.name: c
     for c in (
-        ClassicalCodec("jpeg", "JPEG", (10, 20, 30, 40, 50, 60, 70, 80, 90, 95)),
-        ClassicalCodec("webp", "WEBP", (10, 20, 30, 40, 50, 60, 70, 80, 90, 95)),
+        # Low qualities included so that the low-rate end of learned codecs' curves overlaps these.
+        ClassicalCodec("jpeg", "JPEG", (5, 10, 15, 20, 30, 40, 50, 60, 70, 80, 90, 95)),
+        ClassicalCodec("webp", "WEBP", (0, 2, 5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95)),
         ClassicalCodec("avif", "AVIF", (10, 20, 30, 40, 50, 60, 70, 80, 90)),
         ClassicalCodec("jpeg2000", "JPEG2000", (24, 26, 28, 30, 32, 34, 36, 38, 40)),
     )
