@@ -8,8 +8,8 @@
 #
 # Order (each stage warm-starts from the one before, since CPU training cannot afford scratch runs):
 #   1. bmshj2018-hyperprior q3: the headline entry (bootstrapped, then 1,750 steps: see its model card)
-#   2. hyperprior q1, q2, q4, q5: fine-tuned at their own lambda from q3 (q5 from q4); then q3 v1.1, 700 more
-#      steps, so the headline entry is as converged as its neighbours (v1.0 fell below q2's PSNR)
+#   2. hyperprior q1, q2, q4, q5: fine-tuned at their own lambda from q3 (q5 from q4); then q3 v1.1, 500 more
+#      steps on 256-px crops (v1.0 fell below q2's PSNR, and on 128-px crops the hyperprior sees only 2x2 z)
 #   3. bmshj2018-factorized q1-q5: g_a and g_s from the hyperprior of the same quality, new entropy bottleneck
 #   4. hyperprior q6-q8: q5 grown to the standard N=192, M=320 (zoo.train.widen), then q7 from q6, q8 from q7
 set -uo pipefail
@@ -55,19 +55,19 @@ stage bmshj2018-hyperprior 2 "$STEPS" "at its own lambda from the quality-3 v1.0
 stage bmshj2018-hyperprior 1 "$STEPS" "at its own lambda from the quality-3 v1.0 entry" -- --init "$H/q3-mse/v1.0"
 if [ ! -f "$H/q3-mse/v1.1/config.json" ]; then
     zoo train --arch bmshj2018-hyperprior --quality 3 --train "$DATA/train" --val "$DATA/val" \
-        --out "$RUNS/bmshj2018-hyperprior-q3-v1.1" --init "$H/q3-mse/v1.0" --steps "$STEPS" --batch-size 8 \
-        --patch 128 --lr 1e-4 --scheduler cosine --val-every $((STEPS / 2)) --ckpt-every 100 --workers 1 \
+        --out "$RUNS/bmshj2018-hyperprior-q3-v1.1" --init "$H/q3-mse/v1.0" --steps 500 --batch-size 4 \
+        --patch 256 --lr 1e-4 --scheduler cosine --val-every 250 --ckpt-every 100 --workers 1 \
         --threads 2 --quiet --resume
     zoo release "$RUNS/bmshj2018-hyperprior-q3-v1.1" --checkpoint last.pt --version 1.1 --half --manifest package \
         --out "$H/q3-mse/v1.1" --eval ../shared/datasets/kodak --dataset-name "$DS" \
-        --note "$STEPS steps (batch 8, 128px crops, cosine from lr 1e-4) at its own lambda from the quality-3 v1.0 entry"
+        --note "500 steps (batch 4, 256px crops, cosine from lr 1e-4) at its own lambda from the quality-3 v1.0 entry"
 fi
 
 # 3. Factorized prior: the hyperprior's transforms, a new entropy bottleneck.
 for q in 3 1 2 4 5; do
     stage bmshj2018-factorized "$q" 600 \
-        "with g_a and g_s taken from the bmshj2018-hyperprior q$q v1.0 entry and a new entropy bottleneck" -- \
-        --init "$H/q$q-mse/v1.0" --init-parts g_a,g_s
+        "with g_a and g_s taken from the bmshj2018-hyperprior q$q v1.0 entry and a new entropy bottleneck (its density at lr 5e-3)" -- \
+        --init "$H/q$q-mse/v1.0" --init-parts g_a,g_s --entropy-lr 5e-3
 done
 
 # 4. The wider qualities.
