@@ -39,6 +39,9 @@ class OrtModule(nn.Module):
         if threads:
             opts.intra_op_num_threads = threads
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # Between graphs the coder and torch's float64 entropy parameters run: ORT's pool must not spin on
+        # the cores they need once its own run is over.
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(path), opts, providers=providers or default_providers())
         self.input_name = self.session.get_inputs()[0].name
         self.path = str(path)
