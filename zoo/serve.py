@@ -119,19 +119,10 @@ def export_onnx_graphs(entry_dir: str | Path, out_dir: str | Path) -> dict[str, 
     """The entry's transforms as ONNX graphs, with a metadata.json naming the entry and its weights fingerprint
     (the same metadata `zoo export` writes), so a worker can check the graphs belong to the weights beside them."""
     from zoo.entry import load_entry
-    from zoo.export import export_graphs
+    from zoo.export import entry_metadata, export_graphs
 
     model, info = load_entry(entry_dir)
-    e = info.entry
-    return export_graphs(
-        model,
-        out_dir,
-        ("onnx",),
-        metadata={
-            "entry": {"arch": e.arch, "quality": e.quality, "metric": e.metric, "version": e.version},
-            "weights_fingerprint": info.fingerprint.hex(),
-        },
-    )
+    return export_graphs(model, out_dir, ("onnx",), metadata=entry_metadata(info.entry, info.fingerprint))
 
 
 def archived_codec(model_dir: str | Path, backend: str = "torch", threads: int | None = None) -> Codec:

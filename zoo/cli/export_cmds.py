@@ -8,22 +8,20 @@ from zoo.cli.eval_cmds import _Loader
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from zoo.export import export_graphs
+    from zoo.export import entry_metadata, export_graphs
 
     codec = _Loader(args.model, args.quality, args.metric, args.version, "torch", args.arch)()
     formats = ("onnx", "torchscript") if args.format == "both" else (args.format,)
-    e = codec.entry
     written = export_graphs(
         codec.model,
         args.out,
         formats,
         metadata={
-            "entry": {"arch": e.arch, "quality": e.quality, "metric": e.metric, "version": e.version},
-            "weights_fingerprint": codec.fingerprint.hex(),
+            **entry_metadata(codec.entry, codec.fingerprint),
             "torchscript_note": "TorchScript is deprecated upstream; torch.export / ONNX are the forward path",
         },
     )
-    print(f"exported {e} to {args.out}: {', '.join(sorted(written))}")
+    print(f"exported {codec.entry} to {args.out}: {', '.join(sorted(written))}")
     return 0
 
 

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from zoo.compressed import EntryId
 from zoo.layers import GDN, MaskedConv2d
 from zoo.models.base import CompressionModel
 
@@ -108,6 +109,16 @@ def _dynamic_axes(names: list[str]) -> dict[str, dict[int, str]]:
     axes = {n: {0: "batch", 2: f"{n}_h", 3: f"{n}_w"} for n in names}
     axes["out"] = {0: "batch", 2: "out_h", 3: "out_w"}
     return axes
+
+
+def entry_metadata(entry: EntryId, fingerprint: bytes) -> dict[str, Any]:
+    """What metadata.json says about the weights the graphs came from: `zoo export` and the ONNX model
+    archives write it, and a loader compares `weights_fingerprint` with the weights it pairs them with."""
+    e = entry
+    return {
+        "entry": {"arch": e.arch, "quality": e.quality, "metric": e.metric, "version": e.version},
+        "weights_fingerprint": fingerprint.hex(),
+    }
 
 
 def export_graphs(
