@@ -35,37 +35,36 @@ def codec_for(entry: str | None) -> Codec:
     return Codec(model, EntryId("bmshj2018-hyperprior", 3, "mse", "random"), bytes(16))
 
 
-def time_codec(codec: Codec, images: list[torch.Tensor], repeats: int) -> tuple[float, float]:
-    enc, dec = [], []
-    for x in images:
-        best_e = best_d = float("inf")
+def time_codecs(codecs: list[Codec], images: list[torch.Tensor], repeats: int) -> list[tuple[float, float]]:
+    """Mean over images of the best (encode ms, decode ms) per codec. The codecs take turns on each image, so a
+    slower or faster spell of a shared machine falls on all of them alike."""
+    best = [[[float("inf"), float("inf")] for _ in images] for _ in codecs]
+    for i, x in enumerate(images):
         for _ in range(repeats):
-            t0 = time.perf_counter()
-            data = bitstream.dumps(codec.compress(x))
-            t1 = time.perf_counter()
-            codec.decompress(bitstream.loads(data))
-            t2 = time.perf_counter()
-            best_e, best_d = min(best_e, t1 - t0), min(best_d, t2 - t1)
-        enc.append(best_e)
-        dec.append(best_d)
-    return 1e3 * sum(enc) / len(enc), 1e3 * sum(dec) / len(dec)
+            for c, codec in enumerate(codecs):
+                t0 = time.perf_counter()
+                data = bitstream.dumps(codec.compress(x))
+                t1 = time.perf_counter()
+                codec.decompress(bitstream.loads(data))
+                t2 = time.perf_counter()
+                b = best[c][i]
+                b[0], b[1] = min(b[0], t1 - t0), min(b[1], t2 - t1)
+    return [(1e3 * sum(b[0] for b in per) / len(images), 1e3 * sum(b[1] for b in per) / len(images)) for per in best]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--images", type=int, default=6)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--entry")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     images = [read_image(p)[0] for p in sorted(KODAK.glob("*.png"))[: args.images]]
     eager = codec_for(args.entry)
     onnx = Codec(to_onnx_backend(eager.model, threads=args.threads), eager.entry, eager.fingerprint)
-    time_codec(eager, images[:1], 1)  # warm up both
-    time_codec(onnx, images[:1], 1)
-    e_enc, e_dec = time_codec(eager, images, args.repeats)
-    o_enc, o_dec = time_codec(onnx, images, args.repeats)
+    time_codecs([eager, onnx], images[:1], 1)  # warm-up
+    (e_enc, e_dec), (o_enc, o_dec) = time_codecs([eager, onnx], images, args.repeats)
     print(f"{eager.entry}, {len(images)} Kodak images, torch threads = ORT intra-op threads = {args.threads}")
     print(f"eager: encode {e_enc:.1f} ms  decode {e_dec:.1f} ms")
     print(f"onnx:  encode {o_enc:.1f} ms  decode {o_dec:.1f} ms")
