@@ -11,8 +11,8 @@
 #   2. hyperprior q1, q2, q4, q5: fine-tuned at their own lambda from q3 (q5 from q4); then q3 v1.1, 500 more
 #      steps on 256-px crops (v1.0 fell below q2's PSNR, and on 128-px crops the hyperprior sees only 2x2 z)
 #   3. bmshj2018-factorized q1-q5: g_a and g_s from the hyperprior of the same quality, new entropy bottleneck
-#   4. hyperprior q6-q8: q5 grown to the standard N=192, M=320 (zoo.train.widen), then q7 from q6, q8 from q7
-#      (not yet run: the shipped zoo has no q6-q8 entries)
+#   4. hyperprior q6 and q7: q5 v1.1 grown to the standard N=192, M=320 (zoo.train.widen), then q7 from q6;
+#      no q8 (the 200 MB budget)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${RUNS:-runs}
@@ -64,8 +64,8 @@ if [ ! -f "$H/q3-mse/v1.1/config.json" ]; then
         --note "500 steps (batch 4, 256px crops, cosine from lr 1e-4) at its own lambda from the quality-3 v1.0 entry"
 fi
 
-# 2b. v1.1 of q4, q5 and q2: the same 500 steps on 256-px crops (q3 v1.1 showed what they are worth).
-for q in 4 5 2; do
+# 2b. v1.1 of q4, q5, q2 and q1: the same 500 steps on 256-px crops (q3 v1.1 showed what they are worth).
+for q in 4 5 2 1; do
     [ -f "$H/q$q-mse/v1.1/config.json" ] && continue
     zoo train --arch bmshj2018-hyperprior --quality "$q" --train "$DATA/train" --val "$DATA/val" \
         --out "$RUNS/bmshj2018-hyperprior-q$q-v1.1" --init "$H/q$q-mse/v1.0" --steps 500 --batch-size 4 \
@@ -83,9 +83,19 @@ for q in 3 1 2 4 5; do
         --init "$H/q$q-mse/v1.0" --init-parts g_a,g_s --entropy-lr 5e-3
 done
 
-# 4. The wider qualities.
-stage bmshj2018-hyperprior 6 "$STEPS" \
-    "at its own lambda from the quality-5 v1.0 entry grown to N=192, M=320 (zoo.train.widen)" -- \
-    --init "$H/q5-mse/v1.0" --init-widen
-stage bmshj2018-hyperprior 7 "$STEPS" "at its own lambda from the quality-6 v1.0 entry" -- --init "$H/q6-mse/v1.0"
-stage bmshj2018-hyperprior 8 "$STEPS" "at its own lambda from the quality-7 v1.0 entry" -- --init "$H/q7-mse/v1.0"
+# 4. The wider qualities, on 256-px crops like the v1.1 passes: q6 is q5 v1.1 grown to the standard N=192, M=320
+#    (zoo.train.widen: same reconstruction at step 0, but the new latent channels start random and cost bits),
+#    q7 continues from q6's run. q8 is not shipped: a third 24 MB entry would break the 200 MB budget.
+wide() {
+    local q=$1 steps=$2 note=$3 out=$H/q$1-mse/v1.0
+    shift 3
+    [ -f "$out/config.json" ] && return 0
+    zoo train --arch bmshj2018-hyperprior --quality "$q" --train "$DATA/train" --val "$DATA/val" \
+        --out "$RUNS/bmshj2018-hyperprior-q$q" --steps "$steps" --batch-size 4 --patch 256 --lr 1e-4 \
+        --scheduler cosine --val-every 250 --ckpt-every 50 --workers 1 --threads 2 --quiet --resume "$@" || return 1
+    zoo release "$RUNS/bmshj2018-hyperprior-q$q" --checkpoint last.pt --version 1.0 --half --manifest package \
+        --out "$out" --eval ../shared/datasets/kodak --dataset-name "$DS" \
+        --note "$steps steps (batch 4, 256px crops, cosine from lr 1e-4) at its own lambda $note"
+}
+wide 6 500 "from the quality-5 v1.1 entry grown to N=192, M=320 (--init-widen)" --init "$H/q5-mse/v1.1" --init-widen
+wide 7 250 "from the quality-6 run's last checkpoint" --init "$RUNS/bmshj2018-hyperprior-q6/last.pt"
