@@ -1,11 +1,12 @@
 """Served (TorchServe) vs in-process throughput for encode and decode of Kodak images.
 
-    python benchmarks/serve.py [--entry DIR] [--images 8] [--requests 16]
+    python benchmarks/serve.py [--entry DIR] [--images 8] [--requests 16] [--backend torch|onnx]
 
 Starts TorchServe on free loopback ports (token auth off), sends encode then decode requests from 1 and 4
-concurrent clients, and compares with the in-process codec on the same machine. Prints requests/s and p50/p99
-latency per endpoint (encode, decode) and combined for each client count, then the 4-client per-endpoint line
-`encode_p50_ms=.. encode_p99_ms=.. decode_p50_ms=.. decode_p99_ms=..`, and ends with
+concurrent clients, and compares with the in-process codec of the same backend on the same machine
+(--backend onnx: archives carrying the exported graphs, workers running them in ONNX Runtime, 1 thread).
+Prints requests/s and p50/p99 latency per endpoint (encode, decode) and combined for each client count, then
+the 4-client per-endpoint line `encode_p50_ms=.. encode_p99_ms=.. decode_p50_ms=.. decode_p99_ms=..`, and ends with
 `inproc_rps=<x> served_rps=<y> ratio=<y/x> p50_ms=<a> p99_ms=<b>` (4 clients, encode + decode requests together).
 """
 
@@ -63,6 +64,7 @@ def main() -> None:
     ap.add_argument("--entry", default=str(DEFAULT_ENTRY))
     ap.add_argument("--images", type=int, default=8)
     ap.add_argument("--requests", type=int, default=16)
+    ap.add_argument("--backend", default="torch", choices=["torch", "onnx"])
     args = ap.parse_args()
 
     import torch
@@ -81,6 +83,11 @@ def main() -> None:
 
     torch.set_num_threads(1)
     codec = zoo.load_local(args.entry)
+    if args.backend == "onnx":
+        from zoo.codec import Codec
+        from zoo.export.ort_backend import to_onnx_backend
+
+        codec = Codec(to_onnx_backend(codec.model, threads=1), codec.entry, codec.fingerprint)
     streams = [bitstream.dumps(codec.compress(read_image(b)[0])) for b in pngs]
     t0 = time.perf_counter()
     for b in bodies:
@@ -91,7 +98,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         store = Path(tmp) / "store"
-        build_archives(args.entry, store, name="bench", batch_size=4, max_batch_delay_ms=10)
+        build_archives(args.entry, store, name="bench", backend=args.backend, batch_size=4, max_batch_delay_ms=10)
         info = start(store, state_dir=Path(tmp) / "state", auth=False)
         try:
             enc_url, dec_url = (
@@ -116,7 +123,7 @@ def main() -> None:
         finally:
             stop(Path(tmp) / "state")
     print(
-        f"in-process (1 thread, same requests): {inproc:.2f} req/s; {len(paths)} Kodak images, "
+        f"{args.backend} backend; in-process (1 thread, same requests): {inproc:.2f} req/s; {len(paths)} Kodak images, "
         f"{args.requests} encode + {args.requests} decode requests per run"
     )
     enc, dec, both = (results[4][op] for op in ("encode", "decode", "encode+decode"))
