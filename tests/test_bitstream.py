@@ -156,9 +156,7 @@ def test_fuzzed_streams_never_crash(stream):
             outcomes["refused"] += 1
             continue
         finally:
-            # No hang on any stream. Refusals take milliseconds; a decode of an edited header's larger image
-            # can take seconds on a busy 2-core machine, so the bound is loose: a hang is unbounded.
-            assert time.perf_counter() - t0 < 10, (i, kind)
+            assert time.perf_counter() - t0 < 2, (i, kind)  # no hang on any stream
         assert x.shape == (1, 3, c.height, c.width)
         outcomes["decoded"] += 1
     assert sum(outcomes.values()) == 5000
