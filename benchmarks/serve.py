@@ -82,12 +82,8 @@ def main() -> None:
     from zoo.imageio import png_bytes
 
     torch.set_num_threads(1)
-    codec = zoo.load_local(args.entry)
-    if args.backend == "onnx":
-        from zoo.codec import Codec
-        from zoo.export.ort_backend import to_onnx_backend
-
-        codec = Codec(to_onnx_backend(codec.model, threads=1), codec.entry, codec.fingerprint)
+    threads = {"ort_threads": 1} if args.backend == "onnx" else {}  # as in a worker
+    codec = zoo.load_local(args.entry, backend=args.backend, **threads)
     streams = [bitstream.dumps(codec.compress(read_image(b)[0])) for b in pngs]
     t0 = time.perf_counter()
     for b in bodies:

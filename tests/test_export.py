@@ -168,6 +168,20 @@ def test_onnx_backend_from_exported_folder(tmp_path, monkeypatch):
         onnx_backend_from_folder(eager.model, tmp_path)
 
 
+def test_load_local_onnx_backend_takes_its_thread_count(fixture_entry):
+    import zoo
+    from zoo.errors import InputError
+
+    codec = zoo.load_local(fixture_entry, backend="onnx", ort_threads=1)
+    assert codec.model.backend == "onnx"
+    sessions = [m.session for m in codec.model.modules() if hasattr(m, "session")]
+    assert len(sessions) == 3  # g_a, h_a, g_s
+    assert {s.get_session_options().intra_op_num_threads for s in sessions} == {1}
+    for bad in ({"backend": "torch", "ort_threads": 1}, {"backend": "onnx", "ort_threads": 0}):
+        with pytest.raises(InputError, match="ort_threads"):
+            zoo.load_local(fixture_entry, **bad)
+
+
 def test_torchscript_graphs_load_without_zoo_and_match_eager(tmp_path):
     model = fixture_model("mbt2018")
     export_graphs(model, tmp_path, ("torchscript",))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import warnings
 from collections import Counter
 
@@ -125,8 +126,16 @@ def test_pointwise_ops_run_per_phase_into_the_narrow_layer(share_middle, tmp_pat
 
 def test_exported_synthesis_has_no_wide_transposed_conv(tmp_path):
     export_graphs(fixture_model("bmshj2018-hyperprior"), tmp_path, ("onnx",))
+    meta = json.loads((tmp_path / "metadata.json").read_text())
+    assert meta["onnx_rewrites"]["polyphase_transposed_convs"] == {"g_s": 3, "h_s": 2}
     g_s = _ops(onnx.load(str(tmp_path / "g_s.onnx")))
     # Three wide layers split; the last (to RGB) read per phase of the third: four ConvTranspose, one Sum.
     assert g_s["ConvTranspose"] == 4 and g_s["Sum"] == 1 and g_s["DepthToSpace"] == 2
     h_s = _ops(onnx.load(str(tmp_path / "h_s.onnx")))
     assert h_s["ConvTranspose"] == 0 and h_s["DepthToSpace"] == 2
+
+
+def test_torchscript_export_records_no_onnx_rewrite(tmp_path):
+    export_graphs(fixture_model("bmshj2018-hyperprior"), tmp_path, ("torchscript",))
+    assert "onnx_rewrites" not in json.loads((tmp_path / "metadata.json").read_text())
+    assert not list(tmp_path.glob("*.onnx"))

@@ -20,7 +20,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from zoo.compressed import EntryId
-from zoo.errors import ArchitectureError, EntryNotFound, IntegrityError
+from zoo.errors import ArchitectureError, EntryNotFound, InputError, IntegrityError
 from zoo.models.base import CompressionModel
 from zoo.registry import get_arch, model_from_state_dict
 
@@ -184,17 +184,26 @@ def load_entry(path: str | Path, device: str | torch.device = "cpu") -> tuple[Co
     return model.to(device).eval(), info
 
 
-def codec_from_entry(path: str | Path, device: str | torch.device = "cpu", backend: str = "torch", **codec_kwargs):
-    """A ready `zoo.codec.Codec` for an entry folder."""
+def codec_from_entry(
+    path: str | Path,
+    device: str | torch.device = "cpu",
+    backend: str = "torch",
+    ort_threads: int | None = None,
+    **codec_kwargs,
+):
+    """A ready `zoo.codec.Codec` for an entry folder. `ort_threads`: ONNX Runtime's intra-op threads for the
+    onnx backend (default: ONNX Runtime's own choice, one per core)."""
     from zoo.codec import Codec
 
+    if backend not in ("torch", "onnx"):
+        raise EntryNotFound(f"unknown backend {backend!r}; backends are torch, onnx")
+    if ort_threads is not None and (backend != "onnx" or ort_threads < 1):
+        raise InputError(f"ort_threads={ort_threads} needs backend='onnx' and a count of at least 1")
     model, info = load_entry(path, device)
     if backend == "onnx":
         from zoo.export.ort_backend import to_onnx_backend  # type: ignore[import-not-found]
 
-        model = to_onnx_backend(model)
-    elif backend != "torch":
-        raise EntryNotFound(f"unknown backend {backend!r}; backends are torch, onnx")
+        model = to_onnx_backend(model, threads=ort_threads)
     return Codec(model, info.entry, info.fingerprint, **codec_kwargs)
 
 

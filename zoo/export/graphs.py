@@ -134,6 +134,7 @@ def export_graphs(
     out.mkdir(parents=True, exist_ok=True)
     written: dict[str, Path] = {}
     graphs = graph_modules(model)
+    rewritten: dict[str, int] = {}
     if "onnx" in formats:
         import onnx  # the [export] extra; TorchScript alone does not need it
 
@@ -155,7 +156,8 @@ def export_graphs(
                     dynamo=False,
                 )
             graph = onnx.load(str(path))
-            if split_transposed_convs(graph):
+            if count := split_transposed_convs(graph):
+                rewritten[name] = count
                 onnx.save(graph, str(path))
             written[f"{name}.onnx"] = path
         if "torchscript" in formats:
@@ -173,11 +175,17 @@ def export_graphs(
         "inputs": {n: names for n, (_, _, names) in graphs.items()},
         "output": "every graph has one output, named out",
         "entropy_parameters_precision": "zoo computes h_s and the context model in float64 when coding",
-        "onnx_rewrites": (
-            "transposed convolutions with at least 16 output channels are stored as one stride-1 Conv per output "
-            "phase + Concat + DepthToSpace (DCR): the same function, faster in ONNX Runtime"
-        ),
     }
+    if "onnx" in formats:
+        meta["onnx_rewrites"] = {
+            "polyphase_transposed_convs": rewritten,
+            "how": (
+                "transposed convolutions with at least 16 output channels are stored as one stride-1 Conv per "
+                "output phase; the phases are interleaved by Concat + DepthToSpace (DCR), or, where only per-pixel "
+                "ops lead to a narrow transposed convolution, that layer reads each phase (one ConvTranspose per "
+                "phase, added by Sum). The same function, faster in ONNX Runtime (zoo/export/rewrite.py)"
+            ),
+        }
     if "context_prediction" in graphs:
         meta["context_model"] = (
             "context_prediction: y_hat (the graph zero-pads it; causal mask folded) -> ctx with 2*M channels; "

@@ -114,19 +114,21 @@ class _Graph:
                 self.consumers.setdefault(name, []).append(n)
         self.outputs = {o.name for o in graph.output}
 
-    def pointwise_chain(self, start: str) -> tuple[list[onnx.NodeProto], onnx.NodeProto] | None:
-        """The pointwise nodes from tensor `start` up to the one narrow ConvTranspose they all lead to, if the
-        tensors on the way are used by nothing else."""
+    def pointwise_chain(self, start: str) -> tuple[list[onnx.NodeProto], onnx.NodeProto, _ConvT] | None:
+        """The pointwise nodes from tensor `start` up to the one narrow ConvTranspose they all lead to (and that
+        layer, parsed), if the tensors on the way are used by nothing else."""
         chain: list[onnx.NodeProto] = []
-        tensors, end = {start}, None
-        frontier = [start]
+        seen: set[int] = set()
+        tensors, frontier = {start}, [start]
+        end: tuple[onnx.NodeProto, _ConvT] | None = None
         while frontier:
             for node in self.consumers.get(frontier.pop(), []):
-                if any(node is c for c in chain) or node is end:
+                if id(node) in seen:
                     continue
+                seen.add(id(node))
                 conv_t = _ConvT.parse(node, self.weights)
                 if conv_t is not None and not conv_t.splittable and end is None and node.input[0] in tensors:
-                    end = node
+                    end = node, conv_t
                     continue
                 if not _pointwise(node):
                     return None
@@ -139,10 +141,10 @@ class _Graph:
             if any(i and i not in tensors and i not in self.constants for i in node.input):
                 return None
         # The narrow layer reads the chain's last tensor, and only itself consumes it.
-        if len(self.consumers[end.input[0]]) != 1:
+        if len(self.consumers[end[0].input[0]]) != 1:
             return None
         order = {id(n): i for i, n in enumerate(self.graph.node)}
-        return sorted(chain, key=lambda n: order[id(n)]), end
+        return sorted(chain, key=lambda n: order[id(n)]), *end
 
 
 def split_transposed_convs(model: onnx.ModelProto) -> int:
@@ -151,8 +153,7 @@ def split_transposed_convs(model: onnx.ModelProto) -> int:
     g = _Graph(model.graph)
     nodes: list[onnx.NodeProto] = []
     absorbed: set[int] = set()  # ids of nodes already emitted per phase
-    dropped: set[str] = set()  # weights no longer referenced
-    count = 0
+    replaced: set[str] = set()  # weights of the rewritten layers
     for node in model.graph.node:
         if id(node) in absorbed:
             continue
@@ -160,13 +161,11 @@ def split_transposed_convs(model: onnx.ModelProto) -> int:
         if conv_t is None or not conv_t.splittable:
             nodes.append(node)
             continue
-        count += 1
-        dropped.add(node.input[1])
+        replaced.add(node.input[1])
         phases = _emit_phases(node, conv_t, model.graph, nodes)
         found = g.pointwise_chain(node.output[0])
-        narrow = _ConvT.parse(found[1], g.weights) if found else None
-        pads = narrow.phase_pads(conv_t.stride) if narrow else None
-        if found is None or narrow is None or pads is None:
+        pads = found[2].phase_pads(conv_t.stride) if found else None
+        if found is None or pads is None:
             # Concatenated phase-major on channels, which is DepthToSpace's DCR order.
             cat = f"{node.name}/phases"
             nodes.append(helper.make_node("Concat", [p for _, _, p in phases], [cat], name=cat, axis=1))
@@ -181,9 +180,8 @@ def split_transposed_convs(model: onnx.ModelProto) -> int:
                 )
             )
             continue
-        chain, end = found
+        chain, end, narrow = found
         absorbed.update(id(n) for n in (*chain, end))
-        dropped.discard(end.input[1])
         k, big = narrow.weight.shape[2], narrow.stride * conv_t.stride
         terms: list[str] = []
         for rh, rw, tensor in phases:
@@ -203,7 +201,7 @@ def split_transposed_convs(model: onnx.ModelProto) -> int:
             nodes.append(
                 helper.make_node(
                     "ConvTranspose",
-                    [rename.get(end.input[0], end.input[0]), end.input[1], *bias],
+                    [rename[end.input[0]], end.input[1], *bias],
                     [term],
                     name=term,
                     kernel_shape=[k, k],
@@ -214,15 +212,15 @@ def split_transposed_convs(model: onnx.ModelProto) -> int:
             )
             terms.append(term)
         nodes.append(helper.make_node("Sum", terms, list(end.output), name=f"{end.name}/sum"))
-    if not count:
+    if not replaced:
         return 0
     del model.graph.node[:]
     model.graph.node.extend(nodes)
     used = {name for n in model.graph.node for name in n.input}
-    kept = [i for i in model.graph.initializer if i.name not in dropped or i.name in used]
+    kept = [i for i in model.graph.initializer if i.name not in replaced or i.name in used]
     del model.graph.initializer[:]
     model.graph.initializer.extend(kept)
-    return count
+    return len(replaced)
 
 
 def _emit_phases(
