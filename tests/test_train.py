@@ -121,6 +121,27 @@ def test_warm_start_across_architectures_takes_only_the_named_parts(folders, tmp
         load_init_weights(create_model("bmshj2018-factorized", N=16, M=32), str(ckpt), ("g_a",))
 
 
+def test_warm_start_takes_an_updated_entropy_bottleneck_without_its_tables(tmp_path):
+    """A released model carries integer CDF tables; taking its z prior into a fresh model of another arch
+    copies the density's parameters and leaves the (derived, soon stale) tables empty."""
+    from zoo.registry import create_model
+    from zoo.train.trainer import load_init_weights
+
+    torch.manual_seed(0)
+    source = create_model("bmshj2018-hyperprior", **SMALL)
+    source.update(force=True)
+    assert source.entropy_bottleneck._quantized_cdf.numel() > 0
+    ckpt = tmp_path / "hp.pt"
+    torch.save({"model": source.state_dict()}, ckpt)
+    target = create_model("mbt2018-mean", **SMALL)
+    load_init_weights(target, str(ckpt), ("g_a", "h_a", "entropy_bottleneck"))
+    state = target.state_dict()
+    for k, v in source.state_dict().items():
+        if k.startswith(("g_a.", "h_a.", "entropy_bottleneck.")) and not k.rsplit(".", 1)[-1].startswith("_"):
+            assert torch.equal(state[k], v), k
+    assert target.entropy_bottleneck._quantized_cdf.numel() == 0
+
+
 @pytest.mark.parametrize("arch", ["bmshj2018-hyperprior", "bmshj2018-factorized"])
 def test_widening_keeps_what_the_narrow_model_computes(arch, tmp_path):
     from zoo.registry import create_model

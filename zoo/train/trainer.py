@@ -102,11 +102,15 @@ def load_init_weights(model: CompressionModel, spec: str, parts: tuple[str, ...]
         widen_into(model, state)
         return f"{spec} (widened)"
     if parts:
-        own = model.state_dict()
+        from zoo.entropy import TABLE_BUFFERS
+
+        # The integer CDF tables are derived from the weights (and stale once training moves them): never taken.
+        full = model.state_dict()
+        own = {k: v for k, v in full.items() if k.rsplit(".", 1)[-1] not in TABLE_BUFFERS}
         for part in parts:
-            wanted = {k for k in own if k.startswith(part + ".")}
-            if not wanted:
+            if not any(k.startswith(part + ".") for k in full):
                 raise InputError(f"--init-parts: this model has no submodule {part!r}")
+            wanted = {k for k in own if k.startswith(part + ".")}
             missing = sorted(k for k in wanted if k not in state)
             if missing:
                 raise InputError(f"--init {spec} has no {part} weights (missing {missing[0]})")
@@ -114,7 +118,7 @@ def load_init_weights(model: CompressionModel, spec: str, parts: tuple[str, ...]
             if bad:
                 have, need = tuple(state[bad[0]].shape), tuple(own[bad[0]].shape)
                 raise InputError(f"--init {spec}: {bad[0]} is {have}, this model needs {need}")
-        state = {k: v for k, v in state.items() if any(k.startswith(p + ".") for p in parts)}
+        state = {k: v for k, v in state.items() if k in own and any(k.startswith(p + ".") for p in parts)}
         model.load_state_dict(state, strict=False)
         return f"{spec} ({', '.join(parts)})"
     try:
