@@ -228,8 +228,25 @@ def test_bench_jpeg_equals_pillow(two_images, tmp_path):
     one.mkdir()
     shutil.copy(two_images / "kodim23.png", one)
     assert (
-        main(["bench", "--codec", "jpeg", "--dataset", str(one), "--quality", "75,90", "--json", str(out), "--quiet",
-              "--plot", str(tmp_path / "ms.png"), "--plot-metric", "ms-ssim"]) == 0  # fmt: skip
+        main(
+            [
+                "bench",
+                "--codec",
+                "jpeg",
+                "--dataset",
+                str(one),
+                "--quality",
+                "75,90",
+                "--json",
+                str(out),
+                "--quiet",
+                "--plot",
+                str(tmp_path / "ms.png"),
+                "--plot-metric",
+                "ms-ssim",
+            ]
+        )
+        == 0  # fmt: skip
     )
     assert (tmp_path / "ms.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     res = json.loads(out.read_text())["results"]
