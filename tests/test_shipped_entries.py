@@ -1,0 +1,60 @@
+"""The entries committed under model_store/ are the ones the package's manifest lists, byte for byte, within the
+repository's size budget, and each architecture's released curve is monotone."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
+from zoo.entry import CONFIG_NAME, ENTRY_FILES, sha256_file
+from zoo.hub import ManifestEntry, _version_key, load_manifest, manifest_path
+
+REPO = Path(__file__).resolve().parents[1]
+STORE = REPO / "model_store" / "entries"
+BUDGET_BYTES = 200_000_000  # issue 9: the shipped entries stay within 200 MB
+
+pytestmark = pytest.mark.skipif(not STORE.is_dir(), reason="no model_store/entries in this checkout")
+
+
+@pytest.fixture(scope="module")
+def manifest():
+    assert manifest_path().is_file()
+    return load_manifest(manifest_path())
+
+
+def test_every_listed_entry_is_committed_with_the_listed_checksums(manifest):
+    assert manifest, "the package's manifest lists no entries"
+    for e in manifest:
+        folder = REPO / e.path
+        assert folder.is_dir(), f"{e.name}: {e.path} is missing"
+        assert set(e.files) == set(ENTRY_FILES), e.name
+        for name, digest in e.files.items():
+            assert sha256_file(folder / name) == digest, f"{e.name}: {name} differs from the manifest"
+        config = json.loads((folder / CONFIG_NAME).read_text())
+        assert (config["architecture"], config["quality"], config["metric"]) == (e.arch, e.quality, e.metric), e.name
+        assert config["version"] == e.version, e.name
+        kodak = config["results"]["kodak"]
+        assert all(kodak[k] == pytest.approx(v) for k, v in e.kodak.items()), f"{e.name}: zoo list would disagree"
+
+
+def test_no_unlisted_entry_folders_and_the_total_is_within_budget(manifest):
+    listed = {(REPO / e.path).resolve() for e in manifest}
+    on_disk = {p.parent.resolve() for p in STORE.glob(f"*/*/*/{CONFIG_NAME}")}
+    assert on_disk == listed, f"unlisted: {sorted(map(str, on_disk - listed))}"
+    total = sum(p.stat().st_size for p in STORE.rglob("*") if p.is_file())
+    assert total <= BUDGET_BYTES, f"model_store/entries holds {total:,} bytes, over the {BUDGET_BYTES:,} budget"
+
+
+def test_each_architecture_curve_is_monotone_in_its_newest_versions(manifest):
+    newest: dict[str, dict[int, ManifestEntry]] = defaultdict(dict)
+    for e in sorted(manifest, key=lambda e: _version_key(e.version)):
+        newest[e.arch][e.quality] = e  # later versions replace earlier ones
+    for arch, by_quality in newest.items():
+        points = [by_quality[q] for q in sorted(by_quality)]
+        for lo, hi in zip(points, points[1:], strict=False):
+            assert lo.kodak["bpp"] < hi.kodak["bpp"] and lo.kodak["psnr"] < hi.kodak["psnr"], (
+                f"{arch}: q{lo.quality} -> q{hi.quality} is not monotone"
+            )
