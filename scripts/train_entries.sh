@@ -9,7 +9,9 @@
 # Order (each stage warm-starts from the one before, since CPU training cannot afford scratch runs):
 #   1. bmshj2018-hyperprior q3: the headline entry (bootstrapped, then 1,750 steps: see its model card)
 #   2. hyperprior q1, q2, q4, q5: fine-tuned at their own lambda from q3 (q5 from q4); then q3 v1.1, 500 more
-#      steps on 256-px crops (v1.0 fell below q2's PSNR, and on 128-px crops the hyperprior sees only 2x2 z)
+#      steps on 256-px crops (v1.0 fell below q2's PSNR, and on 128-px crops the hyperprior sees only 2x2 z).
+#      The v1.0 entries of q1, q2, q4 and q5 are retired from model_store (superseded by their v1.1, and the
+#      200 MB budget); a re-run from scratch makes them again as the starting points of v1.1 and the factorized.
 #   3. bmshj2018-factorized q1-q5: g_a and g_s from the hyperprior of the same quality, new entropy bottleneck
 #   4. hyperprior q6 and q7: q5 v1.1 grown to the standard N=192, M=320 (zoo.train.widen), then q7 from q6;
 #      no q8 (the 200 MB budget)
