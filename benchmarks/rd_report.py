@@ -131,13 +131,14 @@ def main() -> None:
                 lines.append(f"- {name} vs {c}: {exc}")
         key = f"compressai-{arch}_mse_cuda"
         if key in pub:
-            ref = pub[key]
-            try:
-                lines.append(
-                    f"- {name} vs {key} (published): {bd_rate([q[0] for q in ref], [q[1] for q in ref], r, d):+.1f}%"
-                )
-            except InputError as exc:  # curves that do not overlap
-                lines.append(f"- {name} vs {key}: {exc}")
+            rb, rp = [q[0] for q in pub[key]], [q[1] for q in pub[key]]
+            parts = []
+            for what, fn, fmt in (("BD-rate", bd_rate, "{:+.1f}%"), ("BD-PSNR at equal bpp", bd_psnr, "{:+.2f} dB")):
+                try:
+                    parts.append(f"{what} {fmt.format(fn(rb, rp, r, d))}")
+                except InputError as exc:  # e.g. no common PSNR range
+                    parts.append(str(exc))
+            lines.append(f"- {name} vs {key} (published): {'; '.join(parts)}")
     lines += ["", "Checks:", ""]
     for name, pts in sorted(ours.items()):
         pts = sorted(pts, key=lambda p: p.quality)
