@@ -15,6 +15,7 @@
 #   3. bmshj2018-factorized q1-q5: g_a and g_s from the hyperprior of the same quality, new entropy bottleneck
 #   4. hyperprior q6 and q7: q5 v1.1 grown to the standard N=192, M=320 (zoo.train.widen), then q7 from q6;
 #      no q8 (the 200 MB budget)
+#   5. mbt2018-mean q1-q3: g_a, g_s, h_a and the z prior from hyperprior q3 v1.1, a new h_s; q1, q2 from q3
 set -uo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${RUNS:-runs}
@@ -101,3 +102,31 @@ wide() {
 }
 wide 6 500 "from the quality-5 v1.1 entry grown to N=192, M=320 (--init-widen)" --init "$H/q5-mse/v1.1" --init-widen
 wide 7 250 "from the quality-6 run's last checkpoint" --init "$RUNS/bmshj2018-hyperprior-q6/last.pt"
+
+# 5. mbt2018-mean (mean-scale hyperprior), on 256-px crops. Its h_s predicts means as well as scales, a different
+#    shape from the hyperprior's, so it starts new; g_a, g_s, h_a and the z prior come from the hyperprior q3 v1.1
+#    entry. q3: 800 steps at lr 2e-4, then 450 more at 1e-4; q1 and q2: 450 steps at their own lambda from q3's
+#    800-step checkpoint, and q1 400 more. q4 and up do not fit the 200 MB budget (about 15 MB each at N=128, M=192).
+M=model_store/entries/mbt2018-mean
+mrun() {  # mrun RUN QUALITY STEPS LR -- warm start
+    local run=$1 q=$2 steps=$3 lr=$4
+    shift 5
+    zoo train --arch mbt2018-mean --quality "$q" --train "$DATA/train" --val "$DATA/val" --out "$RUNS/$run" \
+        --steps "$steps" --batch-size 4 --patch 256 --lr "$lr" --scheduler cosine --val-every "$steps" \
+        --ckpt-every 100 --workers 1 --threads 2 --quiet --resume "$@"
+}
+mrelease() {  # mrelease RUN QUALITY NOTE
+    [ -f "$M/q$2-mse/v1.0/config.json" ] && return 0
+    zoo release "$RUNS/$1" --checkpoint last.pt --version 1.0 --half --manifest package --out "$M/q$2-mse/v1.0" \
+        --eval ../shared/datasets/kodak --dataset-name "$DS" --note "$3; CPU, 2 threads"
+}
+if [ ! -f "$M/q3-mse/v1.0/config.json" ] || [ ! -f "$M/q1-mse/v1.0/config.json" ] || [ ! -f "$M/q2-mse/v1.0/config.json" ]; then
+    mrun mbt2018-mean-q3 3 800 2e-4 -- --init "$H/q3-mse/v1.1" --init-parts g_a,g_s,h_a,entropy_bottleneck || exit 1
+    mrun mbt2018-mean-q3b 3 450 1e-4 -- --init "$RUNS/mbt2018-mean-q3/last.pt" || exit 1
+    mrun mbt2018-mean-q2 2 450 1e-4 -- --init "$RUNS/mbt2018-mean-q3/last.pt" || exit 1
+    mrun mbt2018-mean-q1 1 450 1e-4 -- --init "$RUNS/mbt2018-mean-q3/last.pt" || exit 1
+    mrun mbt2018-mean-q1b 1 400 1e-4 -- --init "$RUNS/mbt2018-mean-q1/last.pt" || exit 1
+fi
+mrelease mbt2018-mean-q3b 3 "800 steps (batch 4, 256px crops, cosine from lr 2e-4) with g_a, g_s, h_a and the z prior from the bmshj2018-hyperprior q3 v1.1 entry and a new h_s (means and scales), then 450 more (cosine from lr 1e-4)"
+mrelease mbt2018-mean-q2 2 "450 steps (batch 4, 256px crops, cosine from lr 1e-4) at its own lambda from the mbt2018-mean q3 run's 800-step checkpoint"
+mrelease mbt2018-mean-q1b 1 "450 steps (batch 4, 256px crops, cosine from lr 1e-4) at its own lambda from the mbt2018-mean q3 run's 800-step checkpoint, then 400 more (cosine from lr 1e-4)"
