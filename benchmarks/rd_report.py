@@ -73,19 +73,16 @@ def main() -> None:
     from zoo.evaluation.bd import bd_psnr, bd_rate
     from zoo.evaluation.plot import rd_plot, reference_curves
     from zoo.evaluation.runner import RDPoint
-    from zoo.hub import ManifestEntry, _version_key, load_manifest
+    from zoo.hub import load_manifest, resolve
 
     curves = {c: classical_curve(c, args.images, sweep)["results"] for c in args.codecs}
     # Each architecture's curve is what zoo.load gives by default: the newest version of every quality.
-    newest: dict[tuple[str, int], ManifestEntry] = {}
-    for e in load_manifest():
-        key = (e.arch, e.quality)
-        if (
-            e.kodak
-            and e.metric == "mse"
-            and (key not in newest or _version_key(e.version) > _version_key(newest[key].version))
-        ):
-            newest[key] = e
+    manifest = load_manifest()
+    newest = {
+        (arch, q): resolve(arch, q, manifest=manifest)
+        for arch, q in {(e.arch, e.quality) for e in manifest if e.metric == "mse"}
+    }
+    newest = {key: e for key, e in newest.items() if e.kodak}
     ours: dict[str, list[RDPoint]] = {}
     versions: dict[tuple[str, int], str] = {}
     for (arch, quality), e in sorted(newest.items()):
