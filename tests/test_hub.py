@@ -259,8 +259,9 @@ def test_hub_serve_and_stop_over_the_shipped_entries(tmp_path, monkeypatch):
         monkeypatch.setattr(hfc, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
         monkeypatch.setattr(hfc, "HF_HUB_OFFLINE", False)
         import zoo
+        from zoo.entry import version_key
 
-        newest = max(load_manifest(), key=lambda e: (e.quality == 3, e.version))
+        newest = max(load_manifest(), key=lambda e: (e.quality == 3, version_key(e.version)))
         codec = zoo.load(newest.arch, quality=newest.quality, version=newest.version)
         assert codec.entry.version == newest.version
     finally:
@@ -272,3 +273,22 @@ def test_hub_serve_and_stop_over_the_shipped_entries(tmp_path, monkeypatch):
             import time
 
             time.sleep(0.1)
+
+
+def test_one_version_ordering_everywhere(fixture_entry, tmp_path, monkeypatch, capsys):
+    """The resolver, `zoo list` and the mirror builder order versions alike: 1.10 after 1.9, 0-rc1 before 0."""
+    from zoo.cli import main
+    from zoo.hub import load_manifest, resolve
+    from zoo.mirror import build_mirror
+
+    lines = [_manifest_entry(fixture_entry, v) for v in ("1.9", "1.10", "0-rc1", "0")]
+    manifest = write_manifest(tmp_path / "manifest.json", lines)
+    monkeypatch.setenv("ZOO_MANIFEST", str(manifest))
+    assert resolve("bmshj2018-hyperprior", 1).version == "1.10"
+    assert main(["list"]) == 0
+    listed = [line.split()[3] for line in capsys.readouterr().out.splitlines()[1:]]
+    assert listed == ["0-rc1", "0", "1.9", "1.10"]
+    published = build_mirror(tmp_path / "mirror", load_manifest())
+    assert [p.rsplit("@", 1)[1] for p in published] == ["0-rc1", "0", "1.9", "1.10"]
+    with pytest.raises(EntryNotFound, match="no version latest; versions: 0-rc1, 0, 1.9, 1.10"):
+        resolve("bmshj2018-hyperprior", 1, version="latest")

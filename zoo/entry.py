@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from packaging.version import InvalidVersion, Version
 from safetensors import safe_open
 from safetensors.torch import save_file
 
@@ -29,6 +30,15 @@ WEIGHTS_NAME = "model.safetensors"
 CARD_NAME = "README.md"
 ENTRY_FILES = (CONFIG_NAME, WEIGHTS_NAME, CARD_NAME)
 ENTRY_FORMAT = 1
+
+
+def version_key(version: str) -> Version:
+    """The one ordering of entry versions (PEP 440: "1.10" > "1.9" > "1.0" > "1.0rc1" == "1.0-rc1"): the
+    resolver, the mirror, `zoo list` and the release tools all sort with it."""
+    try:
+        return Version(str(version))
+    except InvalidVersion:
+        raise EntryNotFound(f"{version!r} is not a version number (e.g. 1.0, 1.1, 2.0rc1)") from None
 
 
 @dataclass(frozen=True)

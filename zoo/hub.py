@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from zoo.entry import ENTRY_FILES, codec_from_entry, sha256_file
+from zoo.entry import ENTRY_FILES, codec_from_entry, sha256_file, version_key
 from zoo.errors import EntryNotFound, HubError, IntegrityError
 from zoo.registry import ARCHITECTURES, METRICS, get_arch
 
@@ -39,10 +39,6 @@ class ManifestEntry:
     @property
     def name(self) -> str:
         return f"{self.arch}/q{self.quality}-{self.metric}@{self.version}"
-
-
-def _version_key(v: str) -> tuple:
-    return tuple(int(p) if p.isdigit() else p for p in v.replace("-", ".").split("."))
 
 
 def load_manifest(path: str | Path | None = None) -> list[ManifestEntry]:
@@ -78,13 +74,13 @@ def resolve(
         have = ", ".join(f"q{q}-{m}" for q, m in released) or "none yet"
         raise EntryNotFound(f"no released entry for {arch} quality {quality} ({metric}); released: {have}")
     if version is None:
-        return max(matching, key=lambda e: _version_key(e.version))
+        return max(matching, key=lambda e: version_key(e.version))
     for e in matching:
         if e.version == str(version):
             return e
     raise EntryNotFound(
         f"{arch} q{quality} {metric} has no version {version}; versions: "
-        + ", ".join(sorted((e.version for e in matching), key=_version_key))
+        + ", ".join(sorted((e.version for e in matching), key=version_key))
     )
 
 

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 from torch import Tensor
 
-from zoo.errors import ArchitectureError, EntryNotFound
+from zoo.errors import ArchitectureError, EntryNotFound, InputError
 from zoo.models import (
     Cheng2020Anchor,
     Cheng2020Attention,
@@ -157,6 +158,24 @@ def infer_widths(arch: str, state_dict: Mapping[str, Tensor]) -> dict[str, int]:
         return {"N": int(state_dict["g_a.0.weight"].shape[0]), "M": int(state_dict["g_a.6.weight"].shape[0])}
     except KeyError as exc:
         raise ArchitectureError(f"state dict does not look like {spec.name}: missing {exc.args[0]}") from None
+
+
+def state_dict_from_checkpoint(path: str | Path) -> dict[str, Tensor]:
+    """The weights in a checkpoint file, the one reader for them: a weights-only `torch.load` (nothing else is
+    unpickled), then the "state_dict" (CompressAI's train.py) or "model" (zoo training runs) entry when there
+    is one, with DataParallel's "module." prefixes removed."""
+    import torch
+
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise InputError(f"{path} does not exist") from None
+    except Exception as exc:  # pickles that weights_only refuses, truncated files, folders, ...
+        raise InputError(f"{path} is not a loadable weights-only checkpoint: {exc}") from None
+    state = ckpt.get("state_dict", ckpt.get("model", ckpt)) if isinstance(ckpt, dict) else None
+    if not isinstance(state, dict) or not state or not all(isinstance(v, Tensor) for v in state.values()):
+        raise ArchitectureError(f"{path} holds no state dict")
+    return {str(k).removeprefix("module."): v for k, v in state.items()}
 
 
 def model_from_state_dict(arch: str, state_dict: Mapping[str, Tensor]) -> CompressionModel:

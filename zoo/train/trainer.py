@@ -89,8 +89,9 @@ def load_init_weights(model: CompressionModel, spec: str, parts: tuple[str, ...]
         src, _ = load_entry(path)
         state = src.state_dict()
     elif path.is_file():
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        state = ckpt.get("model", ckpt.get("state_dict", ckpt))
+        from zoo.registry import state_dict_from_checkpoint
+
+        state = state_dict_from_checkpoint(path)
     else:
         import zoo
 
