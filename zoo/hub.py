@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from zoo.entry import ENTRY_FILES, codec_from_entry, sha256_file, version_key
+from zoo.entry import ENTRY_FILES, check_device, codec_from_entry, sha256_file, version_key
 from zoo.errors import EntryNotFound, HubError, IntegrityError
 from zoo.registry import ARCHITECTURES, METRICS, get_arch
 
@@ -155,6 +155,7 @@ def load(
     **codec_kwargs: Any,
 ):
     """A ready codec: a manifest entry by name, or any Hub repo as "hf-hub:org/repo@revision"."""
+    check_device(device)  # before any download
     if name.startswith(HF_PREFIX):
         repo, revision = parse_hf_name(name)
         folder = download_entry(repo, revision)
