@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from zoo.compressed import EntryId
 from zoo.entry import ENTRY_FILES, check_device, codec_from_entry, sha256_file, version_key
 from zoo.errors import EntryNotFound, HubError, IntegrityError
 from zoo.registry import ARCHITECTURES, METRICS, get_arch
@@ -164,6 +165,23 @@ def load(
             return load_local(name, device=device, backend=backend, **codec_kwargs)
         entry = resolve(name, quality, metric, version)
         folder = download_entry(entry.repo, entry.revision, entry.files)
+    return codec_from_entry(folder, device=device, backend=backend, **codec_kwargs)
+
+
+def load_released(entry: EntryId, device: str | torch.device = "cpu", backend: str = "torch", **codec_kwargs: Any):
+    """The released codec that made a stream, found from the stream's header through the registry and the
+    manifest only: a header's strings are never taken as paths. A stream made with a local entry folder
+    (or a checkpoint) names no released entry; its error says to pass that folder explicitly."""
+    check_device(device)
+    try:
+        released = resolve(entry.arch, entry.quality, entry.metric, entry.version)
+    except EntryNotFound as exc:
+        name = str(entry) if len(str(entry)) <= 120 else str(entry)[:117] + "..."
+        raise EntryNotFound(
+            f"the stream was made by {name}, which is not a released entry ({exc}); a stream made with a "
+            "local entry folder decodes with --model FOLDER (zoo.load_local(FOLDER) in Python)"
+        ) from None
+    folder = download_entry(released.repo, released.revision, released.files)
     return codec_from_entry(folder, device=device, backend=backend, **codec_kwargs)
 
 
