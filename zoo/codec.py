@@ -192,7 +192,12 @@ class Codec:
                 "zoo.bitstream.loads(data) parses file bytes"
             )
         mine, theirs = self.entry, c.entry
-        if (mine.arch, mine.quality, mine.metric) != (theirs.arch, theirs.quality, theirs.metric):
+        if (mine.arch, mine.quality, mine.metric, mine.level) != (
+            theirs.arch,
+            theirs.quality,
+            theirs.metric,
+            theirs.level,
+        ):
             raise BitstreamError(f"stream was made by {theirs}, but this codec is {mine}")
         if c.fingerprint != self.fingerprint:
             raise BitstreamError(
