@@ -103,3 +103,36 @@ def test_an_unavailable_device_is_an_input_error(fixture_entry, device):
         load_entry(fixture_entry, device=device)
     with pytest.raises(InputError, match="device"):
         zoo.load_local(fixture_entry, device=device)
+
+
+def _vr_config(**change) -> dict:
+    levels = {str(q): {"lambda": 0.001 * q} for q in range(1, 9)}
+    cfg = {
+        "architecture": "bmshj2018-hyperprior-vr",
+        "quality": 0,
+        "metric": "mse",
+        "version": "1.0",
+        "lambda": None,
+        "levels": levels,
+        "widths": {"N": 128, "M": 192},
+        "weights_fingerprint": "00" * 16,
+        "bitstream_format": 1,
+    }
+    return cfg | change
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"quality": 3}, "variable-rate entry .* has quality 0"),
+        ({"lambda": 0.01}, "one per level"),
+        ({"levels": {"1": {"lambda": 0.1}}}, "each of bmshj2018-hyperprior-vr's levels"),
+        ({"levels": {str(q): {"lambda": float("nan")} for q in range(1, 9)}}, "finite non-negative lambda"),
+    ],
+)
+def test_variable_rate_configs_are_checked_from_the_registry(change, message):
+    from zoo.entry import check_config
+
+    assert check_config(_vr_config()).levels["8"] == {"lambda": 0.008}
+    with pytest.raises(IntegrityError, match=message):
+        check_config(_vr_config(**change))
