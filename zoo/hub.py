@@ -161,23 +161,24 @@ def hub_timeout() -> float:
     return seconds if seconds > 0 else DEFAULT_HUB_TIMEOUT
 
 
-def _hub_answers(repo: str, name: str, revision: str) -> bool:
+def _hub_answers(repo: str, name: str, revision: str) -> str:
     """Whether the endpoint answers one HEAD request within `hub_timeout()`, without retries.
 
     huggingface_hub's own download retries a failed metadata request when nothing is cached, with a 60 s
     timeout and backoff (minutes against a server that accepts connections and never answers, ~25 s against
     a closed port). Asking once first bounds that: an endpoint that does not answer is not used for this
-    entry, and the cache answers instead (as huggingface_hub does offline)."""
+    entry, and the cache answers instead (as huggingface_hub does offline). Returns "" when it answered,
+    else why not (the exception's type name)."""
     from huggingface_hub import errors as hf_errors
     from huggingface_hub import get_hf_file_metadata, hf_hub_url
 
     try:
         get_hf_file_metadata(hf_hub_url(repo, name, revision=revision, endpoint=_endpoint()), timeout=hub_timeout())
     except hf_errors.HfHubHTTPError:
-        return True  # it answered; hf_hub_download reports the refusal precisely
-    except Exception:  # refused, timed out, TLS, proxy, offline mode: the types depend on the HTTP library
-        return False
-    return True
+        return ""  # it answered; hf_hub_download reports the refusal precisely
+    except Exception as exc:  # refused, timed out, TLS, proxy, offline mode: the types depend on the HTTP library
+        return type(exc).__name__ or "error"
+    return ""
 
 
 def download_entry(repo: str, revision: str, files: dict[str, str] | None = None) -> Path:
@@ -190,7 +191,7 @@ def download_entry(repo: str, revision: str, files: dict[str, str] | None = None
     from huggingface_hub import hf_hub_download
 
     folder: Path | None = None
-    reachable = False if hfc.HF_HUB_OFFLINE else _hub_answers(repo, ENTRY_FILES[0], revision)
+    failure = "offline" if hfc.HF_HUB_OFFLINE else _hub_answers(repo, ENTRY_FILES[0], revision)
     for name in ENTRY_FILES:
         try:
             local = hf_hub_download(
@@ -199,7 +200,7 @@ def download_entry(repo: str, revision: str, files: dict[str, str] | None = None
                 revision=revision,
                 endpoint=_endpoint(),
                 etag_timeout=hub_timeout(),
-                local_files_only=not reachable,
+                local_files_only=bool(failure),
             )
         except hf_errors.LocalEntryNotFoundError:
             if hfc.HF_HUB_OFFLINE:
@@ -208,8 +209,8 @@ def download_entry(repo: str, revision: str, files: dict[str, str] | None = None
                     f"(offline mode); connect once or unset HF_HUB_OFFLINE"
                 ) from None
             raise HubError(
-                f"the Hub at {_endpoint()} (HF_ENDPOINT) did not answer within {hub_timeout():g} s and "
-                f"{repo}@{revision} is not in the local cache"
+                f"could not reach the Hub at {_endpoint()} (HF_ENDPOINT; {failure}, timeout {hub_timeout():g} s) "
+                f"and {repo}@{revision} is not in the local cache"
             ) from None
         except hf_errors.RevisionNotFoundError:
             raise EntryNotFound(f"{repo} has no revision {revision!r} on {_endpoint()}") from None
