@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import math
+import tempfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -278,3 +280,21 @@ def test_short_training_run_gives_monotone_levels_on_a_kodak_crop(tmp_path):
     crop = x[:, 128:256, 256:448]
     sizes = [len(bitstream.dumps(zoo.load_local(entry, quality=q).compress(crop))) for q in range(1, 9)]
     assert sizes == sorted(sizes) and sizes[0] < sizes[-1], sizes
+
+
+def test_widen_grows_a_variable_rate_checkpoint_and_keeps_its_reconstruction():
+    from zoo.train.trainer import load_init_weights
+
+    narrow = _vr_model("bmshj2018-hyperprior-vr")
+    path = Path(tempfile.mkdtemp()) / "narrow.pt"
+    torch.save({"model": narrow.state_dict()}, path)
+    wide = create_model("bmshj2018-hyperprior-vr", N=32, M=48)
+    load_init_weights(wide, str(path), widen=True)
+    assert torch.equal(wide.y_gain.log_gain[:, :24], narrow.y_gain.log_gain)
+    x = _image(64, 64).unsqueeze(0)
+    with torch.no_grad():
+        for level in (1.5, 6.0):
+            a, b = narrow.fold(level), wide.fold(level)
+            y_hat = torch.round(a.g_a(x))
+            pad = 5 * torch.randn(1, 24, *y_hat.shape[-2:])  # new channels must not matter yet
+            assert torch.allclose(a.g_s(y_hat), b.g_s(torch.cat([y_hat, pad], 1)), atol=1e-5)

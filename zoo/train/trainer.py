@@ -66,9 +66,15 @@ class TrainConfig:
     # variable-rate architectures: the share of examples drawn at an integer level (the rest uniformly in
     # [1, 8]), and the levels validated (a level's figures are logged as phase "val-q<level>")
     integer_share: float = 0.5
+    # a wall-clock budget instead of a step count: the run stops after this many minutes of training, and
+    # the cosine/poly schedules follow the elapsed share of the budget instead of the step
+    max_minutes: float | None = None
+    warmup_steps: int = 0  # linear learning-rate warm-up from 1% over this many steps
     val_levels: tuple[float, ...] = (1, 2, 3, 4, 5, 6, 7, 8)
 
     def total_steps(self, n_images: int) -> int:
+        if self.max_minutes:
+            return self.steps or 10**9  # the clock ends the run
         if self.steps:
             return self.steps
         if self.epochs:
@@ -236,7 +242,11 @@ class Trainer:
             else None
         )
         self.optimizer, self.aux_optimizer = build_optimizers(self.model, cfg.lr, cfg.aux_lr, cfg.entropy_lr)
-        self.scheduler = build_scheduler(cfg.scheduler, self.optimizer, self.total)
+        self.elapsed = 0.0  # seconds of training so far (for a wall-clock budget)
+        progress = self._time_progress if cfg.max_minutes else None
+        self.scheduler = build_scheduler(
+            cfg.scheduler, self.optimizer, self.total, progress=progress, warmup=cfg.warmup_steps
+        )
         self.loss_fn = RateDistortionLoss(self.lmbda, cfg.metric)
         self.step, self.best, self.wall = 0, math.inf, 0.0
         self.last_levels: dict[float, dict[str, float]] = {}
@@ -252,6 +262,11 @@ class Trainer:
                 find_unused_parameters=True,  # quantiles take no part in the training forward pass
             )
         self.forward = torch.compile(self.net) if cfg.compile else self.net
+
+    def _time_progress(self, step: int) -> int:
+        """The schedule's position when the clock sets the budget: the elapsed share, on a 10,000-step scale."""
+        assert self.cfg.max_minutes
+        return int(10_000 * min(1.0, self.elapsed / (60 * self.cfg.max_minutes)))
 
     # -- checkpoints ----------------------------------------------------------------------------
     def _checkpoint(self) -> dict[str, Any]:
@@ -388,6 +403,9 @@ class Trainer:
                 self.scheduler.step()  # type: ignore[call-arg]
             self._observe(idx, terms.per_image)
             self.step += 1
+            self.elapsed = time.perf_counter() - t_start
+            if cfg.max_minutes and self.elapsed >= 60 * cfg.max_minutes:
+                self.total = self.step  # the budget is spent: this is the last step (validated and saved)
             meters.update(loss=terms.loss.item(), bpp=terms.bpp.item(), psnr=terms.psnr, aux=aux.item(), grad_norm=norm)
             bar.update(1)
             if self.step % cfg.log_every == 0 or self.step == self.total:
