@@ -258,7 +258,7 @@ def cmd_rehearse(args: argparse.Namespace) -> int:
             shutil.copyfile(f, dest)
         out.mkdir()
         env = {**os.environ, "OUT": str(out)}
-        subprocess.run(["bash", "scripts/gpu/device.sh", "start", "5"], cwd=sandbox, env=env, check=True)
+        subprocess.run(["bash", "scripts/gpu/device.sh", "start", "30"], cwd=sandbox, env=env, check=True)
         back = sorted(out.iterdir())
         if len(back) > MAX_FILES_BACK or any(f.stat().st_size > 16 * 1024 * 1024 for f in back):
             raise SystemExit(f"what comes back breaks the device tool's limits: {back}")
