@@ -249,6 +249,7 @@ class Trainer:
         )
         self.loss_fn = RateDistortionLoss(self.lmbda, cfg.metric)
         self.step, self.best, self.wall = 0, math.inf, 0.0
+        self.cpu_s = 0.0  # CPU seconds of the training process (all its threads), across resumes: core-hours
         self.last_levels: dict[float, dict[str, float]] = {}
         if cfg.resume and (self.out / "last.pt").exists():
             self._load_checkpoint(self.out / "last.pt")
@@ -280,6 +281,7 @@ class Trainer:
             "step": self.step,
             "best": self.best,
             "wall": self.wall,
+            "cpu_s": self.cpu_s,
             "config": json.dumps(asdict(self.cfg)),
         }
 
@@ -300,6 +302,7 @@ class Trainer:
         self.sampler.load_state_dict(ckpt["sampler"])
         torch.set_rng_state(ckpt["torch_rng"])
         self.step, self.best, self.wall = int(ckpt["step"]), float(ckpt["best"]), float(ckpt["wall"])
+        self.cpu_s = float(ckpt.get("cpu_s", 0.0))
 
     # -- validation with real bitstreams --------------------------------------------------------
     @torch.no_grad()
@@ -370,6 +373,7 @@ class Trainer:
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.amp == "bf16")
         last_val: dict[str, float] = {}
         t_start = time.perf_counter() - self.wall
+        cpu_start = time.process_time() - self.cpu_s
         rng = torch.get_rng_state()
         it = iter(loader)  # worker seeding draws from torch's RNG: keep it out of the training stream
         torch.set_rng_state(rng)
@@ -423,9 +427,11 @@ class Trainer:
                 if last_val["loss"] < self.best:
                     self.best = last_val["loss"]
                     self.wall = time.perf_counter() - t_start
+                    self.cpu_s = time.process_time() - cpu_start
                     self.save("best.pt")
             if self.step % cfg.ckpt_every == 0 or self.step == self.total:
                 self.wall = time.perf_counter() - t_start
+                self.cpu_s = time.process_time() - cpu_start
                 self.save("last.pt")
         bar.close()
         if self.world > 1:
@@ -524,6 +530,7 @@ class Trainer:
             "processes": self.world,
             "hardware": device,
             "wall_time_s": round(seconds, 1),
+            "cpu_hours": round(self.cpu_s / 3600, 3),
             "init": self.init_from,
             "amp": self.cfg.amp or "off",
             "hard_samples": self.cfg.hard_samples,
