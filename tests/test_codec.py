@@ -163,3 +163,24 @@ def test_bad_inputs_are_input_errors():
     small = Codec(codec.model, codec.entry, codec.fingerprint, max_pixels=100)
     with pytest.raises(InputError, match="limit"):
         small.compress(torch.rand(3, 11, 10))
+
+
+def test_api_misuse_gives_typed_errors():
+    """Each of these used to raise AttributeError, ValueError, nothing at all, or code an image into NaN."""
+    from zoo import bitstream
+
+    codec = fixture_codec("bmshj2018-factorized")
+    data = bitstream.dumps(codec.compress(_image(16, 16)))
+    for bad in (data, bytearray(data), None):
+        with pytest.raises(InputError, match="decompress takes a zoo.Compressed"):
+            codec.decompress(bad)  # type: ignore[arg-type]
+        with pytest.raises(InputError, match="decompress takes a zoo.Compressed"):
+            codec.decompress_batch([bad])  # type: ignore[list-item]
+    for tile_size in (100, -64, 64.0, True):
+        with pytest.raises(InputError, match="tile_size"):
+            Codec(codec.model, codec.entry, codec.fingerprint, tile_size=tile_size)  # type: ignore[arg-type]
+    with pytest.raises(InputError, match="max_pixels"):
+        Codec(codec.model, codec.entry, codec.fingerprint, max_pixels=0)
+    for scale in (255.0, -1.0, 1.5):
+        with pytest.raises(InputError, match=r"outside \[0, 1\]"):
+            codec.compress(_image(8, 8) * scale)

@@ -181,6 +181,25 @@ def test_eval_quality_of_a_single_entry(small_images, fixture_entry, tmp_path, c
     assert "one checkpoint" in capsys.readouterr().err
 
 
+def test_eval_takes_train_py_checkpoints_with_ddp_prefixes(small_images, tmp_path):
+    """eval reads checkpoints with the importer's reader: {"state_dict": ...} with "module." prefixes loads."""
+    import torch
+
+    from tests.support import fixture_state_dict
+
+    sd = fixture_state_dict("bmshj2018-hyperprior")
+    plain, ddp = tmp_path / "plain.pth", tmp_path / "ddp.pth.tar"
+    torch.save(sd, plain)
+    torch.save({"epoch": 3, "state_dict": {f"module.{k}": v for k, v in sd.items()}}, ddp)
+    results = []
+    for ckpt in (plain, ddp):
+        out = tmp_path / f"{ckpt.stem}.json"
+        assert _eval(ckpt, small_images, out, "--arch", "bmshj2018-hyperprior", "--quality", "1") == 0
+        images = json.loads(out.read_text())["per_image"][0]["images"]
+        results.append([(i["image"], i["psnr"]) for i in images])  # the header names the file: sizes differ
+    assert results[0] == results[1]
+
+
 def test_eval_registry_quality_range_uses_released_entries(tmp_path, monkeypatch, small_images, capsys):
     from tests.conftest import write_manifest
     from zoo.cli.eval_cmds import parse_qualities, released_qualities

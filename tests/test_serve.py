@@ -23,8 +23,6 @@ from PIL import Image
 from tests.support import KODAK
 from zoo import bitstream
 
-pytestmark = pytest.mark.skipif(shutil.which("java") is None, reason="TorchServe needs Java 17")
-
 
 def _post(url: str, body: bytes, timeout: float = 120) -> tuple[int, dict, bytes]:
     req = urllib.request.Request(url, data=body, method="POST", headers={"Content-Type": "application/octet-stream"})
@@ -63,18 +61,29 @@ def _in_one_batch(url: str, bodies: list[bytes], attempts: int = 10) -> list[tup
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, fixture_entry):
-    from zoo.serve import build_archives, start, stop
+def store(tmp_path_factory, fixture_entry):
+    """Torch and onnx archives of the fixture entry: building them needs no Java."""
+    from zoo.serve import build_archives
 
-    root = tmp_path_factory.mktemp("ts")
-    store = root / "store"
+    store = tmp_path_factory.mktemp("ts") / "store"
     for name, backend in (("hp", "torch"), ("hpo", "onnx")):
         build_archives(
             fixture_entry, store, name=name, backend=backend, batch_size=4, max_batch_delay_ms=50, max_pixels=200_000
         )
-    info = start(store, state_dir=root / "state", auth=False)
+    return store
+
+
+@pytest.fixture(scope="module")
+def server(store):
+    """A real TorchServe over `store`; only the tests that take it are skipped where Java is missing."""
+    if shutil.which("java") is None:
+        pytest.skip("TorchServe needs Java 17")
+    from zoo.serve import start, stop
+
+    state = store.parent / "state"
+    info = start(store, state_dir=state, auth=False)
     yield {**info, "store": store}
-    stop(root / "state")
+    stop(state)
 
 
 def test_http_round_trip_equals_in_process(server, fixture_entry):
@@ -239,21 +248,21 @@ def test_unexpected_error_answers_500_for_that_request_only(fixture_entry, tmp_p
         assert context.get_response_headers(i)["X-Zoo-Batch"] == "4"
 
 
-def test_onnx_archive_carries_its_graphs(server, tmp_path):
+def test_onnx_archive_carries_its_graphs(store, tmp_path):
     from zoo.entry import read_config
     from zoo.errors import IntegrityError
     from zoo.export.ort_backend import OrtModule
     from zoo.serve import archived_codec
 
     for op in ("encode", "decode"):
-        with zipfile.ZipFile(server["store"] / f"hpo-{op}.mar") as z:
+        with zipfile.ZipFile(store / f"hpo-{op}.mar") as z:
             names = set(z.namelist())
             assert {f"onnx/{g}.onnx" for g in ("g_a", "h_a", "h_s", "g_s")} <= names
             assert json.loads(z.read("zoo_serve.json"))["backend"] == "onnx"
             z.extractall(tmp_path / op)
         meta = json.loads((tmp_path / op / "onnx" / "metadata.json").read_text())
         assert meta["weights_fingerprint"] == read_config(tmp_path / op).fingerprint.hex()
-    with zipfile.ZipFile(server["store"] / "hp-encode.mar") as z:
+    with zipfile.ZipFile(store / "hp-encode.mar") as z:
         assert not any(n.startswith("onnx/") for n in z.namelist())  # the torch archive does not carry them
 
     # A worker runs the archive's graphs as they are: nothing exported anew.

@@ -76,8 +76,17 @@ class Codec:
             from zoo.errors import TablesMissingError
 
             raise TablesMissingError(f"{entry}: the model has no integer CDF tables; call model.update() first")
-        if tile_size and tile_size % model.downsample:
-            raise ValueError(f"tile_size must be a multiple of {model.downsample}")
+        if (
+            isinstance(tile_size, bool)
+            or not isinstance(tile_size, int)
+            or tile_size < 0
+            or tile_size % model.downsample
+        ):
+            raise InputError(
+                f"tile_size must be 0 (no tiling) or a positive multiple of {model.downsample}, not {tile_size!r}"
+            )
+        if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1:
+            raise InputError(f"max_pixels must be a positive number of pixels, not {max_pixels!r}")
         self.model = model.eval()
         self.entry = entry
         self.fingerprint = bytes(fingerprint)
@@ -112,6 +121,13 @@ class Codec:
             raise InputError(f"expected a float image in [0, 1], got dtype {x.dtype}")
         if not torch.isfinite(x).all():
             raise InputError("image has NaN or infinite values")
+        # Refused rather than clamped: values outside [0, 1] are most often a scale mistake (0..255), which
+        # clamping would turn into a silently white image. zoo.imageio clips float files with a notice.
+        low, high = torch.aminmax(x)
+        if low < 0 or high > 1:
+            raise InputError(
+                f"image values span {low.item():.4g} to {high.item():.4g}, outside [0, 1] (clamp or rescale it first)"
+            )
         return x
 
     def _pad(self, x: Tensor) -> Tensor:
@@ -170,6 +186,11 @@ class Codec:
     # -- decompress -----------------------------------------------------------------------------
     def check_compatible(self, c: Compressed) -> None:
         """Refuse streams that were made by another entry or other weights."""
+        if not isinstance(c, Compressed):
+            raise InputError(
+                f"decompress takes a zoo.Compressed, not {type(c).__name__}: "
+                "zoo.bitstream.loads(data) parses file bytes"
+            )
         mine, theirs = self.entry, c.entry
         if (mine.arch, mine.quality, mine.metric, mine.level) != (
             theirs.arch,

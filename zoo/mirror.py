@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from zoo.entry import ENTRY_FILES, read_config, sha256_file
+from zoo.entry import ENTRY_FILES, read_config, sha256_file, version_key
 from zoo.errors import HubError, IntegrityError, ZooError
 from zoo.hub import ManifestEntry, load_manifest
 
@@ -97,7 +97,7 @@ def build_mirror(mirror_dir: str | Path, entries: list[ManifestEntry] | None = N
     mirror.mkdir(parents=True)
     published = []
     entries = load_manifest() if entries is None else entries
-    for e in sorted(entries, key=lambda e: (e.repo, [int(p) if p.isdigit() else p for p in e.version.split(".")])):
+    for e in sorted(entries, key=lambda e: (e.repo, version_key(e.version))):
         folder = REPO_ROOT / e.path
         for fname, digest in e.files.items():
             if sha256_file(folder / fname) != digest:

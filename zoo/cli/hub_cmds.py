@@ -6,10 +6,9 @@ import argparse
 import json
 from pathlib import Path
 
-from zoo.errors import ArchitectureError, InputError
-
 
 def cmd_list(args: argparse.Namespace) -> int:
+    from zoo.entry import version_key
     from zoo.hub import load_manifest
 
     entries = load_manifest()
@@ -38,7 +37,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         return 0
     print(f"{'architecture':<22} {'q':>2} {'metric':<8} {'version':<8} {'bpp':>7} {'PSNR':>7} {'MS-SSIM':>8}  repo")
     nan = float("nan")
-    for e in sorted(entries, key=lambda e: (e.arch, e.metric, e.quality, e.version)):
+    for e in sorted(entries, key=lambda e: (e.arch, e.metric, e.quality, version_key(e.version))):
         if e.levels:  # a variable-rate entry: listed once, then one line per level
             current = f"; current for quality {_spans(e.current_for)}" if e.current_for else ""
             print(
@@ -77,22 +76,11 @@ def cmd_publish(args: argparse.Namespace) -> int:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-    import torch
-
     from zoo.entry import save_entry
-    from zoo.registry import get_arch, model_from_state_dict
+    from zoo.registry import get_arch, model_from_state_dict, state_dict_from_checkpoint
 
     spec = get_arch(args.arch)
-    try:
-        ckpt = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise InputError(f"{args.checkpoint} does not exist") from None
-    except Exception as exc:  # pickles that weights_only refuses, truncated files, ...
-        raise InputError(f"{args.checkpoint} is not a loadable weights-only checkpoint: {exc}") from None
-    state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else None
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ArchitectureError(f"{args.checkpoint} holds no state dict")
-    state = {k.removeprefix("module."): v for k, v in state.items()}
+    state = state_dict_from_checkpoint(args.checkpoint)
     model = model_from_state_dict(args.arch, state)
     quality = args.quality or 0
     if quality:
