@@ -96,7 +96,10 @@ class CompressionModel(nn.Module):
             if isinstance(m, EntropyBottleneck):
                 updated |= m.update(force=force)
             elif isinstance(m, GaussianConditional):
-                table = default_scale_table() if scale_table is None else scale_table
+                # Keep the scale table the weights came with (an imported checkpoint may have its own).
+                table = scale_table if scale_table is not None else m.scale_table
+                if table.numel() == 0:
+                    table = default_scale_table()
                 updated |= m.update_scale_table(table, force=force)
         return updated
 
