@@ -56,6 +56,9 @@ class Compressed:
     channels: int = 3
     bit_depth: int = 8
     extra: tuple[tuple[str, str], ...] = field(default=())
+    # The bitstream format the streams follow (zoo.bitstream.FORMAT_VERSION when made by this zoo); the decoder
+    # applies that version's rules (docs/bitstream.md), so a file read from disk keeps the version it was made in.
+    format_version: int = field(default_factory=lambda: _current_format())
 
     @property
     def payload_bytes(self) -> int:
@@ -65,3 +68,9 @@ class Compressed:
     @property
     def payload_bits(self) -> int:
         return 8 * self.payload_bytes
+
+
+def _current_format() -> int:
+    from zoo.bitstream import FORMAT_VERSION
+
+    return FORMAT_VERSION

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from zoo.bitstream import FORMAT_VERSION
 from zoo.entropy import EntropyBottleneck, GaussianConditional, default_scale_table
 from zoo.errors import BitstreamError
 
@@ -30,6 +31,8 @@ class LatentStreams:
     streams: tuple[tuple[str, bytes], ...]
     latent_hw: tuple[int, int]
     index_checksum: int
+    # The bitstream format version the streams follow (docs/bitstream.md): a decoder applies its rules.
+    format_version: int = FORMAT_VERSION
 
     def stream(self, name: str) -> bytes:
         return dict(self.streams)[name]
