@@ -135,44 +135,5 @@ def test_bad_files_raise_one_clear_error(stream):
         assert time.perf_counter() - t0 < 2, label
 
 
-def test_fuzzed_streams_never_crash(stream):
-    """5,000 mutated streams: each raises BitstreamError or decodes to an image of the declared size."""
-    codec = golden_codec("bmshj2018-factorized")
-    rng = np.random.default_rng(1234)
-    header_end = bitstream.peek_header(stream).header_bytes
-    outcomes = {"refused": 0, "decoded": 0}
-    for i in range(5000):
-        buf = bytearray(stream)
-        kind = i % 5
-        if kind == 0:  # truncation
-            buf = buf[: int(rng.integers(0, len(buf)))]
-        elif kind == 1:  # bit flips anywhere
-            for _ in range(int(rng.integers(1, 4))):
-                buf[int(rng.integers(0, len(buf)))] ^= 1 << int(rng.integers(0, 8))
-        elif kind == 2:  # random bytes
-            buf = bytearray(rng.integers(0, 256, int(rng.integers(0, 200)), dtype=np.uint8).tobytes())
-        elif kind == 3:  # edited header field, checksums fixed so the edit is seen
-            pos = int(rng.integers(10, header_end - 4))
-            buf[pos] = int(rng.integers(0, 256))
-            buf = bytearray(_reseal(buf))
-        else:  # edited payload, checksums fixed: reaches the entropy decoder
-            pos = int(rng.integers(header_end, len(buf) - 4))
-            buf[pos] ^= 1 << int(rng.integers(0, 8))
-            buf = bytearray(_reseal(buf))
-        t0 = time.perf_counter()
-        try:
-            c = bitstream.loads(bytes(buf))
-            x = codec.decompress(c)
-        except BitstreamError:
-            outcomes["refused"] += 1
-            continue
-        finally:
-            assert time.perf_counter() - t0 < 2, (i, kind)  # no hang on any stream
-        assert x.shape == (1, 3, c.height, c.width)
-        outcomes["decoded"] += 1
-    assert sum(outcomes.values()) == 5000
-    assert outcomes["refused"] > 0
-
-
 if __name__ == "__main__":
     write_golden()
