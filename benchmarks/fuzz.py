@@ -92,7 +92,7 @@ class Layout:
         self.fields["n_tiles"] = (pos, 2)
         self.fields["n_streams"] = (pos + 2, 1)
         pos += 3
-        self.n_streams = len(header.tiles[0][2])
+        self.n_streams = len(header.tiles[0].lengths)
         for _ in range(self.n_streams):
             self.strings.append(pos)
             pos += 1 + data[pos]
@@ -112,9 +112,9 @@ class Layout:
         # (offset, length) of every stream in the payload, tile by tile
         self.streams: list[list[tuple[int, int]]] = []
         at = self.payload
-        for _, _, streams in header.tiles:
+        for tile in header.tiles:
             row = []
-            for _, n in streams:
+            for _, n in tile.lengths:
                 row.append((at, n))
                 at += n
             self.streams.append(row)

@@ -12,7 +12,7 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from zoo.compressed import Compressed, EntryId, TileStreams, format_level
+from zoo.compressed import Compressed, EntryId, TileLayout, TileStreams, format_level
 from zoo.errors import BitstreamError
 
 MAGIC = b"\x89ZOO"
@@ -48,14 +48,14 @@ class Header:
     bit_depth: int
     tile_size: int
     index_checksum: int
-    tiles: tuple[tuple[tuple[int, int, int, int], tuple[int, int], tuple[tuple[str, int], ...]], ...]
+    tiles: tuple[TileLayout, ...]
     extra: tuple[tuple[str, str], ...]
     header_bytes: int
     total_bytes: int
 
     @property
     def payload_bytes(self) -> int:
-        return sum(n for _, _, streams in self.tiles for _, n in streams)
+        return sum(t.num_bytes for t in self.tiles)
 
     def as_dict(self) -> dict:
         return {
@@ -80,8 +80,8 @@ class Header:
             "total_bytes": self.total_bytes,
             "bpp": 8 * self.total_bytes / (self.height * self.width),
             "streams": {
-                name: sum(n for _, _, s in self.tiles for k, n in s if k == name)
-                for name, _ in (self.tiles[0][2] if self.tiles else ())
+                name: sum(n for t in self.tiles for k, n in t.lengths if k == name)
+                for name, _ in (self.tiles[0].lengths if self.tiles else ())
             },
             "extra": dict(self.extra),
         }
@@ -138,9 +138,9 @@ def dumps(c: Compressed) -> bytes:
     body += c.fingerprint
     body += struct.pack("<IIBBII", c.height, c.width, c.channels, c.bit_depth, c.tile_size, c.index_checksum)
     body += struct.pack("<HB", len(c.tiles), len(names)) + b"".join(_str(n) for n in names)
-    for t in c.tiles:
+    for t in (tile.layout for tile in c.tiles):
         body += struct.pack("<IIIIHH", *t.rect, *t.latent_hw)
-        body += b"".join(struct.pack("<I", len(data)) for _, data in t.streams)
+        body += b"".join(struct.pack("<I", n) for _, n in t.lengths)
     body += struct.pack("<B", len(extra)) + b"".join(_str(k) + _str(v) for k, v in extra)
     head += struct.pack("<I", len(body)) + body
     head += struct.pack("<I", zlib.crc32(head))
@@ -237,7 +237,7 @@ def _parse_header(data: bytes) -> Header:
         if (top, left, h, w) != expected:
             raise BitstreamError(f"tile {i} is ({top},{left},{h},{w}) where the tile grid has {expected}")
         lengths = r.unpack(f"<{n_streams}I", f"tile {i} stream lengths")
-        tiles.append(((top, left, h, w), (lh, lw), tuple(zip(names, lengths, strict=True))))
+        tiles.append(TileLayout((top, left, h, w), (lh, lw), tuple(zip(names, lengths, strict=True))))
     (n_extra,) = r.unpack("<B", "extra count")
     if n_extra > MAX_EXTRA:
         raise BitstreamError(f"{n_extra} extra fields is out of range")
@@ -246,7 +246,7 @@ def _parse_header(data: bytes) -> Header:
     if r.pos != body_end:
         raise BitstreamError("header has trailing bytes")
     header_bytes = body_end + 4
-    payload = sum(n for _, _, s in tiles for _, n in s)
+    payload = sum(t.num_bytes for t in tiles)
     if header_bytes + payload + 4 != len(data):
         raise BitstreamError(
             f"file is {len(data)} bytes but its header describes {header_bytes + payload + 4} (truncated or padded)"
@@ -296,12 +296,12 @@ def loads(data: bytes) -> Compressed:
         raise BitstreamError("payload checksum mismatch: the file is corrupt")
     pos = header.header_bytes
     tiles = []
-    for rect, latent_hw, streams in header.tiles:
+    for layout in header.tiles:
         named = []
-        for name, n in streams:
+        for name, n in layout.lengths:
             named.append((name, bytes(data[pos : pos + n])))
             pos += n
-        tiles.append(TileStreams(rect, latent_hw, tuple(named)))
+        tiles.append(TileStreams(layout.rect, layout.latent_hw, tuple(named)))
     return Compressed(
         entry=header.entry,
         fingerprint=header.fingerprint,

@@ -38,6 +38,20 @@ def format_level(level: float) -> str:
 
 
 @dataclass(frozen=True)
+class TileLayout:
+    """A tile as a file's header describes it: its place, its deepest latent's size and its streams' lengths.
+    `TileStreams.layout` gives it for a coded tile; the header's tile table is a tuple of these."""
+
+    rect: tuple[int, int, int, int]
+    latent_hw: tuple[int, int]
+    lengths: tuple[tuple[str, int], ...]
+
+    @property
+    def num_bytes(self) -> int:
+        return sum(n for _, n in self.lengths)
+
+
+@dataclass(frozen=True)
 class TileStreams:
     """The coded streams of one tile. `rect` is (top, left, height, width) in image pixels;
     `latent_hw` is the spatial size of the deepest latent, which the decoder needs to start."""
@@ -55,6 +69,10 @@ class TileStreams:
     @property
     def num_bytes(self) -> int:
         return sum(len(data) for _, data in self.streams)
+
+    @property
+    def layout(self) -> TileLayout:
+        return TileLayout(self.rect, self.latent_hw, tuple((name, len(data)) for name, data in self.streams))
 
 
 @dataclass(frozen=True)
