@@ -10,6 +10,7 @@ zoo files made here from all-zero latents by a codec whose limits are raised (wh
     one-tile-8000x8000     one 8000x8000 tile (tile size 0), factorized entry
     one-tile-2048x2048     one 2048x2048 tile, largest-width hyperprior entry (also through the handler)
     one-tile-1024x1024     one tile at the default per-tile limit, largest-width entry: decodes (the worst legal tile)
+    two-tiles-1024x2048    two such tiles: decodes; the second adds its share of the output, not another tile's peak
 
 Prints one line per case, then `max_peak_rss_mb=<a> max_refusal_s=<b>`; targets: peak RSS <= 1536 MB and every
 refusal in < 1 s.
@@ -195,6 +196,8 @@ def main() -> None:
     if not args.skip_handler:
         cases.append(("one-tile-2048x2048 (handler)", entry, cases[-1][2], True))
     cases.append(("one-tile-1024x1024", entry, forge(entry, 1024, 1024, 0), False))
+    # Tiles are decoded one after another: a second tile adds its share of the output image, not a tile's peak.
+    cases.append(("two-tiles-1024x2048", entry, forge(entry, 1024, 2048, 1024), False))
     peaks, refusals = [], []
     print(f"entries: {entry.relative_to(REPO) if entry.is_relative_to(REPO) else entry}, factorized {factorized.name}")
     for name, e, data, handler in cases:
