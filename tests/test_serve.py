@@ -20,7 +20,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.support import KODAK
+from tests.support import kodak_path
 from zoo import bitstream
 
 pytestmark = pytest.mark.skipif(shutil.which("java") is None, reason="TorchServe needs Java 17")
@@ -37,7 +37,7 @@ def _post(url: str, body: bytes, timeout: float = 120) -> tuple[int, dict, bytes
 
 def _png(w: int, h: int, left: int = 300) -> bytes:
     buf = io.BytesIO()
-    Image.open(KODAK / "kodim23.png").crop((left, 200, left + w, 200 + h)).save(buf, format="PNG")
+    Image.open(kodak_path("kodim23.png")).crop((left, 200, left + w, 200 + h)).save(buf, format="PNG")
     return buf.getvalue()
 
 
@@ -191,12 +191,12 @@ def _load_handler(model_dir, op: str):
 
     from ts.context import Context
 
-    from zoo.serve import HANDLER
+    from zoo.serve import handler_file
 
     (model_dir / "zoo_serve.json").write_text(
         json.dumps({"op": op, "backend": "torch", "max_pixels": 200_000, "threads": 1})
     )
-    spec = importlib.util.spec_from_file_location("zoo_handler", HANDLER)
+    spec = importlib.util.spec_from_file_location("zoo_handler", handler_file())
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
