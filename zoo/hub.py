@@ -35,6 +35,9 @@ class ManifestEntry:
     files: dict[str, str]  # file name -> sha256
     kodak: dict[str, float] = field(default_factory=dict)
     path: str = ""  # where the released folder lives in this repository (model_store/entries/...)
+    # Set when the entry is retired: its folder left the working tree, and this commit of the repository holds
+    # its files at `path` (the embedded mirror serves them from there; see model_store/README.md).
+    commit: str = ""
 
     @property
     def name(self) -> str:
@@ -166,7 +169,15 @@ def load(
         if name not in ARCHITECTURES and Path(name).is_dir():
             return load_local(name, device=device, backend=backend, **codec_kwargs)
         entry = resolve(name, quality, metric, version)
-        folder = download_entry(entry.repo, entry.revision, entry.files)
+        try:
+            folder = download_entry(entry.repo, entry.revision, entry.files)
+        except EntryNotFound as exc:
+            if not entry.commit:
+                raise
+            raise EntryNotFound(
+                f"{entry.name} is a retired entry and {_endpoint()} does not serve it ({exc}); "
+                "`zoo hub serve` in a clone with full git history does (model_store/README.md)"
+            ) from None
     return codec_from_entry(folder, device=device, backend=backend, **codec_kwargs)
 
 
