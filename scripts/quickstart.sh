@@ -17,7 +17,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1
 step() {
     local what="$1"
     shift
-    printf '%-58s' "$what ..."
+    printf '%-66s' "$what ..."
     local t0=$SECONDS
     if "$@" >>"$LOG" 2>&1; then
         echo " done ($((SECONDS - t0)) s)"

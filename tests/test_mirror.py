@@ -127,3 +127,14 @@ def test_history_files_are_checked_against_the_manifest(retired_repo, tmp_path):
     bad = dataclasses.replace(e, files={**e.files, "model.safetensors": "0" * 64})
     with pytest.raises(IntegrityError, match=RETIRED):
         build_mirror(tmp_path / "mirror", [bad], entries_dir=retired_repo["root"] / "model_store" / "entries")
+
+
+def test_hub_serve_outside_a_checkout_asks_for_the_entries_folder(tmp_path, monkeypatch, capsys):
+    """An installed package has the manifest but not the entries: from another folder, one line saying what to pass."""
+    from zoo.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["hub", "serve", "--dir", str(tmp_path / "state")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--entries" in err[0] and "model_store/entries" in err[0], err
+    assert not (tmp_path / "state" / "olah.pid").exists()

@@ -14,6 +14,7 @@ import urllib.request
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -183,6 +184,16 @@ def test_bad_requests_do_not_spoil_their_batch(server, fixture_entry):
     for (status, headers, png), expected in zip(good, pixels, strict=True):
         assert status == 200 and headers["content-type"].startswith("image/png"), png[:200]
         assert np.array_equal(np.asarray(Image.open(io.BytesIO(png))), expected)
+
+
+def test_the_handler_ships_inside_the_package():
+    """torch-model-archiver gets the handler from the installed package, as a wheel has it, not from a checkout."""
+    import zoo
+    from zoo.serve import handler_file
+
+    path = handler_file()
+    assert path.is_file() and path.resolve().is_relative_to(Path(zoo.__file__).resolve().parent)
+    assert "class ZooHandler(BaseHandler)" in path.read_text()
 
 
 def _load_handler(model_dir, op: str):
