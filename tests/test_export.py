@@ -215,3 +215,20 @@ def test_export_cli_writes_metadata(tmp_path, fixture_entry):
     assert meta["entry"]["arch"] == "bmshj2018-hyperprior" and meta["opset"] >= 13
     assert {"g_a", "h_a", "h_s", "g_s"} <= set(meta["graphs"])
     assert (tmp_path / "g_s.pt").exists() and (tmp_path / "g_s.onnx").exists()
+
+
+def test_both_onnx_runtime_builds_installed_is_named(monkeypatch):
+    """[export] and [gpu] exclude each other: with both runtimes installed, the notice says which to remove."""
+    from importlib import metadata
+
+    from zoo.export.ort_backend import runtime_conflict
+
+    real = metadata.distribution
+    assert runtime_conflict() is None  # this environment has the CPU build only
+
+    def both(name: str):
+        return real("onnxruntime") if name == "onnxruntime-gpu" else real(name)
+
+    monkeypatch.setattr(metadata, "distribution", both)
+    notice = runtime_conflict()
+    assert notice is not None and "onnxruntime-gpu" in notice and "zoo-codecs[gpu]" in notice
