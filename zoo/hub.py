@@ -143,6 +143,19 @@ def download_entry(repo: str, revision: str, files: dict[str, str] | None = None
     return folder
 
 
+def download_manifest_entry(entry: ManifestEntry) -> Path:
+    """A released entry's folder, downloaded at its pinned revision and checked against the manifest's sha256."""
+    try:
+        return download_entry(entry.repo, entry.revision, entry.files)
+    except EntryNotFound as exc:
+        if not entry.commit:
+            raise
+        raise EntryNotFound(
+            f"{entry.name} is a retired entry and {_endpoint()} does not serve it ({exc}); "
+            "`zoo hub serve` in a clone with full git history does (model_store/README.md)"
+        ) from None
+
+
 def parse_hf_name(name: str) -> tuple[str, str]:
     """ "hf-hub:org/repo@revision" -> (repo, revision); the revision defaults to "main"."""
     ref = name[len(HF_PREFIX) :]
@@ -168,16 +181,7 @@ def load(
     else:
         if name not in ARCHITECTURES and Path(name).is_dir():
             return load_local(name, device=device, backend=backend, **codec_kwargs)
-        entry = resolve(name, quality, metric, version)
-        try:
-            folder = download_entry(entry.repo, entry.revision, entry.files)
-        except EntryNotFound as exc:
-            if not entry.commit:
-                raise
-            raise EntryNotFound(
-                f"{entry.name} is a retired entry and {_endpoint()} does not serve it ({exc}); "
-                "`zoo hub serve` in a clone with full git history does (model_store/README.md)"
-            ) from None
+        folder = download_manifest_entry(resolve(name, quality, metric, version))
     return codec_from_entry(folder, device=device, backend=backend, **codec_kwargs)
 
 

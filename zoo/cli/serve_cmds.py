@@ -12,10 +12,9 @@ def _entry_folder(name: str, quality: int | None, metric: str, version: str | No
     """A local folder as is; a registry name resolved and downloaded like zoo.load does."""
     if Path(name).is_dir():
         return Path(name)
-    from zoo.hub import download_entry, resolve
+    from zoo.hub import download_manifest_entry, resolve
 
-    e = resolve(name, quality, metric, version)
-    return download_entry(e.repo, e.revision, e.files)
+    return download_manifest_entry(resolve(name, quality, metric, version))
 
 
 def cmd_archive(args: argparse.Namespace) -> int:
