@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -127,6 +128,8 @@ def read_from_history(e: ManifestEntry, repo_root: Path | None, out_dir: Path) -
     EntryNotFound naming the entry when there is no repository or the commit is not in it (shallow clone)."""
     if not e.commit:
         raise EntryNotFound(f"{e.name} is not in the entries folder and its manifest line names no commit")
+    if not re.fullmatch(r"[0-9a-f]{40}|[0-9a-f]{64}", e.commit):
+        raise EntryNotFound(f"{e.name} names {e.commit!r} as its commit: expected a full commit id")
     if repo_root is None:
         raise _history_unavailable(e, "the entries folder is not in a git repository")
     path = PurePosixPath(e.path)
