@@ -17,7 +17,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1
 step() {
     local what="$1"
     shift
-    printf '%-66s' "$what ..."
+    printf '%-64s' "$what ..."
     local t0=$SECONDS
     if "$@" >>"$LOG" 2>&1; then
         echo " done ($((SECONDS - t0)) s)"
@@ -44,7 +44,7 @@ trap 'zoo hub stop --dir .hub/mirror >/dev/null 2>&1 || true' EXIT
 echo "  HF_ENDPOINT=$HF_ENDPOINT"
 
 t0=$(date +%s.%N)
-step "encoding $IMAGE (bmshj2018-hyperprior q3, via the mirror)" \
+step "encoding $IMAGE with bmshj2018-hyperprior q3" \
     zoo encode "$IMAGE" "$OUT/image.zoo" --model bmshj2018-hyperprior --quality 3
 t1=$(date +%s.%N)
 zoo info "$OUT/image.zoo" >"$OUT/image.info.txt"
