@@ -38,8 +38,8 @@ def retired_repo(tmp_path_factory) -> dict:
     """A repository laid out like this one, where the entry was released in one commit and retired in the next."""
     root = tmp_path_factory.mktemp("repo")
     real = next(e for e in load_manifest(REPO / "zoo" / "manifest.json") if e.name == RETIRED)
-    real = dataclasses.replace(real, commit="")  # released here, not yet retired
     source = _entry_files(real, tmp_path_factory.mktemp("source"))
+    real = dataclasses.replace(real, commit="")  # released here, not yet retired
     _git(root, "init", "-q", "-b", "main")
     shutil.copytree(source, root / real.path)
     manifest = root / "zoo" / "manifest.json"
