@@ -18,7 +18,7 @@ from pathlib import Path, PurePosixPath
 
 from zoo.entry import ENTRY_FILES, read_config, sha256_file
 from zoo.errors import EntryNotFound, HubError, IntegrityError, ZooError
-from zoo.hub import ManifestEntry, _version_key, load_manifest
+from zoo.hub import ManifestEntry, load_manifest, version_key
 from zoo.procs import executable, free_port, pid_alive, start_process, stop_group, wait_for_port, zoo_home
 
 ENTRIES_PREFIX = "model_store/entries"
@@ -175,7 +175,7 @@ def build_mirror(
     repo_root: Path | None = None
     looked_up = False  # the repository is looked up once, when the first retired entry needs it
     with tempfile.TemporaryDirectory() as tmp:
-        for i, e in enumerate(sorted(entries, key=lambda e: (e.repo, _version_key(e.version)))):
+        for i, e in enumerate(sorted(entries, key=lambda e: (e.repo, version_key(e.version)))):
             folder = source / _entry_subpath(e)
             if not folder.is_dir():
                 if not looked_up:
