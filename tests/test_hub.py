@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from tests.conftest import write_manifest
-from tests.support import FIXTURES, fixture_expected, fixture_model, psnr
+from tests.support import fixture_dir, fixture_expected, fixture_model, psnr
 from zoo.entry import CONFIG_NAME, ENTRY_FILES, WEIGHTS_NAME, load_entry, save_entry, sha256_file
 from zoo.errors import EntryNotFound, HubError, IntegrityError
 from zoo.mirror import publish_to_mirror, start_server, stop_server
@@ -196,7 +196,7 @@ def test_compressai_import_loads_and_reproduces_its_outputs(tmp_path):
             main(
                 [
                     "import-compressai",
-                    str(FIXTURES / arch / "compressai_state_dict.pth"),
+                    str(fixture_dir(arch) / "compressai_state_dict.pth"),
                     "--arch",
                     arch,
                     "--quality",
