@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.support import KODAK, REPO
+from tests.support import REPO, kodak_path
 from tests.test_bitstream import _field_offset, _reseal
 from zoo import bitstream
 from zoo.cli import main
@@ -21,7 +21,7 @@ from zoo.imageio import read_image
 
 
 def _crop(tmp_path, fmt="PNG", mode="RGB", name="img"):
-    img = Image.open(KODAK / "kodim23.png").crop((300, 200, 396, 264)).convert(mode)
+    img = Image.open(kodak_path("kodim23.png")).crop((300, 200, 396, 264)).convert(mode)
     path = tmp_path / f"{name}.{fmt.lower()}"
     img.save(path, format=fmt)
     return path
@@ -61,7 +61,7 @@ def test_image_formats_are_read(tmp_path, fmt, mode):
 
 
 def test_exif_orientation_and_16_bit(tmp_path):
-    img = Image.open(KODAK / "kodim23.png").crop((0, 0, 40, 20))
+    img = Image.open(kodak_path("kodim23.png")).crop((0, 0, 40, 20))
     exif = Image.Exif()
     exif[0x0112] = 6  # rotate 90 degrees
     img.save(tmp_path / "r.jpg", exif=exif)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.support import KODAK
+from tests.support import kodak_path
 from zoo.cli import main
 from zoo.errors import InputError
 from zoo.evaluation.bd import bd_psnr, bd_rate
@@ -22,7 +22,7 @@ from zoo.evaluation.plot import reference_curves
 def two_images(tmp_path_factory):
     folder = tmp_path_factory.mktemp("kodak2")
     for name in ("kodim05.png", "kodim23.png"):
-        Image.open(KODAK / name).crop((0, 0, 256, 192)).save(folder / name)
+        Image.open(kodak_path(name)).crop((0, 0, 256, 192)).save(folder / name)
     (folder / "notes.txt").write_text("not an image")
     return folder
 
@@ -87,7 +87,7 @@ def test_eval_bpp_is_file_size_and_psnr_is_independent(two_images, fixture_entry
 def small_images(tmp_path_factory):
     folder = tmp_path_factory.mktemp("small")
     for name in ("kodim05.png", "kodim23.png"):
-        Image.open(KODAK / name).crop((64, 64, 128, 128)).save(folder / name)
+        Image.open(kodak_path(name)).crop((64, 64, 128, 128)).save(folder / name)
     return folder
 
 

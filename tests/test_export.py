@@ -319,3 +319,20 @@ def test_every_graph_in_onnx_runtime_on_one_side(arch, exported, capsys):
             f"\n{arch}: every graph in ONNX Runtime vs eager: {found} of {total} indexes differ; "
             f"scales nudged 0.1%: {[m for m, _, _ in forced]} differ, refused by {[r for _, _, r in forced]}"
         )
+
+
+def test_both_onnx_runtime_builds_installed_is_named(monkeypatch):
+    """[export] and [gpu] exclude each other: with both runtimes installed, the notice says which to remove."""
+    from importlib import metadata
+
+    from zoo.export.ort_backend import runtime_conflict
+
+    real = metadata.distribution
+    assert runtime_conflict() is None  # this environment has the CPU build only
+
+    def both(name: str):
+        return real("onnxruntime") if name == "onnxruntime-gpu" else real(name)
+
+    monkeypatch.setattr(metadata, "distribution", both)
+    notice = runtime_conflict()
+    assert notice is not None and "onnxruntime-gpu" in notice and "zoo-codecs[gpu]" in notice

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from tests.conftest import write_manifest
-from tests.support import FIXTURES, fixture_expected, fixture_model, psnr
+from tests.support import fixture_dir, fixture_expected, fixture_model, psnr
 from zoo.entry import CONFIG_NAME, ENTRY_FILES, WEIGHTS_NAME, load_entry, save_entry, sha256_file
 from zoo.errors import EntryNotFound, HubError, IntegrityError
 from zoo.mirror import publish_to_mirror, start_server, stop_server
@@ -196,7 +196,7 @@ def test_compressai_import_loads_and_reproduces_its_outputs(tmp_path):
             main(
                 [
                     "import-compressai",
-                    str(FIXTURES / arch / "compressai_state_dict.pth"),
+                    str(fixture_dir(arch) / "compressai_state_dict.pth"),
                     "--arch",
                     arch,
                     "--quality",
@@ -322,7 +322,7 @@ def test_one_version_ordering_everywhere(fixture_entry, tmp_path, monkeypatch, c
     """The resolver, `zoo list` and the mirror builder order versions alike: 1.10 after 1.9, 0-rc1 before 0."""
     from zoo.cli import main
     from zoo.hub import load_manifest, resolve
-    from zoo.mirror import build_mirror
+    from zoo.mirror import _entry_subpath, build_mirror
 
     lines = [_manifest_entry(fixture_entry, v) for v in ("1.9", "1.10", "0-rc1", "0")]
     manifest = write_manifest(tmp_path / "manifest.json", lines)
@@ -331,7 +331,10 @@ def test_one_version_ordering_everywhere(fixture_entry, tmp_path, monkeypatch, c
     assert main(["list"]) == 0
     listed = [line.split()[3] for line in capsys.readouterr().out.splitlines()[1:]]
     assert listed == ["0-rc1", "0", "1.9", "1.10"]
-    published = build_mirror(tmp_path / "mirror", load_manifest())
+    entries_dir = tmp_path / "entries"
+    for e in load_manifest():
+        shutil.copytree(fixture_entry, entries_dir / _entry_subpath(e))
+    published = build_mirror(tmp_path / "mirror", load_manifest(), entries_dir).published
     assert [p.rsplit("@", 1)[1] for p in published] == ["0-rc1", "0", "1.9", "1.10"]
     with pytest.raises(EntryNotFound, match="no version latest; versions: 0-rc1, 0, 1.9, 1.10"):
         resolve("bmshj2018-hyperprior", 1, version="latest")

@@ -14,13 +14,14 @@ import urllib.request
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from tests.support import KODAK
+from tests.support import kodak_path
 from zoo import bitstream
 
 
@@ -35,7 +36,7 @@ def _post(url: str, body: bytes, timeout: float = 120) -> tuple[int, dict, bytes
 
 def _png(w: int, h: int, left: int = 300) -> bytes:
     buf = io.BytesIO()
-    Image.open(KODAK / "kodim23.png").crop((left, 200, left + w, 200 + h)).save(buf, format="PNG")
+    Image.open(kodak_path("kodim23.png")).crop((left, 200, left + w, 200 + h)).save(buf, format="PNG")
     return buf.getvalue()
 
 
@@ -194,18 +195,28 @@ def test_bad_requests_do_not_spoil_their_batch(server, fixture_entry):
         assert np.array_equal(np.asarray(Image.open(io.BytesIO(png))), expected)
 
 
+def test_the_handler_ships_inside_the_package():
+    """torch-model-archiver gets the handler from the installed package, as a wheel has it, not from a checkout."""
+    import zoo
+    from zoo.serve import handler_file
+
+    path = handler_file()
+    assert path.is_file() and path.resolve().is_relative_to(Path(zoo.__file__).resolve().parent)
+    assert "class ZooHandler(BaseHandler)" in path.read_text()
+
+
 def _load_handler(model_dir, op: str):
     """The archive's handler class run in-process on a real TorchServe Context, as a worker would."""
     import importlib.util
 
     from ts.context import Context
 
-    from zoo.serve import HANDLER
+    from zoo.serve import handler_file
 
     (model_dir / "zoo_serve.json").write_text(
         json.dumps({"op": op, "backend": "torch", "max_pixels": 200_000, "threads": 1})
     )
-    spec = importlib.util.spec_from_file_location("zoo_handler", HANDLER)
+    spec = importlib.util.spec_from_file_location("zoo_handler", handler_file())
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -36,6 +36,9 @@ class ManifestEntry:
     files: dict[str, str]  # file name -> sha256
     kodak: dict[str, float] = field(default_factory=dict)
     path: str = ""  # where the released folder lives in this repository (model_store/entries/...)
+    # Set when the entry is retired: its folder left the working tree, and this commit of the repository holds
+    # its files at `path` (the embedded mirror serves them from there; see model_store/README.md).
+    commit: str = ""
     # variable-rate entries: level -> Kodak figures, and the integer qualities of the base architecture for
     # which this entry is the current one (what `zoo.load(base, quality=q)` returns)
     levels: dict[str, dict[str, float]] = field(default_factory=dict)
@@ -239,6 +242,19 @@ def download_entry(repo: str, revision: str, files: dict[str, str] | None = None
     return folder
 
 
+def download_manifest_entry(entry: ManifestEntry) -> Path:
+    """A released entry's folder, downloaded at its pinned revision and checked against the manifest's sha256."""
+    try:
+        return download_entry(entry.repo, entry.revision, entry.files)
+    except EntryNotFound as exc:
+        if not entry.commit:
+            raise
+        raise EntryNotFound(
+            f"{entry.name} is a retired entry and {_endpoint()} does not serve it ({exc}); "
+            "`zoo hub serve` in a clone with full git history does (model_store/README.md)"
+        ) from None
+
+
 def parse_hf_name(name: str) -> tuple[str, str]:
     """ "hf-hub:org/repo@revision" -> (repo, revision); the revision defaults to "main"."""
     ref = name[len(HF_PREFIX) :]
@@ -266,7 +282,7 @@ def load(
         if name not in ARCHITECTURES and Path(name).is_dir():
             return load_local(name, device=device, backend=backend, **codec_kwargs)
         point = resolve_point(name, quality, metric, version)
-        folder = download_entry(point.entry.repo, point.entry.revision, point.entry.files)
+        folder = download_manifest_entry(point.entry)
         return codec_from_entry(folder, device=device, backend=backend, level=point.level, **codec_kwargs)
     return codec_from_entry(folder, device=device, backend=backend, level=quality, **codec_kwargs)
 
@@ -274,17 +290,22 @@ def load(
 def load_released(entry: EntryId, device: str | torch.device = "cpu", backend: str = "torch", **codec_kwargs: Any):
     """The released codec that made a stream, found from the stream's header through the registry and the
     manifest only: a header's strings are never taken as paths. A stream made with a local entry folder
-    (or a checkpoint) names no released entry; its error says to pass that folder explicitly."""
+    (or a checkpoint) names no released entry; its error says to pass that folder explicitly. A variable-rate
+    stream names its entry and level."""
     check_device(device)
     try:
-        point = resolve_point(entry.arch, entry.point, entry.metric, entry.version)
+        if entry.level is not None:
+            point = resolve_point(entry.arch, entry.level, entry.metric, entry.version)
+        else:
+            point = Resolved(resolve(entry.arch, entry.quality, entry.metric, entry.version))
     except EntryNotFound as exc:
         name = str(entry) if len(str(entry)) <= 120 else str(entry)[:117] + "..."
         raise EntryNotFound(
             f"the stream was made by {name}, which is not a released entry ({exc}); a stream made with a "
             "local entry folder decodes with --model FOLDER (zoo.load_local(FOLDER) in Python)"
         ) from None
-    folder = download_entry(point.entry.repo, point.entry.revision, point.entry.files)
+    released = point.entry
+    folder = download_manifest_entry(released)
     return codec_from_entry(folder, device=device, backend=backend, level=point.level, **codec_kwargs)
 
 

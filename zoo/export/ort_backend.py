@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -21,10 +22,34 @@ from zoo.models.base import CompressionModel
 ORT_GRAPHS = ("g_a", "h_a", "g_s")
 
 
+def runtime_conflict() -> str | None:
+    """A notice when both ONNX Runtime builds are installed: they share the `onnxruntime` module and the CPU
+    build shadows the CUDA one, so the GPU is silently unused. The extras [export] and [gpu] exclude each other."""
+    from importlib import metadata
+
+    installed = []
+    for dist in ("onnxruntime", "onnxruntime-gpu"):
+        try:
+            metadata.distribution(dist)
+        except metadata.PackageNotFoundError:
+            continue
+        installed.append(dist)
+    if len(installed) < 2:
+        return None
+    return (
+        "both onnxruntime and onnxruntime-gpu are installed and the CPU build shadows the CUDA one; keep one: "
+        "pip uninstall -y onnxruntime onnxruntime-gpu && pip install 'zoo-codecs[gpu]' (or [export] for CPU)"
+    )
+
+
 def default_providers() -> list[str]:
     import onnxruntime as ort
 
     available = ort.get_available_providers()
+    if "CUDAExecutionProvider" not in available and torch.cuda.is_available():
+        notice = runtime_conflict()
+        if notice:
+            warnings.warn(notice, stacklevel=2)
     return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
 
 
