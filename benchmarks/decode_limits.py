@@ -3,7 +3,7 @@
     python benchmarks/decode_limits.py [--entry DIR] [--factorized DIR] [--skip-handler]
 
 Each decode runs in a fresh process (so its peak RSS is its own), through `zoo.codec.Codec` and, for the
-TorchServe case, through handlers/zoo_handler.py's decode handler with a stub context. The forged files are valid
+TorchServe case, through zoo/handlers/zoo_handler.py's decode handler with a stub context. The forged files are valid
 zoo files made here from all-zero latents by a codec whose limits are raised (what an attacker's encoder does):
 
     grid-2000x2000-tile1   a 2-tile file edited to declare a 2000x2000 image in tiles of 1 px (checksums redone)
@@ -119,15 +119,11 @@ def child(entry: str, path: str, handler: bool) -> None:
 
     data = Path(path).read_bytes()
     if handler:
-        import importlib.util
+        from zoo.handlers import zoo_handler as module
 
-        spec = importlib.util.spec_from_file_location("zoo_handler", REPO / "handlers" / "zoo_handler.py")
-        assert spec and spec.loader
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
         model_dir = tempfile.mkdtemp()
         for f in Path(entry).iterdir():
-            os.symlink(f, Path(model_dir) / f.name)
+            os.symlink(f.resolve(), Path(model_dir) / f.name)
         (Path(model_dir) / "zoo_serve.json").write_text(json.dumps({"op": "decode", "backend": "torch"}))
         ctx = _Context(model_dir)
         h = module.ZooHandler()

@@ -1,9 +1,8 @@
-"""The TorchServe decode handler (handlers/zoo_handler.py) under a stub context: a stream that declares a tile
+"""The TorchServe decode handler (zoo/handlers/zoo_handler.py) under a stub context: a stream that declares a tile
 over the decoder's limit is answered 413 at once, before anything is decoded."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 import time
@@ -13,8 +12,6 @@ import pytest
 import torch
 
 pytest.importorskip("ts.torch_handler.base_handler")
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 class _Context:
@@ -33,15 +30,13 @@ class _Context:
 
 
 def _handler(fixture_entry: Path, tmp_path: Path):
-    spec = importlib.util.spec_from_file_location("zoo_handler", REPO / "handlers" / "zoo_handler.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    from zoo.handlers import zoo_handler
+
     model_dir = tmp_path / "archive"
     shutil.copytree(fixture_entry, model_dir)
     (model_dir / "zoo_serve.json").write_text(json.dumps({"op": "decode", "backend": "torch"}))
     ctx = _Context(model_dir)
-    handler = module.ZooHandler()
+    handler = zoo_handler.ZooHandler()
     handler.initialize(ctx)
     return handler, ctx
 
