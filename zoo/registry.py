@@ -7,14 +7,18 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from torch import Tensor
 
 from zoo.errors import ArchitectureError, EntryNotFound
 from zoo.models import (
     Cheng2020Anchor,
+    Cheng2020AnchorCheckerboard,
     Cheng2020Attention,
     CompressionModel,
+    Elic2022Chandelier,
+    Elic2022Official,
     FactorizedPrior,
     FactorizedPriorReLU,
     JointAutoregressiveHierarchicalPriors,
@@ -39,6 +43,8 @@ class ArchSpec:
     width_table: Mapping[int, Mapping[str, int]]
     title: str
     autoregressive: bool = False
+    # constructor arguments besides the widths that a checkpoint's shapes also fix (ELIC's channel groups)
+    structure_keys: tuple[str, ...] = ()
 
     @property
     def qualities(self) -> tuple[int, ...]:
@@ -124,6 +130,27 @@ ARCHITECTURES: dict[str, ArchSpec] = {
             "Cheng et al. 2020, with attention",
             autoregressive=True,
         ),
+        # Two coding passes per latent (or channel group) instead of one per position: not `autoregressive`.
+        ArchSpec(
+            "cheng2020-anchor-checkerboard",
+            Cheng2020AnchorCheckerboard,
+            _table(3, {"N": 128}, {"N": 192}, qualities=6),
+            "He et al. 2021, checkerboard context on the Cheng et al. 2020 anchor",
+        ),
+        ArchSpec(
+            "elic2022-official",
+            Elic2022Official,
+            _table(8, {"N": 192, "M": 320}, {}),
+            "He et al. 2022, ELIC: uneven channel groups with checkerboard contexts",
+            structure_keys=("groups",),
+        ),
+        ArchSpec(
+            "elic2022-chandelier",
+            Elic2022Chandelier,
+            _table(8, {"N": 192, "M": 320}, {}),
+            "He et al. 2022, ELIC as re-implemented by Chandelier (first and latest group as channel context)",
+            structure_keys=("groups",),
+        ),
     )
 }
 
@@ -135,23 +162,33 @@ def get_arch(name: str) -> ArchSpec:
         raise EntryNotFound(f"unknown architecture {name!r}; architectures are {', '.join(ARCHITECTURES)}") from None
 
 
-def create_model(arch: str, quality: int | None = None, **widths: int) -> CompressionModel:
+def create_model(arch: str, quality: int | None = None, **widths: Any) -> CompressionModel:
     """A randomly initialised model: widths given explicitly, else the quality's standard widths."""
     spec = get_arch(arch)
     if not widths:
         if quality is None:
             raise ValueError("give a quality or explicit widths")
         widths = spec.widths(quality)
-    unknown = set(widths) - set(spec.width_keys)
+    unknown = set(widths) - set(spec.width_keys) - set(spec.structure_keys)
     if unknown:
         raise ArchitectureError(f"{arch} takes widths {spec.width_keys}, not {sorted(unknown)}")
     return spec.model_class(**widths)
 
 
-def infer_widths(arch: str, state_dict: Mapping[str, Tensor]) -> dict[str, int]:
-    """Read N (and M) from weight shapes, so checkpoints of non-standard widths load too."""
+def infer_widths(arch: str, state_dict: Mapping[str, Tensor]) -> dict[str, Any]:
+    """Read N (and M, and ELIC's channel groups) from weight shapes, so checkpoints of non-standard widths
+    load too."""
     spec = get_arch(arch)
     try:
+        if arch.startswith("elic2022"):
+            groups: list[int] = []
+            prefix = "latent_codec.y.latent_codec.y{}.context_prediction.weight"
+            while prefix.format(len(groups)) in state_dict:
+                groups.append(int(state_dict[prefix.format(len(groups))].shape[1]))
+            if not groups:
+                raise KeyError(prefix.format(0))
+            n, m = state_dict["g_a.0.weight"].shape[0], state_dict["g_a.13.weight"].shape[0]
+            return {"N": int(n), "M": int(m), "groups": tuple(groups)}
         if arch.startswith("cheng2020"):
             return {"N": int(state_dict["g_a.0.conv1.weight"].shape[0])}
         return {"N": int(state_dict["g_a.0.weight"].shape[0]), "M": int(state_dict["g_a.6.weight"].shape[0])}
