@@ -63,14 +63,19 @@ def _in_one_batch(url: str, bodies: list[bytes], attempts: int = 10) -> list[tup
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, fixture_entry):
+def server(tmp_path_factory, fixture_entry, arch_entry):
     from zoo.serve import build_archives, start, stop
 
     root = tmp_path_factory.mktemp("ts")
     store = root / "store"
-    for name, backend in (("hp", "torch"), ("hpo", "onnx")):
+    checkerboard = arch_entry("cheng2020-anchor-checkerboard")
+    for entry, name, backend in (
+        (fixture_entry, "hp", "torch"),
+        (fixture_entry, "hpo", "onnx"),
+        (checkerboard, "cbo", "onnx"),
+    ):
         build_archives(
-            fixture_entry, store, name=name, backend=backend, batch_size=4, max_batch_delay_ms=50, max_pixels=200_000
+            entry, store, name=name, backend=backend, batch_size=4, max_batch_delay_ms=50, max_pixels=200_000
         )
     info = start(store, state_dir=root / "state", auth=False)
     yield {**info, "store": store}
@@ -287,6 +292,57 @@ def test_onnx_backend_round_trip_over_http(server, tmp_path):
     assert np.array_equal(np.asarray(Image.open(io.BytesIO(png))), expected)
     # Streams are interchangeable between the backends.
     assert _post(f"{url}/predictions/hp-decode", data)[0] == 200
+
+
+def test_checkerboard_onnx_archive_round_trip_over_http(server, arch_entry, tmp_path):
+    """A context model served with the onnx backend: its streams equal the archived codec's and decode with
+    the eager torch codec too."""
+    import zoo
+    from zoo.imageio import read_image, to_uint8
+    from zoo.serve import archived_codec
+
+    with zipfile.ZipFile(server["store"] / "cbo-encode.mar") as z:
+        assert {"onnx/context_prediction.onnx", "onnx/entropy_parameters.onnx"} <= set(z.namelist())
+        z.extractall(tmp_path)
+    codec = archived_codec(tmp_path, "onnx", threads=1)
+    url = server["inference"]
+    body = _png(112, 80)
+    status, headers, data = _post(f"{url}/predictions/cbo-encode", body)
+    assert status == 200, data
+    with _worker_threads():
+        assert data == bitstream.dumps(codec.compress(read_image(body)[0]))
+        expected = to_uint8(codec.decompress(bitstream.loads(data)))
+    status, headers, png = _post(f"{url}/predictions/cbo-decode", data)
+    assert status == 200 and headers["content-type"].startswith("image/png")
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(png))), expected)
+    eager = zoo.load_local(arch_entry("cheng2020-anchor-checkerboard"))
+    assert np.abs(to_uint8(eager.decompress(bitstream.loads(data))).astype(int) - expected).max() <= 1
+
+
+@pytest.mark.parametrize("arch", ["elic2022-official", "elic2022-chandelier"])
+def test_elic_handler_round_trip(arch, arch_entry, tmp_path):
+    """ELIC's 11 streams through the archive's handler, run in-process on a real TorchServe Context."""
+    from ts.context import RequestProcessor
+
+    import zoo
+    from zoo.imageio import to_uint8
+
+    bodies = [_png(48, 32), _png(112, 80)]
+    outputs = {}
+    for op in ("encode", "decode"):
+        model_dir = tmp_path / op
+        shutil.copytree(arch_entry(arch), model_dir)
+        handler, context = _load_handler(model_dir, op)
+        context.request_processor = [RequestProcessor({}) for _ in bodies]
+        outputs[op] = handler.handle([{"body": b} for b in (bodies if op == "encode" else outputs["encode"])], context)
+        assert [context.get_response_status(i)[0] for i in range(len(bodies))] == [200, 200]
+    codec = zoo.load_local(arch_entry(arch))
+    for data, png in zip(outputs["encode"], outputs["decode"], strict=True):
+        c = bitstream.loads(data)
+        assert len(c.tiles[0].streams) == 11
+        with _worker_threads():
+            expected = to_uint8(codec.decompress(c))
+        assert np.array_equal(np.asarray(Image.open(io.BytesIO(png))), expected)
 
 
 def test_killed_worker_is_restarted(server):
