@@ -11,6 +11,11 @@ from zoo.models.google import (
     MeanScaleHyperprior,
     ScaleHyperprior,
 )
+from zoo.models.variable_rate import (
+    VariableRateJointAutoregressive,
+    VariableRateMeanScaleHyperprior,
+    VariableRateScaleHyperprior,
+)
 
 __all__ = [
     "Cheng2020Anchor",
@@ -26,4 +31,7 @@ __all__ = [
     "LatentStreams",
     "MeanScaleHyperprior",
     "ScaleHyperprior",
+    "VariableRateJointAutoregressive",
+    "VariableRateMeanScaleHyperprior",
+    "VariableRateScaleHyperprior",
 ]
