@@ -176,6 +176,16 @@ def test_streams_are_interchangeable(arch):
     assert sizes[0] == pytest.approx(sizes[1], rel=0.01)
 
 
+def test_onnx_backend_runs_the_hyper_transform_of_latent_codec_models(tmp_path):
+    """h_a lives at latent_codec.hyper.h_a in CompressAI's checkerboard and ELIC layouts: ONNX Runtime runs it there."""
+    from zoo.export.ort_backend import OrtModule
+
+    ort_model = to_onnx_backend(fixture_model("cheng2020-anchor-checkerboard"), cache_dir=tmp_path)
+    assert isinstance(ort_model.latent_codec.hyper.h_a, OrtModule)
+    assert isinstance(ort_model.g_a, OrtModule) and isinstance(ort_model.g_s, OrtModule)
+    assert not isinstance(ort_model.latent_codec.hyper.h_s, OrtModule)  # float64 entropy parameters stay in torch
+
+
 def test_onnx_backend_leaves_no_temporary_folder(tmp_path, monkeypatch):
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     model = fixture_model("bmshj2018-factorized")
