@@ -197,6 +197,8 @@ class _Encoding:
 
 
 class _Decoding:
+    """Decodes each pass of a batch from the images' streams, keeping the same running index CRCs."""
+
     def __init__(self, streams: Sequence[LatentStreams], crc: int):
         self.streams = streams
         self.crcs = [crc] * len(streams)
@@ -214,7 +216,6 @@ class HyperpriorContextModel(CompressionModel):
     backends and devices agree on table indexes and means."""
 
     downsample = 64
-    latent_stride = 4  # y is this many times larger than z
     graph_paths = {"h_a": "latent_codec.hyper.h_a", "h_s": "latent_codec.hyper.h_s"}
     context_model_doc = CONTEXT_MODEL_DOC
     latent_codec: HyperpriorCodec
@@ -223,9 +224,6 @@ class HyperpriorContextModel(CompressionModel):
 
     def entropy_params(self, z_hat: Tensor) -> Tensor:
         return self.f64("latent_codec.hyper.h_s")(z_hat.double())
-
-    def hyper_z(self, y: Tensor) -> Tensor:
-        return self.latent_codec.hyper.h_a(y)
 
     def forward(self, x: Tensor) -> ForwardOutput:
         y = self.g_a(x)
