@@ -106,11 +106,12 @@ def main() -> None:
     args = ap.parse_args()
     sweep = [int(q) for q in args.sweep.split(",")] if args.sweep else None
 
+    from zoo.entry import version_key
     from zoo.errors import EntryNotFound, InputError
     from zoo.evaluation.bd import bd_psnr, bd_rate
     from zoo.evaluation.plot import rd_plot, reference_curves
     from zoo.evaluation.runner import RDPoint
-    from zoo.hub import load_manifest, resolve_point, version_key
+    from zoo.hub import load_manifest, resolve_point
     from zoo.registry import get_arch
 
     curves = {c: classical_curve(c, args.images, sweep)["results"] for c in args.codecs}

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from zoo.bitstream import FORMAT_VERSION
 from zoo.entropy import EntropyBottleneck, GaussianConditional, default_scale_table
 from zoo.errors import BitstreamError
 
@@ -30,6 +31,8 @@ class LatentStreams:
     streams: tuple[tuple[str, bytes], ...]
     latent_hw: tuple[int, int]
     index_checksum: int
+    # The bitstream format version the streams follow (docs/bitstream.md): a decoder applies its rules.
+    format_version: int = FORMAT_VERSION
 
     def stream(self, name: str) -> bytes:
         return dict(self.streams)[name]
@@ -96,7 +99,10 @@ class CompressionModel(nn.Module):
             if isinstance(m, EntropyBottleneck):
                 updated |= m.update(force=force)
             elif isinstance(m, GaussianConditional):
-                table = default_scale_table() if scale_table is None else scale_table
+                # Keep the scale table the weights came with (an imported checkpoint may have its own).
+                table = scale_table if scale_table is not None else m.scale_table
+                if table.numel() == 0:
+                    table = default_scale_table()
                 updated |= m.update_scale_table(table, force=force)
         return updated
 

@@ -113,9 +113,11 @@ def load_init_weights(
         state = src.state_dict()
         source_lambda = info.lmbda
     elif path.is_file():
+        from zoo.registry import state_dict_from_checkpoint
+
+        state = state_dict_from_checkpoint(path)
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        state = ckpt.get("model", ckpt.get("state_dict", ckpt))
-        if "config" in ckpt:
+        if isinstance(ckpt, dict) and "config" in ckpt:
             run = json.loads(ckpt["config"])
             if run.get("quality") and not get_arch(run["arch"]).variable_rate:
                 source_lambda = get_arch(run["arch"]).lmbda(run["quality"], run.get("metric", "mse"))
