@@ -18,7 +18,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from tests.support import FIXTURE_ARCHS, fixture_codec, fixture_model, kodak_image
+from tests.support import FIXTURE_ARCHS, PASS_ARCHS, fixture_codec, fixture_model, kodak_image
 from zoo.codec import Codec
 from zoo.compressed import EntryId
 from zoo.errors import EntryNotFound
@@ -279,7 +279,11 @@ def test_export_cli_writes_metadata(tmp_path, fixture_entry):
     assert (tmp_path / "g_s.pt").exists() and (tmp_path / "g_s.onnx").exists()
 
 
-HYPERPRIOR_ARCHS = [a for a in ARCHS if a not in ("bmshj2018-factorized", "bmshj2018-factorized-relu")]
+# onnx_everywhere (h_s and the context graphs in ONNX Runtime too) does not yet know the latent-codec layout of
+# the checkerboard and ELIC models (PASS_ARCHS); their every-graph parity and stream interchange are tested above.
+HYPERPRIOR_ARCHS = [
+    a for a in ARCHS if a not in ("bmshj2018-factorized", "bmshj2018-factorized-relu") and a not in PASS_ARCHS
+]
 
 
 @contextmanager
