@@ -27,6 +27,23 @@ def fixture_entry(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def arch_entry(tmp_path_factory):
+    """arch -> CompressAI's fixture of that architecture saved as a zoo entry folder (made once, on demand)."""
+    from zoo.entry import save_entry
+
+    made: dict[str, Path] = {}
+
+    def get(arch: str) -> Path:
+        if arch not in made:
+            out = tmp_path_factory.mktemp("entries") / arch
+            save_entry(fixture_model(arch), out, arch=arch, quality=1, version="0.1", training={"dataset": "fixture"})
+            made[arch] = out
+        return made[arch]
+
+    return get
+
+
 def write_manifest(path: Path, entries: list[dict]) -> Path:
     path.write_text(json.dumps({"format": 1, "org": "zoo-test", "entries": entries}))
     return path

@@ -51,7 +51,12 @@ FIXTURE_ARCHS = (
     "mbt2018",
     "cheng2020-anchor",
     "cheng2020-attn",
+    "cheng2020-anchor-checkerboard",
+    "elic2022-official",
+    "elic2022-chandelier",
 )
+# Architectures that code y in a few parallel passes, each its own stream as in CompressAI's `compress`.
+PASS_ARCHS = ("cheng2020-anchor-checkerboard", "elic2022-official", "elic2022-chandelier")
 
 
 def fixture_state_dict(arch: str) -> dict[str, torch.Tensor]:

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.support import REPO, kodak_path
+from tests.support import PASS_ARCHS, REPO, kodak_path
 from tests.test_bitstream import _field_offset, _reseal
 from zoo import bitstream
 from zoo.cli import main
@@ -48,6 +48,30 @@ def test_encode_info_decode(tmp_path, fixture_entry, capsys):
     codec = zoo.load_local(fixture_entry)
     expected = to_uint8(codec.decompress(bitstream.loads(out.read_bytes())))
     assert np.array_equal(np.asarray(Image.open(png)), expected)
+
+
+@pytest.mark.parametrize("arch", PASS_ARCHS)
+def test_context_models_encode_info_decode(tmp_path, arch_entry, arch, capsys):
+    """Checkerboard and ELIC entries through the CLI: one named stream per coding pass in the file."""
+    import zoo
+    from zoo.imageio import to_uint8
+
+    entry, src, out, png = arch_entry(arch), _crop(tmp_path), tmp_path / "a.zoo", tmp_path / "a.png"
+    assert main(["encode", str(src), str(out), "--model", str(entry), "--quiet"]) == 0
+    assert main(["info", str(out), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    groups = 5 if arch.startswith("elic") else 1
+    assert info["entry"]["arch"] == arch and len(info["streams"]) == 1 + 2 * groups
+    assert main(["decode", str(out), str(png), "--model", str(entry), "--quiet"]) == 0
+    codec = zoo.load_local(entry)
+    expected = to_uint8(codec.decompress(bitstream.loads(out.read_bytes())))
+    assert np.array_equal(np.asarray(Image.open(png)), expected)
+    assert psnr_uint8(expected, np.asarray(Image.open(src))) > 15
+
+
+def psnr_uint8(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float(10 * np.log10(255**2 / mse))
 
 
 @pytest.mark.parametrize(

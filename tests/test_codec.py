@@ -74,7 +74,8 @@ def test_round_trip_kodak_matches_direct_model_decode(arch):
 
 # The estimate prices each element with its exact scale; the coder uses the nearest larger entry of the
 # 64-level scale table (CompressAI's, kept for stream compatibility). On the low-rate cheng2020-anchor
-# fixture (0.1 bpp) that rounding alone costs 4.4% (docs/entropy-coding.md), so it gets 5%.
+# fixture (0.1 bpp) that rounding alone costs 4.4% (docs/entropy-coding.md), so it gets 5%; on the
+# elic2022-official fixture 2.7% (the estimate priced with the table's scales is within 0.8% of the stream).
 # Autoregressive models code a crop: their raster loop is slow on CPU.
 @pytest.mark.parametrize("arch", FIXTURE_ARCHS)
 def test_estimated_bits_agree_with_actual_bits(arch):
@@ -84,7 +85,7 @@ def test_estimated_bits_agree_with_actual_bits(arch):
         x = x[:, :256, :384]
     estimated = model.estimate_bits(x[None])
     actual = codec.compress(x).payload_bits
-    tolerance = 0.05 if arch == "cheng2020-anchor" else 0.02
+    tolerance = {"cheng2020-anchor": 0.05, "elic2022-official": 0.04}.get(arch, 0.02)
     assert abs(actual - estimated) <= tolerance * estimated + 64 * 8, (actual, estimated)
 
 

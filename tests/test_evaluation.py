@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.support import kodak_path
+from tests.support import PASS_ARCHS, kodak_path
 from zoo.cli import main
 from zoo.errors import InputError
 from zoo.evaluation.bd import bd_psnr, bd_rate
@@ -93,6 +93,25 @@ def small_images(tmp_path_factory):
 
 def _eval(model, dataset, out, *extra):
     return main(["eval", "--model", str(model), "--dataset", str(dataset), "--json", str(out), "--quiet", *extra])
+
+
+@pytest.mark.parametrize("arch", PASS_ARCHS)
+def test_eval_context_models_bpp_is_file_size(small_images, arch_entry, arch, tmp_path):
+    import torch
+
+    import zoo
+    from zoo import bitstream
+
+    out, entry = tmp_path / "r.json", arch_entry(arch)
+    assert _eval(entry, small_images, out) == 0
+    res = json.loads(out.read_text())
+    codec, bpps = zoo.load_local(entry), []
+    for name in ("kodim05.png", "kodim23.png"):
+        ref = np.asarray(Image.open(small_images / name).convert("RGB"))
+        data = bitstream.dumps(codec.compress(torch.from_numpy(ref.copy()).permute(2, 0, 1).float() / 255))
+        bpps.append(8 * len(data) / (ref.shape[0] * ref.shape[1]))
+    assert res["results"]["bpp"][0] == pytest.approx(np.mean(bpps), rel=1e-12)
+    assert res["results"]["psnr-rgb"][0] > 15
 
 
 def _variant(tmp_path, name, *, version, scale=1.0):

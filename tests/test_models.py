@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.support import FIXTURE_ARCHS, fixture_expected, fixture_model, fixture_state_dict, psnr
+from tests.support import FIXTURE_ARCHS, PASS_ARCHS, fixture_expected, fixture_model, fixture_state_dict, psnr
 from zoo.errors import ArchitectureError, EntryNotFound, TablesMissingError
 from zoo.registry import ARCHITECTURES, create_model, get_arch, infer_widths, model_from_state_dict
 
@@ -44,15 +44,41 @@ def test_widths_inferred_from_shapes(arch):
     assert widths["N"] == 32
     if "M" in widths:
         assert widths["M"] == 48
+    if arch.startswith("elic2022"):
+        assert widths["groups"] == (4, 4, 8, 8, 24)
+
+
+@pytest.mark.parametrize("arch", PASS_ARCHS)
+def test_streams_are_compressai_bytes(arch):
+    """Same symbols, order, tables and coder as CompressAI: each pass's stream is its string, byte for byte
+    (CompressAI lists y's strings first, then z's)."""
+    expected, meta = fixture_expected(arch)
+    (latents,) = fixture_model(arch).compress(expected["x"])
+    names = [name for name, _ in latents.streams]
+    assert names == ["z", *(n for n in names if n != "z")] and len(names) == len(meta["compress_strings_hex"])
+    ours = [data.hex() for _, data in latents.streams]
+    theirs = [s for strings in meta["compress_strings_hex"] for s in strings]
+    assert ours[1:] + ours[:1] == theirs
+
+
+def test_elic_groups_must_add_up_to_M():
+    with pytest.raises(ArchitectureError, match="adding up"):
+        create_model("elic2022-official", N=8, M=16, groups=(4, 4, 4))
 
 
 def test_every_arch_builds_at_every_quality_with_its_widths():
     for name, spec in ARCHITECTURES.items():
+        built: set[tuple] = set()
         for q in spec.qualities:
             widths = spec.widths(q)
-            model = create_model(name, q)
-            assert infer_widths(name, model.state_dict()) == widths
             assert spec.lmbda(q, "mse") > 0 and spec.lmbda(q, "ms-ssim") > 0
+            if tuple(widths.items()) in built:  # qualities that share widths build the same model
+                continue
+            built.add(tuple(widths.items()))
+            model = create_model(name, q)
+            inferred = infer_widths(name, model.state_dict())
+            assert {k: inferred[k] for k in widths} == widths
+            assert set(inferred) == set(widths) | set(spec.structure_keys)
     assert get_arch("bmshj2018-hyperprior").lmbda(3) == 0.0067
 
 

@@ -309,6 +309,51 @@ def test_onnx_backend_round_trip_over_http(server, tmp_path):
     assert _post(f"{url}/predictions/hp-decode", data)[0] == 200
 
 
+def test_checkerboard_onnx_archive_round_trip(arch_entry, tmp_path):
+    """A context model's onnx archive: it carries the context graphs, the codec a worker builds from it
+    round-trips, and its streams decode with the eager torch codec too."""
+    import zoo
+    from zoo.imageio import read_image, to_uint8
+    from zoo.serve import archived_codec, build_archives
+
+    entry = arch_entry("cheng2020-anchor-checkerboard")
+    (encode_mar, _) = build_archives(entry, tmp_path / "store", name="cbo", backend="onnx", max_pixels=200_000)
+    with zipfile.ZipFile(encode_mar) as z:
+        assert {"onnx/context_prediction.onnx", "onnx/entropy_parameters.onnx"} <= set(z.namelist())
+        z.extractall(tmp_path / "model")
+    codec = archived_codec(tmp_path / "model", "onnx", threads=1)
+    data = bitstream.dumps(codec.compress(read_image(_png(112, 80))[0]))
+    expected = to_uint8(codec.decompress(bitstream.loads(data)))
+    eager = zoo.load_local(entry)
+    assert np.abs(to_uint8(eager.decompress(bitstream.loads(data))).astype(int) - expected).max() <= 1
+
+
+@pytest.mark.parametrize("arch", ["elic2022-official", "elic2022-chandelier"])
+def test_elic_handler_round_trip(arch, arch_entry, tmp_path):
+    """ELIC's 11 streams through the archive's handler, run in-process on a real TorchServe Context."""
+    from ts.context import RequestProcessor
+
+    import zoo
+    from zoo.imageio import to_uint8
+
+    bodies = [_png(48, 32), _png(112, 80)]
+    outputs = {}
+    for op in ("encode", "decode"):
+        model_dir = tmp_path / op
+        shutil.copytree(arch_entry(arch), model_dir)
+        handler, context = _load_handler(model_dir, op)
+        context.request_processor = [RequestProcessor({}) for _ in bodies]
+        outputs[op] = handler.handle([{"body": b} for b in (bodies if op == "encode" else outputs["encode"])], context)
+        assert [context.get_response_status(i)[0] for i in range(len(bodies))] == [200, 200]
+    codec = zoo.load_local(arch_entry(arch))
+    for data, png in zip(outputs["encode"], outputs["decode"], strict=True):
+        c = bitstream.loads(data)
+        assert len(c.tiles[0].streams) == 11
+        with _worker_threads():
+            expected = to_uint8(codec.decompress(c))
+        assert np.array_equal(np.asarray(Image.open(io.BytesIO(png))), expected)
+
+
 def test_killed_worker_is_restarted(server):
     import psutil
 

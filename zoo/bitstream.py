@@ -25,7 +25,7 @@ READABLE_VERSIONS = (1, 2)
 MAX_DIM = 65_535  # per side
 MAX_PIXELS = 1 << 28  # 268 megapixels
 MAX_TILES = 65_535
-MAX_STREAMS = 8
+MAX_STREAMS = 16  # ELIC codes 11: z and two checkerboard passes for each of its 5 channel groups
 MAX_STRING = 64
 MAX_EXTRA = 32
 MAX_FILE_BYTES = 1 << 30
@@ -123,7 +123,7 @@ def dumps(c: Compressed) -> bytes:
         raise BitstreamError(f"{len(c.tiles)} tiles is outside 1..{MAX_TILES}")
     names = tuple(name for name, _ in c.tiles[0].streams)
     if not 1 <= len(names) <= MAX_STREAMS or any(tuple(n for n, _ in t.streams) != names for t in c.tiles):
-        raise BitstreamError("every tile must carry the same named streams (1..8)")
+        raise BitstreamError(f"every tile must carry the same named streams (1..{MAX_STREAMS})")
     if any(k == LEVEL_KEY for k, _ in c.extra):
         raise BitstreamError(f"extra field {LEVEL_KEY!r} is reserved for the entry's level")
     extra = c.extra + (((LEVEL_KEY, format_level(c.entry.level)),) if c.entry.level is not None else ())

@@ -44,7 +44,7 @@ def version_key(version: str) -> Version:
 @dataclass(frozen=True)
 class EntryInfo:
     entry: EntryId
-    widths: dict[str, int]
+    widths: dict[str, Any]  # ints, and the architecture's structure keys (ELIC's channel groups, a list)
     lmbda: float | None  # None for a variable-rate entry: each level has its own (see `levels`)
     fingerprint: bytes
     bitstream_format: int
@@ -136,7 +136,8 @@ def save_entry(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     sd = _shipped_state_dict(model, half)
-    widths = {k: int(getattr(model, k)) for k in spec.width_keys}
+    widths: dict[str, Any] = {k: int(getattr(model, k)) for k in spec.width_keys}
+    widths.update({k: list(getattr(model, k)) for k in spec.structure_keys})  # ELIC's channel groups
     if spec.variable_rate:
         quality, lmbda = 0, None
         levels = levels or {str(q): {"lambda": spec.lmbda(q, metric)} for q in spec.qualities}

@@ -9,14 +9,18 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from torch import Tensor
 
 from zoo.errors import ArchitectureError, EntryNotFound, InputError
 from zoo.models import (
     Cheng2020Anchor,
+    Cheng2020AnchorCheckerboard,
     Cheng2020Attention,
     CompressionModel,
+    Elic2022Chandelier,
+    Elic2022Official,
     FactorizedPrior,
     FactorizedPriorReLU,
     JointAutoregressiveHierarchicalPriors,
@@ -53,6 +57,8 @@ class ArchSpec:
     width_table: Mapping[int, Mapping[str, int]]
     title: str
     autoregressive: bool = False
+    # constructor arguments besides the widths that a checkpoint's shapes also fix (ELIC's channel groups)
+    structure_keys: tuple[str, ...] = ()
     base: str | None = None  # variable-rate architectures: the fixed-rate architecture every level folds into
 
     @property
@@ -79,14 +85,23 @@ class ArchSpec:
     def max_width(self) -> int:
         return WIDTH_HEADROOM * max(w for widths in self.width_table.values() for w in widths.values())
 
-    def check_widths(self, widths: Mapping[str, int]) -> dict[str, int]:
-        """Widths with exactly this architecture's keys, each a whole number in 1..max_width."""
-        if set(widths) != set(self.width_keys):
+    def check_widths(self, widths: Mapping[str, Any]) -> dict[str, Any]:
+        """Widths with exactly this architecture's keys, each a whole number in 1..max_width, and the structure
+        keys a checkpoint may add (ELIC's channel groups: positive whole numbers adding up to M)."""
+        plain = {k: v for k, v in widths.items() if k not in self.structure_keys}
+        if set(plain) != set(self.width_keys):
             raise ArchitectureError(f"{self.name} takes widths {list(self.width_keys)}, not {sorted(widths)}")
-        for key, value in widths.items():
+        for key, value in plain.items():
             if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= self.max_width:
                 raise ArchitectureError(f"{self.name} width {key}={value!r} is out of range (1 to {self.max_width})")
-        return dict(widths)
+        if "groups" in widths:
+            groups = tuple(widths["groups"])
+            if any(isinstance(g, bool) or not isinstance(g, int) or g < 1 for g in groups) or sum(groups) != plain["M"]:
+                raise ArchitectureError(
+                    f"{self.name} channel groups {groups} must be positive whole numbers adding up to M={plain['M']}"
+                )
+            plain["groups"] = groups
+        return plain
 
     def check_quality(self, quality: float) -> int:
         """An integer quality of a fixed-rate architecture (for a variable-rate one see `check_level`)."""
@@ -201,6 +216,27 @@ ARCHITECTURES: dict[str, ArchSpec] = {
             "Cheng et al. 2020, with attention",
             autoregressive=True,
         ),
+        # Two coding passes per latent (or channel group) instead of one per position: not `autoregressive`.
+        ArchSpec(
+            "cheng2020-anchor-checkerboard",
+            Cheng2020AnchorCheckerboard,
+            _table(3, {"N": 128}, {"N": 192}, qualities=6),
+            "He et al. 2021, checkerboard context on the Cheng et al. 2020 anchor",
+        ),
+        ArchSpec(
+            "elic2022-official",
+            Elic2022Official,
+            _table(8, {"N": 192, "M": 320}, {}),
+            "He et al. 2022, ELIC: uneven channel groups with checkerboard contexts",
+            structure_keys=("groups",),
+        ),
+        ArchSpec(
+            "elic2022-chandelier",
+            Elic2022Chandelier,
+            _table(8, {"N": 192, "M": 320}, {}),
+            "He et al. 2022, ELIC as re-implemented by Chandelier (first and latest group as channel context)",
+            structure_keys=("groups",),
+        ),
     )
 }
 
@@ -212,7 +248,7 @@ def get_arch(name: str) -> ArchSpec:
         raise EntryNotFound(f"unknown architecture {name!r}; architectures are {', '.join(ARCHITECTURES)}") from None
 
 
-def create_model(arch: str, quality: float | None = None, **widths: int) -> CompressionModel:
+def create_model(arch: str, quality: float | None = None, **widths: Any) -> CompressionModel:
     """A randomly initialised model: widths given explicitly, else the quality's standard widths."""
     spec = get_arch(arch)
     if not widths:
@@ -251,10 +287,20 @@ def load_weights(model: CompressionModel, state_dict: Mapping[str, Tensor]) -> C
     return model
 
 
-def infer_widths(arch: str, state_dict: Mapping[str, Tensor]) -> dict[str, int]:
-    """Read N (and M) from weight shapes, so checkpoints of non-standard widths load too."""
+def infer_widths(arch: str, state_dict: Mapping[str, Tensor]) -> dict[str, Any]:
+    """Read N (and M, and ELIC's channel groups) from weight shapes, so checkpoints of non-standard widths
+    load too."""
     spec = get_arch(arch)
     try:
+        if arch.startswith("elic2022"):
+            groups: list[int] = []
+            prefix = "latent_codec.y.latent_codec.y{}.context_prediction.weight"
+            while prefix.format(len(groups)) in state_dict:
+                groups.append(int(state_dict[prefix.format(len(groups))].shape[1]))
+            if not groups:
+                raise KeyError(prefix.format(0))
+            n, m = state_dict["g_a.0.weight"].shape[0], state_dict["g_a.13.weight"].shape[0]
+            return spec.check_widths({"N": int(n), "M": int(m), "groups": tuple(groups)})
         if arch.startswith("cheng2020"):
             widths = {"N": int(state_dict["g_a.0.conv1.weight"].shape[0])}
         else:

@@ -3,6 +3,8 @@
     g_a: x (1,3,H,W) -> y          h_a: y -> z            h_s: z_hat -> params (scales[, means])
     g_s: y_hat -> x_hat
     mbt2018, cheng2020:  context_prediction: y_hat -> ctx      entropy_parameters: (params, ctx) -> gp
+    checkerboard, ELIC:  the models' own `context_graphs` (context_prediction[_yk], entropy_parameters[_yk],
+                         ELIC's channel_context_yk)
 
 GDN's non-negative reparametrisations and the context model's causal mask are computed once and stored as
 plain constants (`foldable_copy`), so the graphs hold no training-time machinery.
@@ -82,6 +84,16 @@ class EntropyParameters(nn.Module):
 Graphs = dict[str, tuple[nn.Module, tuple[Tensor, ...], list[str]]]
 
 
+def submodule(model: nn.Module, name: str) -> nn.Module | None:
+    """The transform called `name` (g_a, h_a, ...), found where the model's `graph_paths` says (CompressAI's
+    latent-codec models keep h_a and h_s under latent_codec.hyper), or None if it has none."""
+    path = dict(getattr(model, "graph_paths", {})).get(name, name)
+    try:
+        return model.get_submodule(path)
+    except AttributeError:
+        return None
+
+
 def graph_modules(model: CompressionModel) -> Graphs:
     """name -> (module, example inputs, input names) for every graph of this architecture."""
     folded: Any = foldable_copy(model)
@@ -91,11 +103,14 @@ def graph_modules(model: CompressionModel) -> Graphs:
         y = folded.g_a(x)
         out["g_a"] = (folded.g_a, (x,), ["x"])
         out["g_s"] = (folded.g_s, (y,), ["y_hat"])
-        if hasattr(folded, "h_a"):
-            z = folded.h_a(y)
-            out["h_a"] = (folded.h_a, (y,), ["y"])
-            out["h_s"] = (folded.h_s, (z,), ["z_hat"])
-            if hasattr(folded, "context_prediction"):
+        h_a, h_s = submodule(folded, "h_a"), submodule(folded, "h_s")
+        if h_a is not None and h_s is not None:
+            z = h_a(y)
+            out["h_a"] = (h_a, (y,), ["y"])
+            out["h_s"] = (h_s, (z,), ["z_hat"])
+            if hasattr(folded, "context_graphs"):
+                out.update(folded.context_graphs(torch.round(y), h_s(z)))
+            elif hasattr(folded, "context_prediction"):
                 # Both are fully convolutional: one graph serves the whole latent or a 5x5 crop of it.
                 params, ctx = folded.h_s(z), folded.context_prediction(y)
                 out["context_prediction"] = (folded.context_prediction, (y,), ["y_hat"])
@@ -188,7 +203,9 @@ def export_graphs(
                 "phase, added by Sum). The same function, faster in ONNX Runtime (zoo/export/rewrite.py)"
             ),
         }
-    if "context_prediction" in graphs:
+    if hasattr(model, "context_graphs"):
+        meta["context_model"] = model.context_model_doc
+    elif "context_prediction" in graphs:
         meta["context_model"] = (
             "context_prediction: y_hat (the graph zero-pads it; causal mask folded) -> ctx with 2*M channels; "
             "entropy_parameters: (params from h_s, ctx) -> scales then means, concatenated on channels. Decoding "

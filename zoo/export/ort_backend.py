@@ -118,9 +118,10 @@ def onnx_backend_from_folder(
     except ImportError:
         raise ZooError("the onnx backend needs onnxruntime: pip install 'zoo-codecs[export]'") from None
     from zoo.errors import EntryNotFound
+    from zoo.export.graphs import submodule
 
     folder = Path(folder)
-    names = [name for name in ORT_GRAPHS if hasattr(model, name)]
+    names = [name for name in ORT_GRAPHS if submodule(model, name) is not None]
     missing = [f"{name}.onnx" for name in names if not (folder / f"{name}.onnx").is_file()]
     if missing:
         raise EntryNotFound(f"{folder} has no {', '.join(missing)}: export the graphs first (zoo export)")
@@ -128,7 +129,8 @@ def onnx_backend_from_folder(
     if hasattr(ort_model, "h_s"):
         ort_model.f64("h_s")  # build the float64 entropy-parameter copy from the eager weights first
     for name in names:
-        setattr(ort_model, name, OrtModule(folder / f"{name}.onnx", providers, threads))
+        parent, _, attr = dict(getattr(model, "graph_paths", {})).get(name, name).rpartition(".")
+        setattr(ort_model.get_submodule(parent), attr, OrtModule(folder / f"{name}.onnx", providers, threads))
     ort_model.backend = "onnx"  # type: ignore[assignment]
     return ort_model
 

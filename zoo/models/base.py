@@ -51,8 +51,8 @@ class CompressionModel(nn.Module):
     def f64(self, name: str) -> nn.Module:
         """A float64 copy of a submodule, for the path that feeds the entropy models (see `entropy_params`).
 
-        Cached; rebuilt whenever the submodule's weights change."""
-        module = getattr(self, name)
+        `name` may be a dotted path (`latent_codec.hyper.h_s`). Cached; rebuilt whenever the weights change."""
+        module = self.get_submodule(name)
         key = tuple((p.data_ptr(), p._version) for p in module.parameters())
         cache = self.__dict__.setdefault("_f64_cache", {})
         hit = cache.get(name)
