@@ -15,8 +15,8 @@ from zoo.compressed import Compressed, EntryId, TileStreams
 from zoo.errors import BitstreamError
 
 MAGIC = b"\x89ZOO"
-FORMAT_VERSION = 1
-READABLE_VERSIONS = (1,)
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 
 MAX_DIM = 65_535  # per side
 MAX_PIXELS = 1 << 28  # 268 megapixels
@@ -79,6 +79,12 @@ class Header:
         }
 
 
+def symbol_order(format_version: int) -> str:
+    """The order of a context model's y symbols in streams of this version (zoo.models.base.SYMBOL_ORDERS):
+    format 1 codes them in raster order, format 2 wavefront by wavefront. Other models' streams are alike."""
+    return "raster" if format_version == 1 else "wavefront"
+
+
 # -- writing -------------------------------------------------------------------------------------
 
 
@@ -102,8 +108,10 @@ def dumps(c: Compressed) -> bytes:
         raise BitstreamError("every tile must carry the same named streams (1..8)")
     if len(c.extra) > MAX_EXTRA:
         raise BitstreamError(f"more than {MAX_EXTRA} extra fields")
+    if c.format_version not in READABLE_VERSIONS:
+        raise BitstreamError(f"cannot write format version {c.format_version}")
     head = bytearray(MAGIC)
-    head += struct.pack("<BB", FORMAT_VERSION, 0)
+    head += struct.pack("<BB", c.format_version, 0)
     body = bytearray()
     body += _str(c.entry.arch) + struct.pack("<H", c.entry.quality) + _str(c.entry.metric) + _str(c.entry.version)
     body += c.fingerprint
@@ -259,6 +267,7 @@ def loads(data: bytes) -> Compressed:
         channels=header.channels,
         bit_depth=header.bit_depth,
         extra=header.extra,
+        format_version=header.format_version,
     )
 
 

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from zoo.bitstream import FORMAT_VERSION, symbol_order
 from zoo.compressed import Compressed, EntryId, TileStreams
 from zoo.errors import BitstreamError, ImageTooLarge, InputError
 from zoo.models.base import CompressionModel, LatentStreams, check_index_crc
@@ -165,6 +166,7 @@ class Codec:
             tiles=tuple(tiles),
             index_checksum=combine_checksums(checksums),
             tile_size=self.tile_size if len(tiles) > 1 else 0,
+            format_version=FORMAT_VERSION,
         )
 
     # -- decompress -----------------------------------------------------------------------------
@@ -211,7 +213,7 @@ class Codec:
         out = torch.empty((1, 3, c.height, c.width), dtype=torch.float32)
         checksums = []
         for rect, tile in zip(grid, c.tiles, strict=True):
-            x_hat, (crc,) = self.model.decompress_unchecked([_latents(tile)])
+            x_hat, (crc,) = self.model.decompress_unchecked([_latents(tile)], order=symbol_order(c.format_version))
             checksums.append(crc)
             out[..., rect.top : rect.top + rect.height, rect.left : rect.left + rect.width] = x_hat[
                 ..., : rect.height, : rect.width
@@ -222,16 +224,16 @@ class Codec:
     def decompress_batch(self, cs: Sequence[Compressed]) -> list[Tensor]:
         """Decompress several streams; single-tile streams of one latent size share one network pass."""
         results: list[Tensor | None] = [None] * len(cs)
-        groups: dict[tuple[int, int], list[int]] = {}
+        groups: dict[tuple[tuple[int, int], str], list[int]] = {}
         for i, c in enumerate(cs):
             self.check_compatible(c)
             self._expected_layout(c)
             if len(c.tiles) > 1:
                 results[i] = self.decompress(c)
             else:
-                groups.setdefault(c.tiles[0].latent_hw, []).append(i)
-        for _, members in groups.items():
-            x_hat, checksums = self.model.decompress_unchecked([_latents(cs[i].tiles[0]) for i in members])
+                groups.setdefault((c.tiles[0].latent_hw, symbol_order(c.format_version)), []).append(i)
+        for (_, order), members in groups.items():
+            x_hat, checksums = self.model.decompress_unchecked([_latents(cs[i].tiles[0]) for i in members], order=order)
             for j, i in enumerate(members):
                 check_index_crc(cs[i].index_checksum, combine_checksums([checksums[j]]))
                 results[i] = x_hat[j : j + 1, :, : cs[i].height, : cs[i].width].cpu()

@@ -56,6 +56,9 @@ class Compressed:
     channels: int = 3
     bit_depth: int = 8
     extra: tuple[tuple[str, str], ...] = field(default=())
+    # The bitstream format the streams follow (zoo.bitstream.FORMAT_VERSION for what this zoo makes): it
+    # fixes the order of a context model's symbols, so a stream read from an older file keeps its version.
+    format_version: int = 2
 
     @property
     def payload_bytes(self) -> int:
