@@ -100,3 +100,53 @@ def test_eb_tables_from_compressai_weights_match_its_tables():
     assert torch.equal(eb._cdf_length, sd["entropy_bottleneck._cdf_length"])
     diff = (eb._quantized_cdf - sd["entropy_bottleneck._quantized_cdf"]).abs().max().item()
     assert diff <= 2
+
+
+def test_wavefronts_only_need_earlier_wavefronts():
+    """The claim wavefront coding rests on: every causal tap of the 5x5 mask lies on an earlier wavefront."""
+    from zoo.models.google import _wavefront_positions
+
+    model = fixture_model("mbt2018")
+    mask = model.context_prediction.mask[0, 0]
+    taps = [(dy - 2, dx - 2) for dy in range(5) for dx in range(5) if mask[dy, dx] != 0]
+    height, width = 7, 11
+    fronts = _wavefront_positions(height, width, slope=3)
+    assert len(fronts) == 3 * height + width - 3
+    step = {}
+    for t, (hs, ws) in enumerate(fronts):
+        assert list(hs) == sorted(hs)
+        step.update({(int(h), int(w)): t for h, w in zip(hs, ws, strict=True)})
+    assert len(step) == height * width
+    for (h, w), t in step.items():
+        for dy, dx in taps:
+            if (h + dy, w + dx) in step:
+                assert step[(h + dy, w + dx)] < t, ((h, w), (dy, dx))
+
+
+@pytest.mark.parametrize("arch", ["mbt2018", "cheng2020-anchor", "cheng2020-attn"])
+def test_wavefront_coding_is_the_serial_model_in_fewer_steps(arch, monkeypatch):
+    """Format 2 codes the same symbols with the same tables as raster order (format 1), one coder call
+    per wavefront: the latent g_s receives is identical, the payload the same give or take the flush."""
+    from tests.support import kodak_image
+    from zoo import coder
+
+    model = fixture_model(arch)
+    x = kodak_image("kodim23.png")[None, :, 128:192, 256:384]  # y is 4x8
+    calls = []
+    decode = coder.Decoder.decode
+    monkeypatch.setattr(coder.Decoder, "decode", lambda self, *a: calls.append(1) or decode(self, *a))
+    seen: list[torch.Tensor] = []
+    hook = model.g_s.register_forward_pre_hook(lambda _m, args: seen.append(args[0].detach().clone()))
+    try:
+        out = {}
+        for order in ("raster", "wavefront"):
+            (latents,) = model.compress(x, order=order)
+            calls.clear()
+            out[order] = (model.decompress([latents], order=order), len(latents.stream("y")), len(calls))
+    finally:
+        hook.remove()
+    (x_raster, bytes_raster, calls_raster), (x_wave, bytes_wave, calls_wave) = out["raster"], out["wavefront"]
+    assert calls_raster == 4 * 8 + 1 and calls_wave == 3 * 4 + 8 - 3 + 1  # + 1: z
+    assert seen[0].abs().sum() > 0 and torch.equal(seen[0], seen[1])
+    assert torch.equal(x_raster, x_wave)
+    assert abs(bytes_raster - bytes_wave) <= 8

@@ -9,6 +9,7 @@ bmshj2018-factorized stops at y with a factorized prior (EB); mbt2018 adds a cau
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -16,8 +17,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from zoo.entropy import EntropyBottleneck, GaussianConditional, crc_indexes
+from zoo.errors import BitstreamError
 from zoo.layers import GDN, MaskedConv2d, conv, deconv
 from zoo.models.base import CompressionModel, ForwardOutput, LatentStreams, check_order
+
+if TYPE_CHECKING:
+    from zoo.coder import Decoder
 
 
 def analysis(n: int, m: int, act: type[nn.Module] | None = None) -> nn.Sequential:
@@ -282,6 +287,7 @@ class JointAutoregressiveHierarchicalPriors(MeanScaleHyperprior):
                 crc = crc_indexes(idx, crc)
                 symbols = torch.from_numpy(decoder.decode(idx, tables)).reshape(1, -1).to(means.device)
                 y_hat[:, :, h + p, w + p] = symbols.to(means.dtype) + means
+        _check_finished(decoder)
         return y_hat[:, :, p : p + height, p : p + width], crc
 
     # -- wavefront order (format 2) ---------------------------------------------------------------
@@ -441,7 +447,13 @@ class _Wavefronts:
             crc = crc_indexes(indexes, crc)
             symbols = torch.from_numpy(decoder.decode(indexes, tables)).to(self.device)
             self.y_hat.index_copy_(0, rows, symbols.reshape(means.shape).to(means.dtype) + means)
+        _check_finished(decoder)
         return self._y_hat(), crc
+
+
+def _check_finished(decoder: Decoder) -> None:
+    if not decoder.finished():
+        raise BitstreamError("entropy-coded y stream does not end where its symbols do (corrupt or truncated)")
 
 
 def _wavefront_positions(height: int, width: int, slope: int) -> list[tuple[np.ndarray, np.ndarray]]:
