@@ -51,7 +51,9 @@ class ZooHandler(BaseHandler):
         self.max_pixels = int(self.settings.get("max_pixels", 24_000_000))
         threads = int(self.settings.get("threads", 1))
         torch.set_num_threads(threads)
-        self.codec = archived_codec(model_dir, backend=self.settings.get("backend", "torch"), threads=threads)
+        self.codec = archived_codec(
+            model_dir, backend=self.settings.get("backend", "torch"), threads=threads, level=self.settings.get("level")
+        )
         self.initialized = True
 
     @staticmethod

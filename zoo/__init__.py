@@ -26,8 +26,9 @@ if TYPE_CHECKING:
     from zoo.codec import Codec
 
 
-def load(name: str, quality: int | None = None, **kwargs: Any) -> Codec:
-    """A ready codec for a released entry, e.g. `zoo.load("bmshj2018-hyperprior", quality=3)`."""
+def load(name: str, quality: float | None = None, **kwargs: Any) -> Codec:
+    """A ready codec for a released entry, e.g. `zoo.load("bmshj2018-hyperprior", quality=3)`; a variable-rate
+    entry takes any level in [1, 8], e.g. `zoo.load("bmshj2018-hyperprior-vr", quality=3.5)`."""
     from zoo.hub import load as _load
 
     return _load(name, quality=quality, **kwargs)

@@ -11,7 +11,7 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from zoo.compressed import Compressed, EntryId, TileStreams
+from zoo.compressed import Compressed, EntryId, TileStreams, format_level
 from zoo.errors import BitstreamError
 
 MAGIC = b"\x89ZOO"
@@ -26,6 +26,9 @@ MAX_STRING = 64
 MAX_EXTRA = 32
 MAX_FILE_BYTES = 1 << 30
 FINGERPRINT_BYTES = 16
+# The level of a variable-rate entry travels as this extra field (a decimal string) and is read back into
+# `EntryId.level`, so files of fixed-rate entries are byte-for-byte what they were before levels existed.
+LEVEL_KEY = "zoo.level"
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,7 @@ class Header:
                 "quality": self.entry.quality,
                 "metric": self.entry.metric,
                 "version": self.entry.version,
+                **({"level": self.entry.level} if self.entry.level is not None else {}),
             },
             "fingerprint": self.fingerprint.hex(),
             "height": self.height,
@@ -106,7 +110,10 @@ def dumps(c: Compressed) -> bytes:
     names = tuple(name for name, _ in c.tiles[0].streams)
     if not 1 <= len(names) <= MAX_STREAMS or any(tuple(n for n, _ in t.streams) != names for t in c.tiles):
         raise BitstreamError("every tile must carry the same named streams (1..8)")
-    if len(c.extra) > MAX_EXTRA:
+    if any(k == LEVEL_KEY for k, _ in c.extra):
+        raise BitstreamError(f"extra field {LEVEL_KEY!r} is reserved for the entry's level")
+    extra = c.extra + (((LEVEL_KEY, format_level(c.entry.level)),) if c.entry.level is not None else ())
+    if len(extra) > MAX_EXTRA:
         raise BitstreamError(f"more than {MAX_EXTRA} extra fields")
     if c.format_version not in READABLE_VERSIONS:
         raise BitstreamError(f"cannot write format version {c.format_version}")
@@ -120,7 +127,7 @@ def dumps(c: Compressed) -> bytes:
     for t in c.tiles:
         body += struct.pack("<IIIIHH", *t.rect, *t.latent_hw)
         body += b"".join(struct.pack("<I", len(data)) for _, data in t.streams)
-    body += struct.pack("<B", len(c.extra)) + b"".join(_str(k) + _str(v) for k, v in c.extra)
+    body += struct.pack("<B", len(extra)) + b"".join(_str(k) + _str(v) for k, v in extra)
     head += struct.pack("<I", len(body)) + body
     head += struct.pack("<I", zlib.crc32(head))
     out = head + b"".join(data for t in c.tiles for _, data in t.streams)
@@ -212,6 +219,7 @@ def _parse_header(data: bytes) -> Header:
     if n_extra > MAX_EXTRA:
         raise BitstreamError(f"{n_extra} extra fields is out of range")
     extra = tuple((r.string("extra key"), r.string("extra value")) for _ in range(n_extra))
+    level, extra = _take_level(extra)
     if r.pos != body_end:
         raise BitstreamError("header has trailing bytes")
     header_bytes = body_end + 4
@@ -222,7 +230,7 @@ def _parse_header(data: bytes) -> Header:
         )
     return Header(
         version,
-        EntryId(arch, quality, metric, entry_version),
+        EntryId(arch, quality, metric, entry_version, level),
         fingerprint,
         height,
         width,
@@ -235,6 +243,21 @@ def _parse_header(data: bytes) -> Header:
         header_bytes,
         len(data),
     )
+
+
+def _take_level(extra: tuple[tuple[str, str], ...]) -> tuple[float | None, tuple[tuple[str, str], ...]]:
+    values = [v for k, v in extra if k == LEVEL_KEY]
+    if not values:
+        return None, extra
+    if len(values) > 1:
+        raise BitstreamError(f"header has {len(values)} {LEVEL_KEY} fields")
+    try:
+        level = float(values[0])
+    except ValueError:
+        raise BitstreamError(f"header level {values[0]!r} is not a number") from None
+    if not 1.0 <= level <= 1000.0:  # the architecture checks its own range; this only bounds the value
+        raise BitstreamError(f"header level {values[0]!r} is out of range")
+    return level, tuple((k, v) for k, v in extra if k != LEVEL_KEY)
 
 
 def peek_header(data: bytes) -> Header:

@@ -173,7 +173,12 @@ class Codec:
     def check_compatible(self, c: Compressed) -> None:
         """Refuse streams that were made by another entry or other weights."""
         mine, theirs = self.entry, c.entry
-        if (mine.arch, mine.quality, mine.metric) != (theirs.arch, theirs.quality, theirs.metric):
+        if (mine.arch, mine.quality, mine.metric, mine.level) != (
+            theirs.arch,
+            theirs.quality,
+            theirs.metric,
+            theirs.level,
+        ):
             raise BitstreamError(f"stream was made by {theirs}, but this codec is {mine}")
         if c.fingerprint != self.fingerprint:
             raise BitstreamError(

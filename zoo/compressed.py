@@ -10,15 +10,31 @@ from dataclasses import dataclass, field
 
 @dataclass(frozen=True)
 class EntryId:
-    """Identity of the zoo entry that made a stream, as stable strings and numbers (never positions)."""
+    """Identity of the zoo entry that made a stream, as stable strings and numbers (never positions).
+
+    A variable-rate entry has quality 0 and names its operating point by `level`, a float in [1, 8]."""
 
     arch: str
     quality: int
     metric: str = "mse"
     version: str = "0"
+    level: float | None = None
+
+    @property
+    def point(self) -> float:
+        """The operating point: the level of a variable-rate entry, else the quality."""
+        return self.level if self.level is not None else self.quality
 
     def __str__(self) -> str:
+        if self.level is not None:
+            return f"{self.arch}/q{format_level(self.level)}-{self.metric}@{self.version}"
         return f"{self.arch}/q{self.quality}-{self.metric}@{self.version}"
+
+
+def format_level(level: float) -> str:
+    """A level as the shortest decimal that reads back to the same float ("3", "3.5", "3.3333333333333335")."""
+    text = repr(float(level))
+    return text[:-2] if text.endswith(".0") else text
 
 
 @dataclass(frozen=True)

@@ -35,12 +35,18 @@ ENTRY_FORMAT = 1
 class EntryInfo:
     entry: EntryId
     widths: dict[str, int]
-    lmbda: float
+    lmbda: float | None  # None for a variable-rate entry: each level has its own (see `levels`)
     fingerprint: bytes
     bitstream_format: int
     weights_dtype: str = "float32"
     training: dict[str, Any] = field(default_factory=dict)
     results: dict[str, Any] = field(default_factory=dict)
+    # variable-rate entries: level ("1".."8") -> {"lambda": λ, "kodak": {"bpp", "psnr", "ms_ssim"}}
+    levels: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def variable_rate(self) -> bool:
+        return get_arch(self.entry.arch).variable_rate
 
     def config(self) -> dict[str, Any]:
         return {
@@ -56,6 +62,7 @@ class EntryInfo:
             "bitstream_format": self.bitstream_format,
             "training": self.training,
             "results": self.results,
+            **({"levels": self.levels} if self.levels else {}),
         }
 
 
@@ -107,8 +114,12 @@ def save_entry(
     training: dict[str, Any] | None = None,
     eval_results: dict[str, Any] | None = None,
     half: bool = False,
+    levels: dict[str, dict[str, Any]] | None = None,
 ) -> EntryInfo:
-    """Write an entry folder. Tables are (re)computed from the weights exactly as shipped."""
+    """Write an entry folder. Tables are (re)computed from the weights exactly as shipped.
+
+    A variable-rate entry has quality 0 and no single λ; `levels` gives each integer level's λ and, once
+    evaluated, its Kodak figures (the default: the λ ladder alone)."""
     from zoo.bitstream import FORMAT_VERSION
 
     spec = get_arch(arch)
@@ -116,10 +127,16 @@ def save_entry(
     out.mkdir(parents=True, exist_ok=True)
     sd = _shipped_state_dict(model, half)
     widths = {k: int(getattr(model, k)) for k in spec.width_keys}
+    if spec.variable_rate:
+        quality, lmbda = 0, None
+        levels = levels or {str(q): {"lambda": spec.lmbda(q, metric)} for q in spec.qualities}
+    elif lmbda is None:
+        lmbda = spec.lmbda(quality, metric)
     info = EntryInfo(
         entry=EntryId(arch, int(quality), metric, str(version)),
         widths=widths,
-        lmbda=float(lmbda if lmbda is not None else spec.lmbda(quality, metric)),
+        lmbda=None if lmbda is None else float(lmbda),
+        levels=dict(levels or {}),
         fingerprint=weights_fingerprint(sd),
         bitstream_format=FORMAT_VERSION,
         weights_dtype="float16" if half else "float32",
@@ -143,7 +160,8 @@ def read_config(path: str | Path) -> EntryInfo:
         info = EntryInfo(
             entry=EntryId(cfg["architecture"], int(cfg["quality"]), cfg["metric"], str(cfg["version"])),
             widths={k: int(v) for k, v in cfg["widths"].items()},
-            lmbda=float(cfg["lambda"]),
+            lmbda=None if cfg["lambda"] is None else float(cfg["lambda"]),
+            levels=dict(cfg.get("levels", {})),
             fingerprint=bytes.fromhex(cfg["weights_fingerprint"]),
             bitstream_format=int(cfg["bitstream_format"]),
             weights_dtype=cfg.get("weights_dtype", "float32"),
@@ -189,10 +207,12 @@ def codec_from_entry(
     device: str | torch.device = "cpu",
     backend: str = "torch",
     ort_threads: int | None = None,
+    level: float | None = None,
     **codec_kwargs,
 ):
     """A ready `zoo.codec.Codec` for an entry folder. `ort_threads`: ONNX Runtime's intra-op threads for the
-    onnx backend (default: ONNX Runtime's own choice, one per core)."""
+    onnx backend (default: ONNX Runtime's own choice, one per core). `level`: the operating point of a
+    variable-rate entry, in [1, 8]; the codec runs the standard model that level folds into."""
     from zoo.codec import Codec
 
     if backend not in ("torch", "onnx"):
@@ -200,11 +220,20 @@ def codec_from_entry(
     if ort_threads is not None and (backend != "onnx" or ort_threads < 1):
         raise InputError(f"ort_threads={ort_threads} needs backend='onnx' and a count of at least 1")
     model, info = load_entry(path, device)
+    entry = info.entry
+    if info.variable_rate:
+        if level is None:
+            raise EntryNotFound(f"{entry.arch} is variable-rate: give a quality (level) in [1, 8]")
+        level = get_arch(entry.arch).check_level(level)
+        model = model.fold(level)  # type: ignore[operator]
+        entry = EntryId(entry.arch, entry.quality, entry.metric, entry.version, level)
+    elif level is not None and level != entry.quality:
+        raise EntryNotFound(f"{path} is the fixed-rate entry {entry}: it has no level {level}")
     if backend == "onnx":
         from zoo.export.ort_backend import to_onnx_backend  # type: ignore[import-not-found]
 
         model = to_onnx_backend(model, threads=ort_threads)
-    return Codec(model, info.entry, info.fingerprint, **codec_kwargs)
+    return Codec(model, entry, info.fingerprint, **codec_kwargs)
 
 
 def _fmt(value: Any, digits: int = 4) -> str:
@@ -213,6 +242,8 @@ def _fmt(value: Any, digits: int = 4) -> str:
 
 def model_card(info: EntryInfo) -> str:
     """Hub model card: YAML front matter (library, tags, licence, datasets, model-index) and a summary."""
+    if info.variable_rate:
+        return _variable_rate_card(info)
     e = info.entry
     spec = get_arch(e.arch)
     kodak = info.results.get("kodak", {})
@@ -268,4 +299,80 @@ def model_card(info: EntryInfo) -> str:
         ]
         if "source" in kodak:
             lines += [f"Measured with `{kodak['source']}`.", ""]
+    return "\n".join(lines)
+
+
+def _variable_rate_card(info: EntryInfo) -> str:
+    """Model card of a variable-rate entry: one model-index result per level, and a table of them."""
+    e = info.entry
+    spec = get_arch(e.arch)
+    lines = [
+        "---",
+        "library_name: zoo",
+        "license: apache-2.0",
+        "pipeline_tag: image-to-image",
+        "tags:",
+        "- learned-image-compression",
+        "- image-compression",
+        "- variable-rate",
+        f"- {e.arch}",
+        f"- {spec.base}",
+        f"- {e.metric}",
+        "datasets:",
+        f"- {info.training.get('dataset', 'unknown')}",
+        "model-index:",
+        f"- name: {e.arch}-{e.metric}",
+        "  results:",
+    ]
+    for level, point in sorted(info.levels.items(), key=lambda kv: float(kv[0])):
+        kodak = point.get("kodak", {})
+        if not kodak:
+            continue
+        lines += [
+            "  - task:",
+            "      type: image-compression",
+            f"      name: Image compression at level {level}",
+            "    dataset:",
+            "      type: kodak",
+            "      name: Kodak PhotoCD (24 images)",
+            "    metrics:",
+        ]
+        for key, name in (("bpp", "bpp"), ("psnr", "PSNR-RGB (dB)"), ("ms_ssim", "MS-SSIM-RGB")):
+            if key in kodak:
+                lines += [f"    - type: {key}", f"      name: {name}", f"      value: {_fmt(kodak[key])}"]
+    if not any(p.get("kodak") for p in info.levels.values()):
+        lines += ["  - task:", "      type: image-compression", "    metrics:", "    - type: bpp", "      value: null"]
+    lines += ["---", "", f"# {e.arch} · every quality · {e.metric} · v{e.version}", ""]
+    lines += [
+        f"{spec.title}: one network for every quality level in [1, 8]. Integer levels were trained at the "
+        f"standard λ table ({'λ·255²·MSE' if e.metric == 'mse' else 'λ·(1−MS-SSIM)'} + bpp); fractional "
+        "levels interpolate the per-channel gains in log space. Each level folds exactly into a standard "
+        f"`{spec.base}` model of the same widths, which is what codes the images. Load a level with:",
+        "",
+        "```python",
+        "import zoo",
+        f'codec = zoo.load("{e.arch}", quality=3.5, metric="{e.metric}", version="{e.version}")',
+        "```",
+        "",
+        f"Widths: {info.widths}. Weights: {info.weights_dtype}; the integer CDF tables were computed from the "
+        "weights exactly as stored. Weights fingerprint: " + info.fingerprint.hex() + ".",
+        "",
+    ]
+    if info.training:
+        lines += ["## Training", ""] + [f"- {k}: {v}" for k, v in sorted(info.training.items())] + [""]
+    rows = [(lv, p) for lv, p in sorted(info.levels.items(), key=lambda kv: float(kv[0])) if p.get("kodak")]
+    if rows:
+        lines += [
+            "## Kodak results per level",
+            "",
+            "| level | λ | bpp | PSNR-RGB (dB) | MS-SSIM-RGB |",
+            "| --- | --- | --- | --- | --- |",
+        ]
+        for level, point in rows:
+            k = point["kodak"]
+            lines.append(
+                f"| {level} | {point.get('lambda')} | {_fmt(k.get('bpp'))} | {_fmt(k.get('psnr'), 2)} | "
+                f"{_fmt(k.get('ms_ssim'))} |"
+            )
+        lines.append("")
     return "\n".join(lines)

@@ -35,13 +35,27 @@ class ManifestEntry:
     files: dict[str, str]  # file name -> sha256
     kodak: dict[str, float] = field(default_factory=dict)
     path: str = ""  # where the released folder lives in this repository (model_store/entries/...)
+    # variable-rate entries: level -> Kodak figures, and the integer qualities of the base architecture for
+    # which this entry is the current one (what `zoo.load(base, quality=q)` returns)
+    levels: dict[str, dict[str, float]] = field(default_factory=dict)
+    current_for: list[int] = field(default_factory=list)
 
     @property
     def name(self) -> str:
+        if self.quality == 0:
+            return f"{self.arch}@{self.version}"
         return f"{self.arch}/q{self.quality}-{self.metric}@{self.version}"
 
 
-def _version_key(v: str) -> tuple:
+@dataclass(frozen=True)
+class Resolved:
+    """A manifest entry and, for a variable-rate one, the level to run it at."""
+
+    entry: ManifestEntry
+    level: float | None = None
+
+
+def version_key(v: str) -> tuple:
     return tuple(int(p) if p.isdigit() else p for p in v.replace("-", ".").split("."))
 
 
@@ -57,6 +71,49 @@ def manifest_path() -> Path:
     return Path(str(resources.files("zoo").joinpath("manifest.json")))
 
 
+def resolve_point(
+    arch: str,
+    quality: float | None = None,
+    metric: str = "mse",
+    version: str | None = None,
+    manifest: list[ManifestEntry] | None = None,
+) -> Resolved:
+    """What `zoo.load(arch, quality=...)` runs: for a fixed-rate architecture without a pinned version, the
+    variable-rate entry the manifest marks current for that quality (at that level) if there is one, else the
+    newest fixed-rate entry; for a variable-rate architecture, its entry at the level `quality`."""
+    spec = get_arch(arch)
+    entries = manifest if manifest is not None else load_manifest()
+    if spec.variable_rate:
+        if quality is None:
+            raise EntryNotFound(f"{arch} needs a quality: any level in [1, 8]")
+        level = spec.check_level(quality)
+        if metric not in METRICS:
+            raise EntryNotFound(f"unknown metric {metric!r}; metrics are {', '.join(METRICS)}")
+        matching = [e for e in entries if e.arch == arch and e.metric == metric]
+        if not matching:
+            raise EntryNotFound(f"no released {arch} entry ({metric})")
+        return Resolved(_pick_version(matching, version, f"{arch} {metric}"), level)
+    if version is None and quality is not None and metric in METRICS and int(quality) == quality:
+        current = [
+            e for e in entries if e.metric == metric and int(quality) in e.current_for and get_arch(e.arch).base == arch
+        ]
+        if current:
+            return Resolved(max(current, key=lambda e: version_key(e.version)), float(quality))
+    return Resolved(resolve(arch, quality, metric, version, manifest=entries))  # type: ignore[arg-type]
+
+
+def _pick_version(matching: list[ManifestEntry], version: str | None, what: str) -> ManifestEntry:
+    if version is None:
+        return max(matching, key=lambda e: version_key(e.version))
+    for e in matching:
+        if e.version == str(version):
+            return e
+    raise EntryNotFound(
+        f"{what} has no version {version}; versions: "
+        + ", ".join(sorted((e.version for e in matching), key=version_key))
+    )
+
+
 def resolve(
     arch: str,
     quality: int | None = None,
@@ -64,7 +121,7 @@ def resolve(
     version: str | None = None,
     manifest: list[ManifestEntry] | None = None,
 ) -> ManifestEntry:
-    """The manifest entry for a name, or EntryNotFound saying what exists."""
+    """The fixed-rate manifest entry for a name, or EntryNotFound saying what exists."""
     spec = get_arch(arch)
     if metric not in METRICS:
         raise EntryNotFound(f"unknown metric {metric!r}; metrics are {', '.join(METRICS)}")
@@ -77,15 +134,7 @@ def resolve(
     if not matching:
         have = ", ".join(f"q{q}-{m}" for q, m in released) or "none yet"
         raise EntryNotFound(f"no released entry for {arch} quality {quality} ({metric}); released: {have}")
-    if version is None:
-        return max(matching, key=lambda e: _version_key(e.version))
-    for e in matching:
-        if e.version == str(version):
-            return e
-    raise EntryNotFound(
-        f"{arch} q{quality} {metric} has no version {version}; versions: "
-        + ", ".join(sorted((e.version for e in matching), key=_version_key))
-    )
+    return _pick_version(matching, version, f"{arch} q{quality} {metric}")
 
 
 def _endpoint() -> str:
@@ -151,7 +200,7 @@ def parse_hf_name(name: str) -> tuple[str, str]:
 
 def load(
     name: str,
-    quality: int | None = None,
+    quality: float | None = None,
     metric: str = "mse",
     version: str | None = None,
     device: str | torch.device = "cpu",
@@ -165,13 +214,20 @@ def load(
     else:
         if name not in ARCHITECTURES and Path(name).is_dir():
             return load_local(name, device=device, backend=backend, **codec_kwargs)
-        entry = resolve(name, quality, metric, version)
-        folder = download_entry(entry.repo, entry.revision, entry.files)
-    return codec_from_entry(folder, device=device, backend=backend, **codec_kwargs)
+        point = resolve_point(name, quality, metric, version)
+        folder = download_entry(point.entry.repo, point.entry.revision, point.entry.files)
+        return codec_from_entry(folder, device=device, backend=backend, level=point.level, **codec_kwargs)
+    return codec_from_entry(folder, device=device, backend=backend, level=quality, **codec_kwargs)
 
 
-def load_local(path: str | Path, device: str | torch.device = "cpu", backend: str = "torch", **codec_kwargs: Any):
-    """A ready codec from an entry folder on disk."""
+def load_local(
+    path: str | Path,
+    device: str | torch.device = "cpu",
+    backend: str = "torch",
+    quality: float | None = None,
+    **codec_kwargs: Any,
+):
+    """A ready codec from an entry folder on disk; `quality` picks the level of a variable-rate entry."""
     if not Path(path).is_dir():
         raise EntryNotFound(f"{path} is not an entry folder")
-    return codec_from_entry(path, device=device, backend=backend, **codec_kwargs)
+    return codec_from_entry(path, device=device, backend=backend, level=quality, **codec_kwargs)

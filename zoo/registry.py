@@ -5,6 +5,7 @@ The CLI, the Hub entries, export, training and serving all read names and tables
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -20,6 +21,12 @@ from zoo.models import (
     JointAutoregressiveHierarchicalPriors,
     MeanScaleHyperprior,
     ScaleHyperprior,
+)
+from zoo.models.variable_rate import (
+    VariableRateJointAutoregressive,
+    VariableRateMeanScaleHyperprior,
+    VariableRateScaleHyperprior,
+    check_level,
 )
 
 METRICS = ("mse", "ms-ssim")
@@ -39,6 +46,11 @@ class ArchSpec:
     width_table: Mapping[int, Mapping[str, int]]
     title: str
     autoregressive: bool = False
+    base: str | None = None  # variable-rate architectures: the fixed-rate architecture every level folds into
+
+    @property
+    def variable_rate(self) -> bool:
+        return self.base is not None
 
     @property
     def qualities(self) -> tuple[int, ...]:
@@ -56,20 +68,43 @@ class ArchSpec:
     def width_keys(self) -> tuple[str, ...]:
         return tuple(next(iter(self.width_table.values())))
 
-    def check_quality(self, quality: int) -> int:
-        if quality not in self.width_table:
+    def check_quality(self, quality: float) -> int:
+        """An integer quality of a fixed-rate architecture (for a variable-rate one see `check_level`)."""
+        if self.variable_rate:
+            raise EntryNotFound(f"{self.name} is variable-rate: it takes a level in [1, 8], not a fixed quality")
+        if quality not in self.width_table or int(quality) != quality:
             raise EntryNotFound(
                 f"{self.name} has no quality {quality}; qualities are {', '.join(map(str, self.qualities))}"
             )
-        return quality
+        return int(quality)
 
-    def widths(self, quality: int) -> dict[str, int]:
+    def check_level(self, level: float) -> float:
+        """A level in [1, 8] of a variable-rate architecture."""
+        if not self.variable_rate:
+            raise EntryNotFound(f"{self.name} is fixed-rate: it takes an integer quality, not a level")
+        return check_level(level, len(self.width_table))
+
+    def widths(self, quality: float) -> dict[str, int]:
+        if self.variable_rate:
+            return dict(self.width_table[1])  # one network for every level
         return dict(self.width_table[self.check_quality(quality)])
 
-    def lmbda(self, quality: int, metric: str = "mse") -> float:
+    def lmbda(self, quality: float, metric: str = "mse") -> float:
         if metric not in LAMBDAS:
             raise EntryNotFound(f"unknown metric {metric!r}; metrics are {', '.join(METRICS)}")
+        if self.variable_rate:
+            return ladder_lambda(self.check_level(quality), metric)
         return LAMBDAS[metric][self.check_quality(quality) - 1]
+
+
+def ladder_lambda(level: float, metric: str = "mse") -> float:
+    """λ of a level in [1, 8]: the standard table at integers, log-linear in between."""
+    table = LAMBDAS[metric]
+    low = min(int(math.floor(level)), len(table) - 1)
+    t = level - low
+    if t == 0:
+        return table[low - 1]
+    return math.exp((1 - t) * math.log(table[low - 1]) + t * math.log(table[low]))
 
 
 def _table(split: int, low: dict[str, int], high: dict[str, int], qualities: int = 8) -> dict[int, dict[str, int]]:
@@ -111,6 +146,28 @@ ARCHITECTURES: dict[str, ArchSpec] = {
             autoregressive=True,
         ),
         ArchSpec(
+            "bmshj2018-hyperprior-vr",
+            VariableRateScaleHyperprior,
+            _table(8, {"N": 128, "M": 192}, {}),
+            "Ballé et al. 2018 scale hyperprior, variable-rate by gain units (Cui et al. 2021)",
+            base="bmshj2018-hyperprior",
+        ),
+        ArchSpec(
+            "mbt2018-mean-vr",
+            VariableRateMeanScaleHyperprior,
+            _table(8, {"N": 128, "M": 192}, {}),
+            "Minnen et al. 2018 mean-scale hyperprior, variable-rate by gain units (Cui et al. 2021)",
+            base="mbt2018-mean",
+        ),
+        ArchSpec(
+            "mbt2018-vr",
+            VariableRateJointAutoregressive,
+            _table(8, {"N": 192, "M": 192}, {}),
+            "Minnen et al. 2018 joint autoregressive model, variable-rate by gain units (Cui et al. 2021)",
+            base="mbt2018",
+            autoregressive=True,
+        ),
+        ArchSpec(
             "cheng2020-anchor",
             Cheng2020Anchor,
             _table(3, {"N": 128}, {"N": 192}, qualities=6),
@@ -135,7 +192,7 @@ def get_arch(name: str) -> ArchSpec:
         raise EntryNotFound(f"unknown architecture {name!r}; architectures are {', '.join(ARCHITECTURES)}") from None
 
 
-def create_model(arch: str, quality: int | None = None, **widths: int) -> CompressionModel:
+def create_model(arch: str, quality: float | None = None, **widths: int) -> CompressionModel:
     """A randomly initialised model: widths given explicitly, else the quality's standard widths."""
     spec = get_arch(arch)
     if not widths:

@@ -42,13 +42,30 @@ class ServeError(ZooError):
     """TorchServe could not be started, reached or given a model."""
 
 
-def archive_name(entry_dir: str | Path, name: str | None = None) -> str:
+def archive_name(entry_dir: str | Path, name: str | None = None, level: float | None = None) -> str:
     if name:
         base = name
     else:
+        from zoo.compressed import format_level
+
         e = read_config(entry_dir).entry
-        base = f"{e.arch}-q{e.quality}-{e.metric}-v{e.version}"
+        point = format_level(level) if level is not None else str(e.quality)
+        base = f"{e.arch}-q{point}-{e.metric}-v{e.version}"
     return re.sub(r"[^A-Za-z0-9_-]", "-", base)
+
+
+def _check_level(entry_dir: str | Path, level: float | None) -> float | None:
+    """The level an archive serves: required for a variable-rate entry, refused for a fixed-rate one."""
+    from zoo.registry import get_arch
+
+    info = read_config(entry_dir)
+    if info.variable_rate:
+        if level is None:
+            raise EntryNotFound(f"{info.entry.arch} is variable-rate: give the quality (level) to serve")
+        return get_arch(info.entry.arch).check_level(level)
+    if level is not None and level != info.entry.quality:
+        raise EntryNotFound(f"{entry_dir} is the fixed-rate entry {info.entry}: it has no level {level}")
+    return None
 
 
 def build_archives(
@@ -61,14 +78,16 @@ def build_archives(
     max_batch_delay_ms: int = 20,
     max_pixels: int = 24_000_000,
     threads: int = 1,
+    level: float | None = None,
 ) -> list[Path]:
     """`<name>-encode.mar` and `<name>-decode.mar` in `store`, built with torch-model-archiver.
 
-    With backend="onnx" the transforms are exported once here and both archives carry the graphs in `onnx/`."""
-    read_config(entry_dir)
+    With backend="onnx" the transforms are exported once here and both archives carry the graphs in `onnx/`.
+    A variable-rate entry is archived at one `level` (the standard model it folds into there)."""
+    level = _check_level(entry_dir, level)
     if backend not in BACKENDS:
         raise ServeError(f"unknown backend {backend!r}; backends are {', '.join(BACKENDS)}")
-    base = archive_name(entry_dir, name)
+    base = archive_name(entry_dir, name, level)
     store = Path(store)
     store.mkdir(parents=True, exist_ok=True)
     archiver = shutil.which("torch-model-archiver") or str(Path(sys.executable).with_name("torch-model-archiver"))
@@ -82,7 +101,7 @@ def build_archives(
         for f in ENTRY_FILES:
             shutil.copyfile(Path(entry_dir) / f, payload / f)
         if backend == "onnx":
-            export_onnx_graphs(entry_dir, payload / ONNX_DIR)
+            export_onnx_graphs(entry_dir, payload / ONNX_DIR, level)
         model_config = Path(tmp) / "model-config.yaml"
         model_config.write_text(
             f"minWorkers: 1\nmaxWorkers: 1\nbatchSize: {batch_size}\nmaxBatchDelay: {max_batch_delay_ms}\n"
@@ -90,7 +109,10 @@ def build_archives(
         )
         for op in OPS:
             (payload / "zoo_serve.json").write_text(
-                json.dumps({"op": op, "backend": backend, "max_pixels": max_pixels, "threads": threads})
+                json.dumps(
+                    {"op": op, "backend": backend, "max_pixels": max_pixels, "threads": threads}
+                    | ({"level": level} if level is not None else {})
+                )
             )
             cmd = [
                 archiver,
@@ -115,29 +137,33 @@ def build_archives(
     return out
 
 
-def export_onnx_graphs(entry_dir: str | Path, out_dir: str | Path) -> dict[str, Path]:
+def export_onnx_graphs(entry_dir: str | Path, out_dir: str | Path, level: float | None = None) -> dict[str, Path]:
     """The entry's transforms as ONNX graphs, with a metadata.json naming the entry and its weights fingerprint
     (the same metadata `zoo export` writes), so a worker can check the graphs belong to the weights beside them."""
-    from zoo.entry import load_entry
+    from zoo.entry import codec_from_entry
     from zoo.export import entry_metadata, export_graphs
 
-    model, info = load_entry(entry_dir)
-    return export_graphs(model, out_dir, ("onnx",), metadata=entry_metadata(info.entry, info.fingerprint))
+    codec = codec_from_entry(entry_dir, level=level)
+    return export_graphs(codec.model, out_dir, ("onnx",), metadata=entry_metadata(codec.entry, codec.fingerprint))
 
 
-def archived_codec(model_dir: str | Path, backend: str = "torch", threads: int | None = None) -> Codec:
-    """The codec a worker serves from its unpacked archive: the entry's weights, and for the onnx backend the
-    graphs the archive carries (checked against the weights' fingerprint, never re-exported)."""
+def archived_codec(
+    model_dir: str | Path, backend: str = "torch", threads: int | None = None, level: float | None = None
+) -> Codec:
+    """The codec a worker serves from its unpacked archive: the entry's weights (at `level` for a variable-rate
+    entry), and for the onnx backend the graphs the archive carries (checked against the weights' fingerprint,
+    never re-exported)."""
     from zoo.codec import Codec
-    from zoo.entry import codec_from_entry, load_entry
+    from zoo.entry import codec_from_entry
 
     if backend == "torch":
-        return codec_from_entry(model_dir)
+        return codec_from_entry(model_dir, level=level)
     if backend != "onnx":
         raise EntryNotFound(f"unknown backend {backend!r}; backends are {', '.join(BACKENDS)}")
     from zoo.export.ort_backend import onnx_backend_from_folder
 
-    model, info = load_entry(model_dir)
+    folded = codec_from_entry(model_dir, level=level)
+    model, info = folded.model, folded
     graphs = Path(model_dir) / ONNX_DIR
     try:
         meta = json.loads((graphs / "metadata.json").read_text())
@@ -152,6 +178,8 @@ def archived_codec(model_dir: str | Path, backend: str = "torch", threads: int |
             f"the graphs in {graphs} were exported from weights {str(meta.get('weights_fingerprint'))[:12]}, "
             f"not from this entry's {info.fingerprint.hex()[:12]}"
         )
+    if meta.get("level") != (None if level is None else float(level)):
+        raise IntegrityError(f"the graphs in {graphs} were exported at level {meta.get('level')}, not {level}")
     return Codec(onnx_backend_from_folder(model, graphs, threads=threads), info.entry, info.fingerprint)
 
 

@@ -12,13 +12,22 @@ from zoo.errors import InputError
 
 
 def _resolve_codec(
-    model: str, quality: int | None, metric: str, version: str | None, device: str, backend: str = "torch"
+    model: str, quality: float | None, metric: str, version: str | None, device: str, backend: str = "torch"
 ):
     import zoo
 
     if Path(model).is_dir():
-        return zoo.load_local(model, device=device, backend=backend)
+        return zoo.load_local(model, device=device, backend=backend, quality=quality)
     return zoo.load(model, quality=quality, metric=metric, version=version, device=device, backend=backend)
+
+
+def parse_quality(text: str) -> float:
+    """--quality: an integer quality, or any level in [1, 8] of a variable-rate entry (e.g. 3.5)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    return int(value) if value.is_integer() else value
 
 
 def cmd_encode(args: argparse.Namespace) -> int:
@@ -53,10 +62,12 @@ def cmd_decode(args: argparse.Namespace) -> int:
     data = bitstream.read_file(args.input)
     compressed = bitstream.loads(data)
     e = compressed.entry
+    point = e.level if e.level is not None else e.quality
     if args.model:
-        codec = _resolve_codec(args.model, e.quality, e.metric, e.version, args.device, args.backend)
+        local = Path(args.model).is_dir()
+        codec = _resolve_codec(args.model, e.level if local else point, e.metric, e.version, args.device, args.backend)
     else:
-        codec = _resolve_codec(e.arch, e.quality, e.metric, e.version, args.device, args.backend)
+        codec = _resolve_codec(e.arch, point, e.metric, e.version, args.device, args.backend)
     t0 = time.perf_counter()
     x_hat = codec.decompress(compressed)
     seconds = time.perf_counter() - t0
@@ -80,7 +91,8 @@ def cmd_info(args: argparse.Namespace) -> int:
     e = info["entry"]
     print(f"file:        {args.input} ({info['total_bytes']} bytes, {info['bpp']:.4f} bpp)")
     print(f"format:      zoo bitstream v{info['format_version']}")
-    print(f"entry:       {e['arch']} quality {e['quality']} {e['metric']} v{e['version']}")
+    point = f"level {e['level']:g}" if "level" in e else f"quality {e['quality']}"
+    print(f"entry:       {e['arch']} {point} {e['metric']} v{e['version']}")
     print(f"weights:     {info['fingerprint']}")
     print(f"image:       {info['width']}x{info['height']}, {info['channels']} channels, {info['bit_depth']} bits")
     print(f"tiles:       {info['tiles']}" + (f" of {info['tile_size']} px" if info["tile_size"] else ""))
@@ -91,7 +103,11 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 def _model_args(p: argparse.ArgumentParser, required: bool) -> None:
     p.add_argument("--model", required=required, help="registry name (with --quality) or an entry folder")
-    p.add_argument("--quality", type=int, help="quality level (1-8; 1-6 for cheng2020)")
+    p.add_argument(
+        "--quality",
+        type=parse_quality,
+        help="quality (1-8; 1-6 for cheng2020); a variable-rate entry takes any level in [1, 8], e.g. 3.5",
+    )
     p.add_argument("--metric", default="mse", choices=["mse", "ms-ssim"])
     p.add_argument("--version", help="entry version (default: the newest)")
     p.add_argument("--device", default="cpu")

@@ -12,20 +12,27 @@ from typing import Any
 from zoo.errors import InputError
 
 
-def parse_qualities(text: str | None) -> list[int | None]:
-    """ "3", "1-8" or "1,3,5" -> list of ints (in order, once each); None -> [None] (the entry decides)."""
+def parse_qualities(text: str | None) -> list[float | None]:
+    """ "3", "1-8", "1,3,5" or, for variable-rate entries, "1,2.5,3.25" -> list of numbers (in order, once
+    each; integral ones as ints); None -> [None] (the entry decides)."""
     if not text:
         return [None]
-    out: list[int | None] = []
+    out: list[float | None] = []
     try:
         for part in text.split(","):
             lo, _, hi = part.partition("-")
-            span = range(int(lo), int(hi or lo) + 1)
-            if not span:
-                raise ValueError
+            if hi:
+                span: list[float] = list(range(int(lo), int(hi) + 1))
+                if not span:
+                    raise ValueError
+            else:
+                value = float(lo)
+                if value != value or value in (float("inf"), float("-inf")):
+                    raise ValueError
+                span = [int(value) if value.is_integer() else value]
             out += [q for q in span if q not in out]
     except ValueError:
-        raise InputError(f"--quality takes N, N-M (N <= M) or N,M,...; got {text!r}") from None
+        raise InputError(f"--quality takes N, N-M (N <= M) or N,M,... (levels like 2.5 too); got {text!r}") from None
     return out
 
 
@@ -37,28 +44,34 @@ def _is_single_entry(model: str) -> bool:
 
 
 def released_qualities(
-    arch: str, qualities: list[int | None], metric: str, version: str | None
-) -> tuple[list[int], list[int]]:
+    arch: str, qualities: list[float | None], metric: str, version: str | None
+) -> tuple[list[float], list[float]]:
     """(released, missing) among the requested qualities of a registry architecture, from the manifest.
 
     Unknown architectures and qualities the architecture does not have are errors; a quality with no
     released entry is only missing. None of them released is an error that says what is."""
     from zoo.errors import EntryNotFound
-    from zoo.hub import load_manifest, resolve
+    from zoo.hub import load_manifest, resolve_point
     from zoo.registry import get_arch
 
     spec = get_arch(arch)
     if qualities == [None]:
-        raise EntryNotFound(f"{arch} needs --quality: {', '.join(map(str, spec.qualities))}")
+        if spec.variable_rate:
+            qualities = list(spec.qualities)
+        else:
+            raise EntryNotFound(f"{arch} needs --quality: {', '.join(map(str, spec.qualities))}")
     manifest = load_manifest()
-    released: list[int] = []
-    missing: list[int] = []
+    released: list[float] = []
+    missing: list[float] = []
     first_error: EntryNotFound | None = None
     for q in qualities:
         assert q is not None
-        spec.check_quality(q)
+        if spec.variable_rate:
+            spec.check_level(q)
+        else:
+            spec.check_quality(q)
         try:
-            resolve(arch, q, metric, version, manifest=manifest)
+            resolve_point(arch, q, metric, version, manifest=manifest)
         except EntryNotFound as exc:
             missing.append(q)
             first_error = first_error or exc
@@ -75,11 +88,11 @@ def released_qualities(
     return released, missing
 
 
-def _spans(qs: list[int]) -> str:
-    """[1, 2, 3, 5] -> "q1-3, q5"."""
-    groups: list[list[int]] = []
+def _spans(qs: list[float]) -> str:
+    """[1, 2, 3, 5] -> "q1-3, q5"; [2.5] -> "q2.5"."""
+    groups: list[list[float]] = []
     for q in sorted(qs):
-        if groups and q == groups[-1][-1] + 1:
+        if groups and float(q).is_integer() and q == groups[-1][-1] + 1:
             groups[-1].append(q)
         else:
             groups.append([q])
@@ -90,7 +103,7 @@ class _Loader:
     """Picklable recipe for a codec, so worker processes can load their own copy."""
 
     def __init__(
-        self, model: str, quality: int | None, metric: str, version: str | None, backend: str, arch: str | None
+        self, model: str, quality: float | None, metric: str, version: str | None, backend: str, arch: str | None
     ):
         self.args = (model, quality, metric, version, backend, arch)
 
@@ -100,7 +113,7 @@ class _Loader:
         model, quality, metric, version, backend, arch = self.args
         path = Path(model)
         if path.is_dir():
-            return zoo.load_local(path, backend=backend)
+            return zoo.load_local(path, backend=backend, quality=quality)
         if path.is_file():  # a CompressAI checkpoint
             import torch
 
@@ -116,7 +129,8 @@ class _Loader:
             m = model_from_state_dict(arch, state)
             if not m.has_tables:
                 m.update(force=True)
-            return Codec(m.eval(), EntryId(arch, quality or 0, metric, path.stem), weights_fingerprint(m.state_dict()))
+            label = int(quality or 0)
+            return Codec(m.eval(), EntryId(arch, label, metric, path.stem), weights_fingerprint(m.state_dict()))
         return zoo.load(model, quality=quality, metric=metric, version=version, backend=backend)
 
 
@@ -139,6 +153,15 @@ def _plan(model: str, args: argparse.Namespace) -> list[tuple[_Loader, Any]]:
         if len(requested) > 1:
             raise InputError(f"{model} is one checkpoint: --quality takes a single N to label it, not {args.quality}")
         return [(_Loader(model, requested[0], args.metric, args.version, args.backend, args.arch), None)]
+    if Path(model).is_dir():
+        from zoo.entry import read_config
+
+        if read_config(model).variable_rate:  # one entry, every level: evaluate those asked for (all by default)
+            from zoo.registry import get_arch
+
+            spec = get_arch(read_config(model).entry.arch)
+            levels = [spec.check_level(q) for q in requested if q is not None] or list(spec.qualities)
+            return [(_Loader(model, q, args.metric, args.version, args.backend, args.arch), None) for q in levels]
     loader = _Loader(model, None, args.metric, args.version, args.backend, args.arch)
     codec = loader()
     q = codec.entry.quality
@@ -242,7 +265,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from zoo.evaluation.plot import rd_plot
     from zoo.evaluation.runner import compressai_layout, evaluate_classical, per_image_record
 
-    qualities = [q for q in parse_qualities(args.quality) if q is not None] or None
+    wanted = [q for q in parse_qualities(args.quality) if q is not None]
+    if any(not float(q).is_integer() for q in wanted):
+        raise InputError(f"classical codecs take integer qualities, not {args.quality!r}")
+    qualities = [int(q) for q in wanted] or None
     cache_dir = Path(args.json).with_suffix(".cache") if args.json else None
     if cache_dir:
         cache_dir.mkdir(parents=True, exist_ok=True)

@@ -25,6 +25,7 @@ def cmd_list(args: argparse.Namespace) -> int:
                         "repo": e.repo,
                         "revision": e.revision,
                         "kodak": e.kodak,
+                        **({"levels": e.levels, "current_for": e.current_for} if e.levels else {}),
                     }
                     for e in entries
                 ],
@@ -36,13 +37,30 @@ def cmd_list(args: argparse.Namespace) -> int:
         print("no released entries")
         return 0
     print(f"{'architecture':<22} {'q':>2} {'metric':<8} {'version':<8} {'bpp':>7} {'PSNR':>7} {'MS-SSIM':>8}  repo")
+    nan = float("nan")
     for e in sorted(entries, key=lambda e: (e.arch, e.metric, e.quality, e.version)):
+        if e.levels:  # a variable-rate entry: listed once, then one line per level
+            current = f"; current for quality {_spans(e.current_for)}" if e.current_for else ""
+            print(
+                f"{e.arch:<22} {'*':>2} {e.metric:<8} {e.version:<8} {'every level in [1, 8]':>24}  "
+                f"{e.repo}@{e.revision}{current}"
+            )
+            for level, k in sorted(e.levels.items(), key=lambda kv: float(kv[0])):
+                print(
+                    f"{'  level':<22} {level:>2} {'':<8} {'':<8} {k.get('bpp', nan):>7.4f} "
+                    f"{k.get('psnr', nan):>7.2f} {k.get('ms_ssim', nan):>8.4f}"
+                )
+            continue
         k = e.kodak
         print(
-            f"{e.arch:<22} {e.quality:>2} {e.metric:<8} {e.version:<8} {k.get('bpp', float('nan')):>7.4f} "
-            f"{k.get('psnr', float('nan')):>7.2f} {k.get('ms_ssim', float('nan')):>8.4f}  {e.repo}@{e.revision}"
+            f"{e.arch:<22} {e.quality:>2} {e.metric:<8} {e.version:<8} {k.get('bpp', nan):>7.4f} "
+            f"{k.get('psnr', nan):>7.2f} {k.get('ms_ssim', nan):>8.4f}  {e.repo}@{e.revision}"
         )
     return 0
+
+
+def _spans(qs: list[int]) -> str:
+    return f"{min(qs)}-{max(qs)}" if qs and sorted(qs) == list(range(min(qs), max(qs) + 1)) else ",".join(map(str, qs))
 
 
 def cmd_publish(args: argparse.Namespace) -> int:

@@ -5,24 +5,31 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from zoo.cli.codec_cmds import parse_quality
 
-def _entry_folder(name: str, quality: int | None, metric: str, version: str | None) -> Path:
-    """A local folder as is; a registry name resolved and downloaded like zoo.load does."""
+
+def _entry_folder(name: str, quality: float | None, metric: str, version: str | None) -> tuple[Path, float | None]:
+    """A local folder as is; a registry name resolved and downloaded like zoo.load does. With the level to
+    serve where the entry is variable-rate."""
     if Path(name).is_dir():
-        return Path(name)
-    from zoo.hub import download_entry, resolve
+        from zoo.entry import read_config
 
-    e = resolve(name, quality, metric, version)
-    return download_entry(e.repo, e.revision, e.files)
+        return Path(name), quality if read_config(name).variable_rate else None
+    from zoo.hub import download_entry, resolve_point
+
+    point = resolve_point(name, quality, metric, version)
+    e = point.entry
+    return download_entry(e.repo, e.revision, e.files), point.level
 
 
 def cmd_archive(args: argparse.Namespace) -> int:
     from zoo.serve import build_archives
 
-    folder = _entry_folder(args.model, args.quality, args.metric, args.version)
+    folder, level = _entry_folder(args.model, args.quality, args.metric, args.version)
     paths = build_archives(
         folder,
         args.store,
+        level=level,
         name=args.name,
         backend=args.backend,
         batch_size=args.batch_size,
@@ -52,7 +59,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("archive", help="build <name>-encode.mar and <name>-decode.mar for TorchServe")
     p.add_argument("model", help="registry name (with --quality) or entry folder")
-    p.add_argument("--quality", type=int)
+    p.add_argument("--quality", type=parse_quality, help="quality; a level in [1, 8] for a variable-rate entry")
     p.add_argument("--metric", default="mse", choices=["mse", "ms-ssim"])
     p.add_argument("--version")
     p.add_argument(

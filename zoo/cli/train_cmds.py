@@ -16,7 +16,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     widths = {k: v for k, v in (("N", args.N), ("M", args.M)) if v}
     cfg = TrainConfig(
         arch=args.arch,
-        quality=args.quality,
+        quality=args.quality or 0,
         metric=args.metric,
         train_dir=args.train,
         val_dir=args.val,
@@ -42,6 +42,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         widths=widths,
         quiet=args.quiet,
         clip=args.clip,
+        log_every=args.log_every,
+        integer_share=args.integer_share,
     )
     train(cfg)
     return 0
@@ -63,16 +65,25 @@ def cmd_release(args: argparse.Namespace) -> int:
         from zoo.hub import manifest_path
 
         add_to_manifest(
-            manifest_line(info, Path(args.out), Path(args.repo_root).resolve()),
+            manifest_line(info, Path(args.out), Path(args.repo_root).resolve(), current_for=args.current_for),
             Path(args.manifest) if args.manifest != "package" else manifest_path(),
         )
     return 0
 
 
+def _qualities(text: str) -> list[int]:
+    from zoo.cli.eval_cmds import parse_qualities
+
+    values = [q for q in parse_qualities(text) if q is not None]
+    if any(not float(q).is_integer() for q in values):
+        raise argparse.ArgumentTypeError(f"integer qualities only, not {text!r}")
+    return [int(q) for q in values]
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("train", help="train a model and keep best/last checkpoints in --out")
     p.add_argument("--arch", required=True)
-    p.add_argument("--quality", type=int, required=True)
+    p.add_argument("--quality", type=int, help="the quality to train (not for variable-rate architectures)")
     p.add_argument("--metric", default="mse", choices=["mse", "ms-ssim"])
     p.add_argument("--train", required=True, help="folder of training images")
     p.add_argument("--val", required=True, help="folder of validation images")
@@ -103,6 +114,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers")
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--integer-share",
+        type=float,
+        default=0.5,
+        help="variable-rate: share of examples at integer levels (the rest uniform in [1, 8])",
+    )
     p.add_argument("--N", type=int, help="override the quality's width N")
     p.add_argument("--M", type=int, help="override the quality's width M")
     p.add_argument("--quiet", action="store_true")
@@ -119,4 +136,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--repo-root", default=".", help="paths in the manifest are relative to this folder")
     p.add_argument("--dataset-name", help="training data as the model card should name it")
     p.add_argument("--note", help="a line of provenance for the model card")
+    p.add_argument(
+        "--current-for",
+        type=_qualities,
+        help="variable-rate: the base architecture's qualities zoo.load serves from this entry (e.g. 1-8)",
+    )
     p.set_defaults(func=cmd_release)

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from zoo.compressed import format_level
 from zoo.errors import InputError
 from zoo.evaluation.metrics import bpp, ms_ssim_rgb, psnr_rgb
 
@@ -53,7 +54,7 @@ class RDPoint:
     """Mean figures of one codec setting over a dataset."""
 
     label: str
-    quality: int
+    quality: float  # an integer quality, or the level of a variable-rate entry
     bpp: float
     psnr: float
     ms_ssim: float
@@ -208,7 +209,7 @@ def run_images(
     return [done[p.name] for p in images if p.name in done], skipped
 
 
-def mean_point(label: str, quality: int, results: Iterable[ImageResult]) -> RDPoint:
+def mean_point(label: str, quality: float, results: Iterable[ImageResult]) -> RDPoint:
     rs = list(results)
 
     def avg(key: str) -> float:
@@ -254,7 +255,7 @@ def cache_name(codec, backend: str = "torch") -> str:
     version), its weights fingerprint and the backend, so no other entry or retrained weights reuse them."""
     e = codec.entry
     version = re.sub(r"[^A-Za-z0-9._-]", "_", e.version)
-    return f"{e.arch}-q{e.quality}-{e.metric}-v{version}-{codec.fingerprint.hex()}-{backend}.jsonl"
+    return f"{e.arch}-q{format_level(e.point)}-{e.metric}-v{version}-{codec.fingerprint.hex()}-{backend}.jsonl"
 
 
 def evaluate_codec(
@@ -282,7 +283,7 @@ def evaluate_codec(
         quiet=quiet,
     )
     _check_any(dataset, results, skipped)
-    return EvalSummary(mean_point(label, codec.entry.quality, results), results, tuple(skipped))
+    return EvalSummary(mean_point(label, codec.entry.point, results), results, tuple(skipped))
 
 
 def evaluate_classical(

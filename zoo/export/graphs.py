@@ -120,6 +120,8 @@ def entry_metadata(entry: EntryId, fingerprint: bytes) -> dict[str, Any]:
     return {
         "entry": {"arch": e.arch, "quality": e.quality, "metric": e.metric, "version": e.version},
         "weights_fingerprint": fingerprint.hex(),
+        # a variable-rate entry's levels share one fingerprint: the graphs hold the level they were folded at
+        "level": e.level,
     }
 
 

@@ -9,6 +9,11 @@ from zoo.models.google import (
     MeanScaleHyperprior,
     ScaleHyperprior,
 )
+from zoo.models.variable_rate import (
+    VariableRateJointAutoregressive,
+    VariableRateMeanScaleHyperprior,
+    VariableRateScaleHyperprior,
+)
 
 __all__ = [
     "Cheng2020Anchor",
@@ -21,4 +26,7 @@ __all__ = [
     "LatentStreams",
     "MeanScaleHyperprior",
     "ScaleHyperprior",
+    "VariableRateJointAutoregressive",
+    "VariableRateMeanScaleHyperprior",
+    "VariableRateScaleHyperprior",
 ]

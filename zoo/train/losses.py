@@ -30,7 +30,8 @@ class RateDistortionLoss:
             raise ValueError(f"unknown metric {metric!r}")
         self.lmbda, self.metric = float(lmbda), metric
 
-    def __call__(self, out: ForwardOutput, x: Tensor) -> LossTerms:
+    def __call__(self, out: ForwardOutput, x: Tensor, lmbda: Tensor | None = None) -> LossTerms:
+        """`lmbda`: one λ per example (variable-rate training); by default the loss's own λ for all."""
         n, _, h, w = x.shape
         bits = torch.stack(
             [torch.log(lik).sum(dim=tuple(range(1, lik.dim()))) for lik in out.likelihoods.values()]
@@ -38,13 +39,14 @@ class RateDistortionLoss:
         bpp_each = bits / (-math.log(2) * h * w)
         x_hat = out.x_hat.float()
         mse_each = ((x_hat - x) ** 2).mean(dim=(1, 2, 3))
+        lam = self.lmbda if lmbda is None else lmbda.to(x_hat.dtype)
         if self.metric == "mse":
-            dist_each = self.lmbda * 255**2 * mse_each
+            dist_each = lam * 255**2 * mse_each
         else:
             from pytorch_msssim import ms_ssim
 
             win = 11 if min(h, w) > 160 else 3  # small crops: smaller window keeps 5 scales defined
             sim = ms_ssim(x_hat.clamp(0, 1), x, data_range=1.0, size_average=False, win_size=win)
-            dist_each = self.lmbda * (1 - sim)
+            dist_each = lam * (1 - sim)
         per_image = dist_each + bpp_each
         return LossTerms(per_image.mean(), bpp_each.mean(), mse_each.mean(), per_image.detach())

@@ -8,9 +8,9 @@ from typing import Any
 
 import torch
 
-from zoo.entry import ENTRY_FILES, EntryInfo, load_entry, save_entry, sha256_file
+from zoo.entry import ENTRY_FILES, EntryInfo, load_entry, read_config, save_entry, sha256_file
 from zoo.errors import EntryNotFound
-from zoo.registry import create_model
+from zoo.registry import create_model, get_arch
 
 
 def _run_model(run: Path, checkpoint: str):
@@ -53,6 +53,8 @@ def release(
         arch=cfg["arch"], quality=cfg["quality"], metric=cfg["metric"], version=version, training=summary, half=half
     )
     info = save_entry(model, out, **kwargs)  # type: ignore[arg-type]
+    if eval_dir and get_arch(cfg["arch"]).variable_rate:
+        return _release_levels(model, out, eval_dir, kwargs)
     if eval_dir:
         import zoo
         from zoo.evaluation.runner import evaluate_codec
@@ -78,10 +80,31 @@ def release(
     return info
 
 
-def manifest_line(info: EntryInfo, folder: Path, repo_root: Path, org: str = "zoo-codecs") -> dict[str, Any]:
+def _release_levels(model, out: str | Path, eval_dir: str | Path, kwargs: dict[str, Any]) -> EntryInfo:
+    """A variable-rate entry's card: every integer level evaluated on `eval_dir` with real files, each level
+    run as the standard model it folds into (the weights as stored)."""
+    import zoo
+    from zoo.evaluation.runner import evaluate_codec
+
+    info = read_config(out)
+    levels: dict[str, dict[str, Any]] = {}
+    for name, point in sorted(info.levels.items(), key=lambda kv: float(kv[0])):
+        result = evaluate_codec(zoo.load_local(out, quality=float(name)), eval_dir)
+        kodak = {"bpp": result.bpp, "psnr": result.psnr, "ms_ssim": result.ms_ssim, "images": result.images}
+        levels[name] = {**point, "kodak": {**kodak, "dataset": Path(eval_dir).name}}
+    shipped, _ = load_entry(out)
+    return save_entry(shipped, out, **kwargs, levels=levels)
+
+
+def manifest_line(
+    info: EntryInfo, folder: Path, repo_root: Path, org: str = "zoo-codecs", current_for: list[int] | None = None
+) -> dict[str, Any]:
+    """The manifest's record of a released entry. A variable-rate entry lists each level's Kodak figures,
+    and `current_for` names the qualities of its base architecture that `zoo.load` should serve from it."""
     e = info.entry
     kodak = info.results.get("kodak", {})
-    return {
+    keys = ("bpp", "psnr", "ms_ssim")
+    line: dict[str, Any] = {
         "arch": e.arch,
         "quality": e.quality,
         "metric": e.metric,
@@ -89,9 +112,18 @@ def manifest_line(info: EntryInfo, folder: Path, repo_root: Path, org: str = "zo
         "repo": f"{org}/{e.arch}-q{e.quality}-{e.metric}",
         "revision": f"v{e.version}",
         "files": {f: sha256_file(folder / f) for f in ENTRY_FILES},
-        "kodak": {k: kodak[k] for k in ("bpp", "psnr", "ms_ssim") if k in kodak},
+        "kodak": {k: kodak[k] for k in keys if k in kodak},
         "path": str(folder.resolve().relative_to(repo_root)),
     }
+    if info.variable_rate:
+        line["repo"] = f"{org}/{e.arch}-{e.metric}"
+        line["levels"] = {
+            name: {k: p["kodak"][k] for k in keys if k in p.get("kodak", {})} for name, p in info.levels.items()
+        }
+        line["current_for"] = sorted(current_for or [])
+    elif current_for:
+        raise EntryNotFound(f"{e} is fixed-rate: only a variable-rate entry is marked current for qualities")
+    return line
 
 
 def add_to_manifest(line: dict[str, Any], manifest: Path) -> None:

@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader
 
 from zoo.errors import InputError
 from zoo.models.base import CompressionModel
-from zoo.registry import create_model, get_arch
+from zoo.registry import LAMBDAS, create_model, get_arch
 from zoo.train.data import CropDataset, full_images, load_folder
 from zoo.train.losses import RateDistortionLoss
 from zoo.train.meters import MeterGroup
@@ -34,7 +34,7 @@ from zoo.train.sampler import CropSampler, HardSampleSampler
 @dataclass
 class TrainConfig:
     arch: str
-    quality: int
+    quality: float  # a variable-rate architecture trains every level: 0 (ignored)
     train_dir: str
     val_dir: str
     out: str
@@ -63,6 +63,10 @@ class TrainConfig:
     widths: dict[str, int] = field(default_factory=dict)
     val_max_side: int = 512
     quiet: bool = False
+    # variable-rate architectures: the share of examples drawn at an integer level (the rest uniformly in
+    # [1, 8]), and the levels validated (a level's figures are logged as phase "val-q<level>")
+    integer_share: float = 0.5
+    val_levels: tuple[float, ...] = (1, 2, 3, 4, 5, 6, 7, 8)
 
     def total_steps(self, n_images: int) -> int:
         if self.steps:
@@ -72,30 +76,54 @@ class TrainConfig:
         raise InputError("give --steps or --epochs")
 
 
+def sample_levels(seed: int, step: int, n: int, levels: int = 8, integer_share: float = 0.5) -> np.ndarray:
+    """The λ ladder positions of one step's examples, a function of (seed, step) so a resumed run draws the
+    same. Integer levels are the shipped operating points, so a share of examples sits exactly on them; the
+    rest are uniform over [1, levels] (log-λ uniform), which trains the interpolation between them."""
+    rng = np.random.default_rng([seed, step, 7])
+    integer = rng.integers(1, levels + 1, n).astype(np.float64)
+    continuous = rng.uniform(1.0, float(levels), n)
+    return np.where(rng.random(n) < integer_share, integer, continuous)
+
+
 def _dist_info() -> tuple[int, int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
 
 
-def load_init_weights(model: CompressionModel, spec: str, parts: tuple[str, ...] = (), widen: bool = False) -> str:
+def load_init_weights(
+    model: CompressionModel, spec: str, parts: tuple[str, ...] = (), widen: bool = False, metric: str = "mse"
+) -> str:
     """Warm start from an entry folder, a training checkpoint, or a Hub name (hf-hub:... or arch:quality).
 
     With `parts`, only those submodules are taken (each one whole, shapes equal): the way to start one
     architecture from another's transforms, e.g. a factorized prior from a hyperprior's g_a and g_s.
     With `widen`, a narrower model of the same architecture is grown into this one (`zoo.train.widen`)."""
     path = Path(spec)
+    source_lambda: float | None = None
     if path.is_dir():
         from zoo.entry import load_entry
 
-        src, _ = load_entry(path)
+        src, info = load_entry(path)
         state = src.state_dict()
+        source_lambda = info.lmbda
     elif path.is_file():
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
         state = ckpt.get("model", ckpt.get("state_dict", ckpt))
+        if "config" in ckpt:
+            run = json.loads(ckpt["config"])
+            if run.get("quality") and not get_arch(run["arch"]).variable_rate:
+                source_lambda = get_arch(run["arch"]).lmbda(run["quality"], run.get("metric", "mse"))
     else:
         import zoo
 
         name, _, q = spec.partition(":")
         state = zoo.load(name, quality=int(q) if q else None).model.state_dict()
+        if q:
+            source_lambda = get_arch(name).lmbda(int(q), metric)
+    from zoo.models.variable_rate import VariableRateMixin
+
+    if isinstance(model, VariableRateMixin) and not widen and not parts and "y_gain.log_gain" not in state:
+        return _init_variable_rate_from_fixed(model, state, spec, source_lambda, metric)
     if widen:
         from zoo.train.widen import widen_into
 
@@ -128,6 +156,44 @@ def load_init_weights(model: CompressionModel, spec: str, parts: tuple[str, ...]
     return spec
 
 
+def _init_variable_rate_from_fixed(model, state: dict, spec: str, source_lambda: float | None, metric: str) -> str:
+    """A variable-rate network from a fixed-rate model of its base architecture: every weight taken, and each
+    level's gain started at (λ_q / λ_source)^½, so the source's own level reproduces it exactly and the others
+    start at their high-rate step sizes."""
+    from zoo.entropy import TABLE_BUFFERS
+
+    if source_lambda is None or not math.isfinite(source_lambda) or source_lambda <= 0:
+        raise InputError(f"--init {spec}: cannot tell the source's λ; give an entry folder or a run checkpoint")
+    # The integer CDF tables are derived from the weights (and stale once training moves them): never taken.
+    own = {
+        k
+        for k in model.state_dict()
+        if not k.startswith(("y_gain.", "z_gain.")) and k.rsplit(".", 1)[-1] not in TABLE_BUFFERS
+    }
+    state = {k: v for k, v in state.items() if k.rsplit(".", 1)[-1] not in TABLE_BUFFERS}
+    missing = sorted(k for k in own if k not in state)
+    extra = sorted(set(state) - own)
+    if missing or extra:
+        what = f"has no {missing[0]}" if missing else f"has {extra[0]}, which this model lacks"
+        raise InputError(f"--init {spec} is not the base architecture of this variable-rate model: it {what}")
+    try:
+        model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
+    except RuntimeError as exc:
+        raise InputError(f"--init {spec} does not fit this model's widths: {str(exc).splitlines()[0]}") from None
+    model.y_gain.init_from_lambdas(LAMBDAS[metric], source_lambda)  # type: ignore[attr-defined]
+    model.z_gain.init_from_lambdas(LAMBDAS[metric], source_lambda, power=0.0)  # type: ignore[attr-defined]
+    return f"{spec} (fixed-rate, λ={source_lambda:g}, gains from the λ ladder)"
+
+
+def level_lambdas(levels: torch.Tensor, metric: str) -> torch.Tensor:
+    """λ per example for a tensor of levels: the standard table at integers, log-linear in between."""
+    logs = torch.log(torch.tensor(LAMBDAS[metric], dtype=torch.float64, device=levels.device))
+    pos = (levels.double() - 1).clamp(0, len(logs) - 1)
+    low = pos.floor().long().clamp(max=len(logs) - 2)
+    t = pos - low
+    return torch.exp((1 - t) * logs[low] + t * logs[low + 1]).float()
+
+
 class Trainer:
     def __init__(self, cfg: TrainConfig):
         self.cfg = cfg
@@ -141,8 +207,14 @@ class Trainer:
             if not dist.is_initialized():
                 dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
         spec = get_arch(cfg.arch)
-        spec.check_quality(cfg.quality)
-        self.lmbda = spec.lmbda(cfg.quality, cfg.metric)
+        self.variable_rate = spec.variable_rate
+        if self.variable_rate:
+            self.lmbda = math.nan  # per example, from its level (`level_lambdas`)
+        else:
+            if not cfg.quality:
+                raise InputError(f"{cfg.arch} is fixed-rate: give --quality")
+            spec.check_quality(cfg.quality)
+            self.lmbda = spec.lmbda(cfg.quality, cfg.metric)
         images, self.names, self.report = load_folder(cfg.train_dir, cfg.patch)
         val_images, _, self.val_report = load_folder(cfg.val_dir, 1)
         self.val = full_images(val_images, spec.downsample, cfg.val_max_side)
@@ -153,12 +225,21 @@ class Trainer:
         self.total = cfg.total_steps(len(images))
 
         torch.manual_seed(cfg.seed)
-        self.model = create_model(cfg.arch, cfg.quality, **cfg.widths).to(self.device)
-        self.init_from = load_init_weights(self.model, cfg.init, cfg.init_parts, cfg.init_widen) if cfg.init else None
+        self.model = create_model(cfg.arch, 1 if self.variable_rate else cfg.quality, **cfg.widths).to(self.device)
+        if self.variable_rate:
+            # From scratch every level starts at its λ's high-rate step size around the ladder's middle.
+            ladder = LAMBDAS[cfg.metric]
+            self.model.y_gain.init_from_lambdas(ladder, math.sqrt(ladder[0] * ladder[-1]))  # type: ignore[union-attr, operator]
+        self.init_from = (
+            load_init_weights(self.model, cfg.init, cfg.init_parts, cfg.init_widen, metric=cfg.metric)
+            if cfg.init
+            else None
+        )
         self.optimizer, self.aux_optimizer = build_optimizers(self.model, cfg.lr, cfg.aux_lr, cfg.entropy_lr)
         self.scheduler = build_scheduler(cfg.scheduler, self.optimizer, self.total)
         self.loss_fn = RateDistortionLoss(self.lmbda, cfg.metric)
         self.step, self.best, self.wall = 0, math.inf, 0.0
+        self.last_levels: dict[float, dict[str, float]] = {}
         if cfg.resume and (self.out / "last.pt").exists():
             self._load_checkpoint(self.out / "last.pt")
         self.net: torch.nn.Module = self.model
@@ -216,20 +297,35 @@ class Trainer:
 
         self.model.eval()
         self.model.update(force=True)
-        codec = Codec(
-            self.model, EntryId(self.cfg.arch, self.cfg.quality, self.cfg.metric, "train"), bytes(16), tile_size=0
-        )
-        meters = MeterGroup()
-        for x in self.val:
-            data = bitstream.dumps(codec.compress(x.to(self.device)))
-            ref, rec = to_uint8(x), to_uint8(codec.decompress(bitstream.loads(data)))
-            h, w = ref.shape[:2]
-            mse = float(((ref.astype("float64") - rec.astype("float64")) / 255.0).__pow__(2).mean())
-            bpp = 8 * len(data) / (h * w)
-            d = self.lmbda * 255**2 * mse if self.cfg.metric == "mse" else self.lmbda * (1 - ms_ssim_rgb(ref, rec))
-            meters.update(bpp=bpp, psnr=psnr_rgb(ref, rec), ms_ssim=ms_ssim_rgb(ref, rec), loss=d + bpp)
+        cfg = self.cfg
+        points: list[tuple[CompressionModel, EntryId, float]] = []
+        if self.variable_rate:
+            spec = get_arch(cfg.arch)
+            for level in cfg.val_levels:
+                folded = self.model.fold(level)  # type: ignore[operator]
+                points.append((folded, EntryId(cfg.arch, 0, cfg.metric, "train", level), spec.lmbda(level, cfg.metric)))
+        else:
+            points.append((self.model, EntryId(cfg.arch, int(cfg.quality), cfg.metric, "train"), self.lmbda))
+        overall, per_level = MeterGroup(), {}
+        for model, entry, lmbda in points:
+            codec = Codec(model, entry, bytes(16), tile_size=0)
+            meters = MeterGroup()
+            for x in self.val:
+                data = bitstream.dumps(codec.compress(x.to(self.device)))
+                ref, rec = to_uint8(x), to_uint8(codec.decompress(bitstream.loads(data)))
+                h, w = ref.shape[:2]
+                mse = float(((ref.astype("float64") - rec.astype("float64")) / 255.0).__pow__(2).mean())
+                bpp = 8 * len(data) / (h * w)
+                sim = ms_ssim_rgb(ref, rec)
+                d = lmbda * 255**2 * mse if cfg.metric == "mse" else lmbda * (1 - sim)
+                meters.update(bpp=bpp, psnr=psnr_rgb(ref, rec), ms_ssim=sim, loss=d + bpp)
+            averages = meters.averages()
+            overall.update(1, **{k: averages[k] for k in ("bpp", "psnr", "ms_ssim", "loss")})
+            if entry.level is not None:
+                per_level[entry.level] = averages
         self.model.train()
-        return meters.averages()
+        self.last_levels = per_level
+        return overall.averages()
 
     # -- the loop -------------------------------------------------------------------------------
     def run(self) -> dict[str, float]:
@@ -265,9 +361,17 @@ class Trainer:
         while self.step < self.total:
             x, idx = next(it)
             x = x.to(self.device, non_blocking=True)
-            with autocast:
-                out = self.forward(x)
-            terms = self.loss_fn(out, x)
+            if self.variable_rate:
+                levels = torch.from_numpy(
+                    sample_levels(cfg.seed + 7919 * self.rank, self.step, x.shape[0], integer_share=cfg.integer_share)
+                ).to(self.device, torch.float32)
+                with autocast:
+                    out = self.forward(x, levels)
+                terms = self.loss_fn(out, x, level_lambdas(levels, cfg.metric))
+            else:
+                with autocast:
+                    out = self.forward(x)
+                terms = self.loss_fn(out, x)
             self.optimizer.zero_grad(set_to_none=True)
             terms.loss.backward()
             norm = (
@@ -293,6 +397,8 @@ class Trainer:
                 meters.reset()
             if self.step % cfg.val_every == 0 or self.step == self.total:
                 last_val = self.validate()
+                for level, values in self.last_levels.items():
+                    self._log(log, tb, f"val-q{level:g}", values)
                 self._log(log, tb, "val", last_val)
                 if cfg.scheduler == "plateau":
                     self.scheduler.step(last_val["loss"])  # type: ignore[arg-type]
