@@ -123,7 +123,7 @@ def test_streams_are_interchangeable(arch):
     onnx_codec = Codec(to_onnx_backend(eager.model), eager.entry, eager.fingerprint)
     x = kodak_image("kodim23.png")
     if _is_autoregressive(arch):
-        x = x[:, 128:256, 256:448]  # the raster-order context model costs one network call per position
+        x = x[:, 128:256, 256:448]  # the context model costs one network call per wavefront
     sizes = []
     for enc in (eager, onnx_codec):
         c = enc.compress(x)
