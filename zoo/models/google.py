@@ -304,7 +304,10 @@ class JointAutoregressiveHierarchicalPriors(MeanScaleHyperprior):
         check_order(order)
         return self._wavefront_coder(params).quantize(y)
 
-    def _compress(self, x: Tensor, order: str = "wavefront") -> list[LatentStreams]:
+    def _compress(self, x: Tensor) -> list[LatentStreams]:
+        return self._compress_ordered(x, "wavefront")
+
+    def _compress_ordered(self, x: Tensor, order: str) -> list[LatentStreams]:
         from zoo.coder import Encoder
 
         y = self.g_a(x)
@@ -361,7 +364,8 @@ class JointAutoregressiveHierarchicalPriors(MeanScaleHyperprior):
         return self._decompress(streams, latent_hw, order)
 
     def _compress_in_order(self, x: Tensor, order: str) -> list[LatentStreams]:
-        return self._compress(x, order)
+        # The default order through the plain signature, which subclasses may override (variable-rate guards)
+        return self._compress(x) if order == "wavefront" else self._compress_ordered(x, order)
 
 
 class _Wavefronts:
