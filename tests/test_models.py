@@ -150,3 +150,27 @@ def test_wavefront_coding_is_the_serial_model_in_fewer_steps(arch, monkeypatch):
     assert seen[0].abs().sum() > 0 and torch.equal(seen[0], seen[1])
     assert torch.equal(x_raster, x_wave)
     assert abs(bytes_raster - bytes_wave) <= 8
+
+
+def test_context_loop_runs_on_one_thread_and_restores_the_setting():
+    from zoo.errors import BitstreamError
+    from zoo.models.base import LatentStreams
+
+    model = fixture_model("mbt2018")
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        seen = []
+        # the raster loop calls the float64 copy as a module (the wavefront loop uses its weights)
+        net = model.f64("entropy_parameters")
+        hook = net.register_forward_hook(lambda *_: seen.append(torch.get_num_threads()))
+        (latents,) = model.compress(torch.rand(1, 3, 64, 64), order="raster")
+        hook.remove()
+        assert set(seen) == {1} and torch.get_num_threads() == 2
+        y = latents.stream("y")
+        broken = LatentStreams((("z", latents.stream("z")), ("y", y[: len(y) // 2])), latents.latent_hw, 0)
+        with pytest.raises(BitstreamError):
+            model.decompress_unchecked([broken])
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
