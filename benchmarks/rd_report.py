@@ -49,6 +49,43 @@ def psnr_to_rate(curve_bpp: list[float], curve_psnr: list[float], psnr: float) -
     return float(np.exp(np.interp(psnr, ps, rs)))
 
 
+def psnr_at(bpp: list[float], psnr: list[float], target: float = 0.5) -> float:
+    """PSNR of a curve at a rate (linear in log-rate between its points); NaN outside its range."""
+    order = np.argsort(bpp)
+    rs, ps = np.log(np.asarray(bpp)[order]), np.asarray(psnr)[order]
+    if not rs[0] <= math.log(target) <= rs[-1]:
+        return math.nan
+    return float(np.interp(math.log(target), rs, ps))
+
+
+def base_of(arch: str) -> str:
+    from zoo.registry import get_arch
+
+    return get_arch(arch).base or arch
+
+
+def learning_curve(ours: dict) -> list[str]:
+    """Kodak PSNR at 0.5 bpp against training compute, per architecture: the points recorded in
+    docs/results/learning_curve.json (each release adds one) and the current curves."""
+    path = OUT / "results" / "learning_curve.json"
+    points = json.loads(path.read_text()) if path.exists() else []
+    lines = [
+        "",
+        "Learning curve: Kodak PSNR-RGB at 0.5 bpp (interpolated in log-rate between levels) against the training "
+        "compute behind each curve (core-hours of CPU: process CPU time; GPU minutes where a GPU was lent). "
+        "Points from docs/results/learning_curve.json.",
+        "",
+        "| architecture | curve | core-hours (CPU) | GPU minutes | PSNR at 0.5 bpp (dB) | note |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for p in points:
+        lines.append(
+            f"| {p['arch']} | {p['curve']} | {p['cpu_hours']:.1f} | {p.get('gpu_minutes', 0)} | "
+            f"{p['psnr_at_0.5']:.2f} | {p.get('note', '')} |"
+        )
+    return lines
+
+
 def update_readme(lines: list[str]) -> None:
     """Put the table and the BD-rates between the README's results markers (the plot path made relative)."""
     readme = REPO / "README.md"
@@ -69,28 +106,45 @@ def main() -> None:
     args = ap.parse_args()
     sweep = [int(q) for q in args.sweep.split(",")] if args.sweep else None
 
-    from zoo.errors import InputError
+    from zoo.entry import version_key
+    from zoo.errors import EntryNotFound, InputError
     from zoo.evaluation.bd import bd_psnr, bd_rate
     from zoo.evaluation.plot import rd_plot, reference_curves
     from zoo.evaluation.runner import RDPoint
-    from zoo.hub import load_manifest, resolve
+    from zoo.hub import load_manifest, resolve_point
+    from zoo.registry import get_arch
 
     curves = {c: classical_curve(c, args.images, sweep)["results"] for c in args.codecs}
-    # Each architecture's curve is what zoo.load gives by default: the newest version of every quality.
-    manifest = load_manifest()
-    newest = {
-        (arch, q): resolve(arch, q, manifest=manifest)
-        for arch, q in {(e.arch, e.quality) for e in manifest if e.metric == "mse"}
-    }
-    newest = {key: e for key, e in newest.items() if e.kodak}
+    # Each architecture's curve is what zoo.load gives by default for every quality: the variable-rate entry
+    # the manifest marks current for it, else the newest fixed-rate version. Each variable-rate entry's own
+    # curve (all eight levels) is listed too.
+    manifest = [e for e in load_manifest() if e.metric == "mse"]
     ours: dict[str, list[RDPoint]] = {}
-    versions: dict[tuple[str, int], str] = {}
-    for (arch, quality), e in sorted(newest.items()):
-        versions[arch, quality] = e.version
-        k = e.kodak
-        ours.setdefault(f"zoo {arch}", []).append(
-            RDPoint(arch, quality, k["bpp"], k["psnr"], k.get("ms_ssim", math.nan), 0, 0, 24)
-        )
+    versions: dict[tuple[str, float], str] = {}
+    bases = {get_arch(e.arch).base or e.arch for e in manifest}
+    for arch in sorted(bases):
+        for quality in get_arch(arch).qualities:
+            try:
+                point = resolve_point(arch, quality, manifest=manifest)
+            except EntryNotFound:
+                continue
+            e = point.entry
+            k = e.levels.get(str(quality), {}) if point.level is not None else e.kodak
+            if not k:
+                continue
+            versions[arch, quality] = f"{e.arch.removeprefix(arch) and 'vr '}{e.version}"
+            ours.setdefault(f"zoo {arch}", []).append(
+                RDPoint(arch, quality, k["bpp"], k["psnr"], k.get("ms_ssim", math.nan), 0, 0, 24)
+            )
+    for e in manifest:
+        if not e.levels or any(x.arch == e.arch and version_key(x.version) > version_key(e.version) for x in manifest):
+            continue
+        for level, k in sorted(e.levels.items(), key=lambda kv: float(kv[0])):
+            if k:
+                versions[e.arch, int(level)] = e.version
+                ours.setdefault(f"zoo {e.arch}", []).append(
+                    RDPoint(e.arch, int(level), k["bpp"], k["psnr"], k.get("ms_ssim", math.nan), 0, 0, 24)
+                )
     lines = [
         "# Kodak results",
         "",
@@ -126,7 +180,7 @@ def main() -> None:
                 lines.append(f"- {name} vs {c}: {bd_rate(curves[c]['bpp'], curves[c]['psnr-rgb'], r, d):+.1f}%")
             except InputError as exc:
                 lines.append(f"- {name} vs {c}: {exc}")
-        key = f"compressai-{arch}_mse_cuda"
+        key = f"compressai-{get_arch(arch).base or arch}_mse_cuda"
         if key in pub:
             rb, rp = [q[0] for q in pub[key]], [q[1] for q in pub[key]]
             parts = []
@@ -142,7 +196,11 @@ def main() -> None:
         up = all(a.bpp < b.bpp and a.psnr < b.psnr for a, b in zip(pts, pts[1:], strict=False))
         lines.append(f"- {name}: {'monotone' if up else 'NOT monotone'} (higher quality, more bpp and more PSNR)")
     # Each richer entropy model against the one it extends, at equal bpp.
-    for better, base in (("bmshj2018-hyperprior", "bmshj2018-factorized"), ("mbt2018-mean", "bmshj2018-hyperprior")):
+    for better, base in (
+        ("bmshj2018-hyperprior", "bmshj2018-factorized"),
+        ("mbt2018-mean", "bmshj2018-hyperprior"),
+        ("mbt2018-mean-vr", "bmshj2018-hyperprior-vr"),
+    ):
         hi, lo = ours.get(f"zoo {better}"), ours.get(f"zoo {base}")
         if not (hi and lo and len(hi) > 1 and len(lo) > 1):
             continue
@@ -153,6 +211,7 @@ def main() -> None:
             lines.append(f"- {short} at equal bpp: BD-PSNR {gain:+.2f} dB, BD-rate {rate:+.1f}%")
         except InputError as exc:
             lines.append(f"- {short}: {exc}")
+    lines += learning_curve(ours)
     lines += ["", "![Kodak RD](rd.png)", ""]
     (OUT / "results.md").write_text("\n".join(lines))
     update_readme(lines)
@@ -167,7 +226,9 @@ def main() -> None:
     rd_plot(
         series,
         OUT / "rd.png",
-        references=[f"compressai-{name.split()[1]}_mse_cuda" for name in sorted(ours)],
+        references=sorted(
+            {f"compressai-{get_arch(name.split()[1]).base or name.split()[1]}_mse_cuda" for name in ours}
+        ),
     )
     print((OUT / "results.md").read_text())
 

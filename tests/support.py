@@ -3,16 +3,46 @@
 from __future__ import annotations
 
 import json
+import os
 from functools import cache
 from pathlib import Path
 
+import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
+# The team's read-only data beside the checkout (ZOO_SHARED overrides). A user's fresh clone has none: the tests
+# that need it skip, except under CI=true, where it must be present and its absence fails them.
+SHARED = Path(os.environ.get("ZOO_SHARED") or REPO.parent / "shared")
 FIXTURES = SHARED / "fixtures" / "compressai"
 KODAK = SHARED / "datasets" / "kodak"
 PHOTOS = SHARED / "datasets" / "photos"
+SAMPLE = REPO / "samples" / "kodim23.png"  # shipped: byte-identical to the shared Kodak image 23
+SHARED_SKIP = "needs the team's shared folder"
+
+
+def need_shared(path: Path) -> Path:
+    """`path` inside the shared folder; when it is missing, skip the test (fail it when CI=true)."""
+    if not path.exists():
+        reason = f"{SHARED_SKIP}: {path} is missing"
+        if os.environ.get("CI", "").lower() in ("true", "1"):
+            pytest.fail(f"{reason}, and CI=true requires it", pytrace=False)
+        pytest.skip(reason)
+    return path
+
+
+def kodak_path(name: str) -> Path:
+    return SAMPLE if name == SAMPLE.name else need_shared(KODAK / name)
+
+
+def photo_path(name: str) -> Path:
+    return need_shared(PHOTOS / name)
+
+
+def fixture_dir(arch: str) -> Path:
+    """CompressAI's fixture folder for an architecture (its state dict and its own outputs)."""
+    return need_shared(FIXTURES / arch)
+
 
 FIXTURE_ARCHS = (
     "bmshj2018-factorized",
@@ -25,15 +55,14 @@ FIXTURE_ARCHS = (
 
 
 def fixture_state_dict(arch: str) -> dict[str, torch.Tensor]:
-    return torch.load(FIXTURES / arch / "compressai_state_dict.pth", weights_only=True, map_location="cpu")
+    return torch.load(fixture_dir(arch) / "compressai_state_dict.pth", weights_only=True, map_location="cpu")
 
 
 def fixture_expected(arch: str) -> tuple[dict[str, torch.Tensor], dict]:
     from safetensors.torch import load_file
 
-    return load_file(str(FIXTURES / arch / "expected.safetensors")), json.loads(
-        (FIXTURES / arch / "expected.json").read_text()
-    )
+    folder = fixture_dir(arch)
+    return load_file(str(folder / "expected.safetensors")), json.loads((folder / "expected.json").read_text())
 
 
 @cache
@@ -56,7 +85,7 @@ def kodak_image(name: str = "kodim23.png") -> torch.Tensor:
     import numpy as np
     from PIL import Image
 
-    arr = np.asarray(Image.open(KODAK / name).convert("RGB"), dtype=np.float32) / 255.0
+    arr = np.asarray(Image.open(kodak_path(name)).convert("RGB"), dtype=np.float32) / 255.0
     return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
 
 

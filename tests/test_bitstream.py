@@ -21,17 +21,16 @@ from zoo.errors import BitstreamError
 from zoo.imageio import to_uint8
 
 GOLDEN = Path(__file__).parent / "golden"
-# (file, architecture, height, width, tile size): small crops of kodim23 coded with CompressAI's fixtures
-GOLDEN_CASES = [
+# (file, architecture, height, width, tile size): small crops of kodim23 coded with CompressAI's fixtures, once
+# per format version: `v<N>-<case>` was written by format N, and every readable version must keep decoding.
+_CASES = [
     ("hyperprior-70x90.zoo", "bmshj2018-hyperprior", 70, 90, 0),
     ("factorized-tiled-100x150.zoo", "bmshj2018-factorized", 100, 150, 64),
     ("mbt2018-mean-33x47.zoo", "mbt2018-mean", 33, 47, 0),
-    # format 1: the context model's symbols in raster order (decoded serially)
-    ("mbt2018-v1-100x150.zoo", "mbt2018", 100, 150, 0),
-    # format 2: wavefront by wavefront
-    ("mbt2018-v2-100x150.zoo", "mbt2018", 100, 150, 0),
-    ("cheng2020-anchor-v2-100x150.zoo", "cheng2020-anchor", 100, 150, 0),
+    # the context model's symbols: raster order in format 1 (decoded serially), wavefront by wavefront in 2
+    ("mbt2018-100x150.zoo", "mbt2018", 100, 150, 0),
 ]
+GOLDEN_CASES = [(f"v{v}-{name}", *rest) for v in bitstream.READABLE_VERSIONS for name, *rest in _CASES]
 
 
 def golden_codec(arch: str, tile_size: int = 0) -> Codec:
@@ -45,13 +44,11 @@ def golden_input(h: int, w: int) -> torch.Tensor:
     return kodak_image("kodim23.png")[:, 200 : 200 + h, 300 : 300 + w]
 
 
-def write_golden() -> None:  # run by hand when a case is added: python -m tests.test_bitstream
-    """Writes the cases that have no file yet; existing files are frozen (older versions must keep decoding)."""
+def write_golden() -> None:  # run by hand when a format version is added: python -m tests.test_bitstream
     from PIL import Image
 
-    for name, arch, h, w, tile in GOLDEN_CASES:
-        if (GOLDEN / name).exists():
-            continue
+    for name, arch, h, w, tile in _CASES:
+        name = f"v{bitstream.FORMAT_VERSION}-{name}"  # older versions' files stay as they were written
         codec = golden_codec(arch, tile)
         data = bitstream.dumps(codec.compress(golden_input(h, w)))
         (GOLDEN / name).write_bytes(data)
@@ -69,6 +66,7 @@ def test_golden_files_still_decode_to_the_same_pixels(case):
     expected = np.asarray(Image.open(GOLDEN / f"{name}.png")).astype(np.int16)
     c = bitstream.loads((GOLDEN / name).read_bytes())
     assert (c.height, c.width) == (h, w)
+    assert f"v{c.format_version}-" == name[:3]
     pixels = to_uint8(golden_codec(arch, tile).decompress(c)).astype(np.int16)
     assert pixels.shape == expected.shape
     diff = np.abs(pixels - expected)
@@ -79,8 +77,8 @@ def test_context_streams_of_both_formats_decode_to_the_same_image():
     """Format 1 codes mbt2018's symbols in raster order, format 2 wavefront by wavefront: one model, the
     same symbols, so the same image; a file keeps its version through loads/dumps, and a format-1 stream
     relabelled as format 2 is refused (decoded in the wrong order, its table indexes differ)."""
-    v1 = (GOLDEN / "mbt2018-v1-100x150.zoo").read_bytes()
-    v2 = (GOLDEN / "mbt2018-v2-100x150.zoo").read_bytes()
+    v1 = (GOLDEN / "v1-mbt2018-100x150.zoo").read_bytes()
+    v2 = (GOLDEN / "v2-mbt2018-100x150.zoo").read_bytes()
     c1, c2 = bitstream.loads(v1), bitstream.loads(v2)
     assert (c1.format_version, c2.format_version) == (1, 2) and bitstream.FORMAT_VERSION == 2
     assert bitstream.dumps(c1) == v1 and bitstream.dumps(c2) == v2
@@ -102,6 +100,13 @@ def test_round_trip_is_exact():
     header = bitstream.peek_header(data)
     assert header.total_bytes == len(data) and header.payload_bytes == c.payload_bytes
     assert header.as_dict()["entry"]["arch"] == "bmshj2018-hyperprior"
+
+
+def test_a_nonzero_flags_byte_is_refused(stream):
+    buf = bytearray(stream)
+    buf[5] = 1  # the spec defines no flags: a reader that ignored one would misread what it means
+    with pytest.raises(BitstreamError, match="flags"):
+        bitstream.loads(_reseal(buf))
 
 
 def _reseal(buf: bytearray) -> bytes:
@@ -148,45 +153,6 @@ def test_bad_files_raise_one_clear_error(stream):
         with pytest.raises(BitstreamError, match=message):
             bitstream.loads(data)
         assert time.perf_counter() - t0 < 2, label
-
-
-def test_fuzzed_streams_never_crash(stream):
-    """5,000 mutated streams: each raises BitstreamError or decodes to an image of the declared size."""
-    codec = golden_codec("bmshj2018-factorized")
-    rng = np.random.default_rng(1234)
-    header_end = bitstream.peek_header(stream).header_bytes
-    outcomes = {"refused": 0, "decoded": 0}
-    for i in range(5000):
-        buf = bytearray(stream)
-        kind = i % 5
-        if kind == 0:  # truncation
-            buf = buf[: int(rng.integers(0, len(buf)))]
-        elif kind == 1:  # bit flips anywhere
-            for _ in range(int(rng.integers(1, 4))):
-                buf[int(rng.integers(0, len(buf)))] ^= 1 << int(rng.integers(0, 8))
-        elif kind == 2:  # random bytes
-            buf = bytearray(rng.integers(0, 256, int(rng.integers(0, 200)), dtype=np.uint8).tobytes())
-        elif kind == 3:  # edited header field, checksums fixed so the edit is seen
-            pos = int(rng.integers(10, header_end - 4))
-            buf[pos] = int(rng.integers(0, 256))
-            buf = bytearray(_reseal(buf))
-        else:  # edited payload, checksums fixed: reaches the entropy decoder
-            pos = int(rng.integers(header_end, len(buf) - 4))
-            buf[pos] ^= 1 << int(rng.integers(0, 8))
-            buf = bytearray(_reseal(buf))
-        t0 = time.perf_counter()
-        try:
-            c = bitstream.loads(bytes(buf))
-            x = codec.decompress(c)
-        except BitstreamError:
-            outcomes["refused"] += 1
-            continue
-        finally:
-            assert time.perf_counter() - t0 < 2, (i, kind)  # no hang on any stream
-        assert x.shape == (1, 3, c.height, c.width)
-        outcomes["decoded"] += 1
-    assert sum(outcomes.values()) == 5000
-    assert outcomes["refused"] > 0
 
 
 if __name__ == "__main__":

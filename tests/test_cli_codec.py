@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.support import KODAK, REPO
+from tests.support import REPO, kodak_path
 from tests.test_bitstream import _field_offset, _reseal
 from zoo import bitstream
 from zoo.cli import main
@@ -21,7 +21,7 @@ from zoo.imageio import read_image
 
 
 def _crop(tmp_path, fmt="PNG", mode="RGB", name="img"):
-    img = Image.open(KODAK / "kodim23.png").crop((300, 200, 396, 264)).convert(mode)
+    img = Image.open(kodak_path("kodim23.png")).crop((300, 200, 396, 264)).convert(mode)
     path = tmp_path / f"{name}.{fmt.lower()}"
     img.save(path, format=fmt)
     return path
@@ -61,7 +61,7 @@ def test_image_formats_are_read(tmp_path, fmt, mode):
 
 
 def test_exif_orientation_and_16_bit(tmp_path):
-    img = Image.open(KODAK / "kodim23.png").crop((0, 0, 40, 20))
+    img = Image.open(kodak_path("kodim23.png")).crop((0, 0, 40, 20))
     exif = Image.Exif()
     exif[0x0112] = 6  # rotate 90 degrees
     img.save(tmp_path / "r.jpg", exif=exif)
@@ -144,3 +144,85 @@ def test_header_bigger_than_pillow_allows_is_too_large_not_unreadable():
     png += chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
     with pytest.raises(ImageTooLarge, match="over the limit"):
         read_image(png)
+
+
+def _stream_claiming(tmp_path, fixture_entry, entry) -> str:
+    """A valid stream made by the fixture entry whose header names `entry` instead."""
+    import dataclasses
+
+    import zoo
+
+    codec = zoo.load_local(fixture_entry)
+    compressed = dataclasses.replace(codec.compress(read_image(_crop(tmp_path))[0]), entry=entry)
+    path = tmp_path / "claims.zoo"
+    path.write_bytes(bitstream.dumps(compressed))
+    return str(path)
+
+
+def test_header_strings_never_become_paths(tmp_path, fixture_entry, capsys):
+    """A header naming a folder (here the very entry that made it) is not loaded from that folder; a file
+    made with a local entry says so and names --model, which decodes it."""
+    from zoo.compressed import EntryId
+
+    out = str(tmp_path / "out.png")
+    folder_as_arch = _stream_claiming(tmp_path, fixture_entry, EntryId(str(fixture_entry), 1, "mse", "0.1"))
+    assert main(["decode", folder_as_arch, out]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "unknown architecture" in err[0] and "--model" in err[0], err
+    assert not (tmp_path / "out.png").exists()
+
+    local = tmp_path / "local.zoo"
+    assert main(["encode", str(_crop(tmp_path)), str(local), "--model", str(fixture_entry), "--quiet"]) == 0
+    assert main(["decode", str(local), out]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not a released entry" in err[0] and "--model FOLDER" in err[0], err
+    assert main(["decode", str(local), out, "--model", str(fixture_entry), "--quiet"]) == 0
+
+
+def test_output_that_is_the_input_is_refused(tmp_path, fixture_entry, monkeypatch, capsys):
+    src = _crop(tmp_path, name="v")
+    stream = tmp_path / "a.zoo"
+    assert main(["encode", str(src), str(stream), "--model", str(fixture_entry), "--quiet"]) == 0
+    image_bytes, stream_bytes = src.read_bytes(), stream.read_bytes()
+    (tmp_path / "link.png").symlink_to(src)
+    monkeypatch.chdir(tmp_path)
+    cases = [
+        ["encode", str(src), str(src)],
+        ["encode", str(src), "link.png"],
+        ["encode", "v.png", f"../{tmp_path.name}/v.png"],
+        ["decode", str(stream), str(stream)],
+        ["decode", "a.zoo", "./a.zoo"],
+    ]
+    for args in cases:
+        assert main([*args, "--model", str(fixture_entry)]) == 2, args
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "is the input" in err[0], (args, err)
+    assert src.read_bytes() == image_bytes and stream.read_bytes() == stream_bytes
+
+
+def test_a_failed_write_leaves_no_partial_file(tmp_path, fixture_entry):
+    """A write that fails half-way (here the file-size limit, as a full disk would) leaves the previous
+    output intact and no temporary file behind."""
+    src = _crop(tmp_path)
+    stream, png = tmp_path / "a.zoo", tmp_path / "a.png"
+    assert main(["encode", str(src), str(stream), "--model", str(fixture_entry), "--quiet"]) == 0
+    png.write_bytes(b"previous output")
+    decode = ["decode", str(stream), str(png), "--model", str(fixture_entry)]
+    encode = ["encode", str(src), str(tmp_path / "b.zoo"), "--model", str(fixture_entry)]
+    code = (
+        "import json, resource, signal, sys\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (100, 100))\n"
+        "from zoo.cli import main\n"
+        "sys.exit(max(main(args) for args in json.loads(sys.argv[1])))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, json.dumps([decode, encode])],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
+    assert proc.returncode == 2 and proc.stderr.count("cannot write") == 2, proc.stderr
+    assert png.read_bytes() == b"previous output" and not (tmp_path / "b.zoo").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "a.zoo", "img.png"]

@@ -11,7 +11,7 @@ import torch
 from tests.support import FIXTURE_ARCHS, fixture_codec, fixture_model, kodak_image, psnr
 from zoo.codec import Codec, tile_grid
 from zoo.compressed import EntryId
-from zoo.errors import BitstreamError, InputError
+from zoo.errors import BitstreamError, ImageTooLarge, InputError
 
 SIZES = [(1, 1), (17, 33), (64, 64), (250, 377)]
 
@@ -119,10 +119,11 @@ def test_tiles_cover_the_image_and_decode_independently():
     one = dataclasses.replace(c, tiles=c.tiles[:1], tile_size=0, height=128, width=128)
     tile_only = Codec(codec.model, codec.entry, codec.fingerprint, tile_size=0)
     # The per-tile checksum is folded into the image checksum, so recompute it for a one-tile image.
-    from zoo.codec import combine_checksums
+    from zoo.codec import combine_checksums, tile_checksum
 
     (latents,) = codec.model.compress(codec._pad(x[None, :, :128, :128]))
-    one = dataclasses.replace(one, index_checksum=combine_checksums([latents.index_checksum]))
+    crc = tile_checksum(one.format_version, 0, one.tiles[0], latents.index_checksum)
+    one = dataclasses.replace(one, index_checksum=combine_checksums([crc]))
     assert torch.equal(tile_only.decompress(one), x_hat[..., :128, :128])
 
 
@@ -199,3 +200,79 @@ def test_simulated_device_fails_like_a_real_one():
         with pytest.raises(RuntimeError, match="numpy"):
             on_device.numpy()
         assert torch.equal((on_device + 1).cpu(), torch.ones(3))
+
+
+def test_api_misuse_gives_typed_errors():
+    """Each of these used to raise AttributeError, ValueError, nothing at all, or code an image into NaN."""
+    from zoo import bitstream
+
+    codec = fixture_codec("bmshj2018-factorized")
+    data = bitstream.dumps(codec.compress(_image(16, 16)))
+    for bad in (data, bytearray(data), None):
+        with pytest.raises(InputError, match="decompress takes a zoo.Compressed"):
+            codec.decompress(bad)  # type: ignore[arg-type]
+        with pytest.raises(InputError, match="decompress takes a zoo.Compressed"):
+            codec.decompress_batch([bad])  # type: ignore[list-item]
+    for tile_size in (100, -64, 64.0, True):
+        with pytest.raises(InputError, match="tile_size"):
+            Codec(codec.model, codec.entry, codec.fingerprint, tile_size=tile_size)  # type: ignore[arg-type]
+    with pytest.raises(InputError, match="max_pixels"):
+        Codec(codec.model, codec.entry, codec.fingerprint, max_pixels=0)
+    for scale in (255.0, -1.0, 1.5):
+        with pytest.raises(InputError, match=r"outside \[0, 1\]"):
+            codec.compress(_image(8, 8) * scale)
+
+
+@pytest.mark.parametrize("arch", ["bmshj2018-factorized", "bmshj2018-hyperprior", "mbt2018-mean"])
+def test_tiles_whose_streams_trade_places_are_refused(arch):
+    """Format 2 binds each tile's streams to its position: two equal-size tiles swapped (every checksum in the
+    file recomputed) are refused, where format 1 decoded a factorized file to another image without error."""
+    from zoo import bitstream
+
+    codec = fixture_codec(arch, tile_size=64)
+    c = codec.compress(_image(64, 128))
+    assert len(c.tiles) == 2 and c.tiles[0].streams != c.tiles[1].streams
+    a, b = c.tiles
+    swapped = (dataclasses.replace(a, streams=b.streams), dataclasses.replace(b, streams=a.streams))
+    forged = bitstream.loads(bitstream.dumps(dataclasses.replace(c, tiles=swapped)))
+    with pytest.raises(BitstreamError, match="index checksum"):
+        codec.decompress(forged)
+    codec.decompress(bitstream.loads(bitstream.dumps(c)))  # the file as made decodes
+
+
+def test_declared_geometry_is_checked_before_anything_is_allocated():
+    import time
+
+    codec = fixture_codec("bmshj2018-hyperprior", tile_size=64)
+    c = codec.compress(_image(64, 128))
+    # 2 tiles that claim a 2000x2000 image cut into 1-pixel tiles (4 million tiles), or a 60000x60000 one in
+    # tiles of 64 (880,000) for a decoder that allows that many pixels: refused by arithmetic, at once.
+    roomy = Codec(codec.model, codec.entry, codec.fingerprint, max_pixels=1 << 32)
+    t0 = time.perf_counter()
+    with pytest.raises(BitstreamError, match="multiple of the model's downsampling"):
+        codec.decompress(dataclasses.replace(c, height=2000, width=2000, tile_size=1))
+    with pytest.raises(BitstreamError, match="2 tiles where its layout needs 879844"):
+        roomy.decompress(dataclasses.replace(c, height=60000, width=60000))
+    assert time.perf_counter() - t0 < 0.5
+    with pytest.raises(BitstreamError, match="multiple of the model's downsampling"):
+        codec.decompress(dataclasses.replace(c, tile_size=96, width=150))
+    with pytest.raises(BitstreamError, match="version"):
+        codec.decompress(dataclasses.replace(c, format_version=7))
+
+
+def test_one_tile_is_bounded_by_the_decoders_limit_not_the_file():
+    small = Codec(fixture_model("bmshj2018-factorized"), EntryId("bmshj2018-factorized", 1), b"\0" * 16)
+    whole = Codec(small.model, small.entry, small.fingerprint, tile_size=0, max_tile_pixels=64 * 96)
+    c = whole.compress(_image(64, 96))
+    strict = Codec(small.model, small.entry, small.fingerprint, max_tile_pixels=64 * 64)
+    with pytest.raises(ImageTooLarge, match="tile of 64x96 pixels"):
+        strict.decompress(c)
+    with pytest.raises(ImageTooLarge, match="tile of 64x96 pixels"):
+        strict.decompress_batch([c])
+    assert whole.decompress(c).shape == (1, 3, 64, 96)
+    # An encoder never makes a tile its own decoder would refuse.
+    untiled = Codec(small.model, small.entry, small.fingerprint, tile_size=0, max_tile_pixels=64 * 64)
+    with pytest.raises(ImageTooLarge, match="smaller tile_size"):
+        untiled.compress(_image(64, 96))
+    with pytest.raises(ImageTooLarge, match="smaller tile_size"):
+        untiled.compress_batch([_image(64, 96)])

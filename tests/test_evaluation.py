@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.support import KODAK
+from tests.support import kodak_path
 from zoo.cli import main
 from zoo.errors import InputError
 from zoo.evaluation.bd import bd_psnr, bd_rate
@@ -22,7 +22,7 @@ from zoo.evaluation.plot import reference_curves
 def two_images(tmp_path_factory):
     folder = tmp_path_factory.mktemp("kodak2")
     for name in ("kodim05.png", "kodim23.png"):
-        Image.open(KODAK / name).crop((0, 0, 256, 192)).save(folder / name)
+        Image.open(kodak_path(name)).crop((0, 0, 256, 192)).save(folder / name)
     (folder / "notes.txt").write_text("not an image")
     return folder
 
@@ -87,7 +87,7 @@ def test_eval_bpp_is_file_size_and_psnr_is_independent(two_images, fixture_entry
 def small_images(tmp_path_factory):
     folder = tmp_path_factory.mktemp("small")
     for name in ("kodim05.png", "kodim23.png"):
-        Image.open(KODAK / name).crop((64, 64, 128, 128)).save(folder / name)
+        Image.open(kodak_path(name)).crop((64, 64, 128, 128)).save(folder / name)
     return folder
 
 
@@ -179,6 +179,25 @@ def test_eval_quality_of_a_single_entry(small_images, fixture_entry, tmp_path, c
     assert json.loads(out.read_text())["results"]["quality"] == [4]
     assert _eval(ckpt, small_images, out, *arch, "--quality", "1-8") == 2
     assert "one checkpoint" in capsys.readouterr().err
+
+
+def test_eval_takes_train_py_checkpoints_with_ddp_prefixes(small_images, tmp_path):
+    """eval reads checkpoints with the importer's reader: {"state_dict": ...} with "module." prefixes loads."""
+    import torch
+
+    from tests.support import fixture_state_dict
+
+    sd = fixture_state_dict("bmshj2018-hyperprior")
+    plain, ddp = tmp_path / "plain.pth", tmp_path / "ddp.pth.tar"
+    torch.save(sd, plain)
+    torch.save({"epoch": 3, "state_dict": {f"module.{k}": v for k, v in sd.items()}}, ddp)
+    results = []
+    for ckpt in (plain, ddp):
+        out = tmp_path / f"{ckpt.stem}.json"
+        assert _eval(ckpt, small_images, out, "--arch", "bmshj2018-hyperprior", "--quality", "1") == 0
+        images = json.loads(out.read_text())["per_image"][0]["images"]
+        results.append([(i["image"], i["psnr"]) for i in images])  # the header names the file: sizes differ
+    assert results[0] == results[1]
 
 
 def test_eval_registry_quality_range_uses_released_entries(tmp_path, monkeypatch, small_images, capsys):

@@ -9,6 +9,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import cache
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -78,10 +79,24 @@ def eager_output(model: nn.Module, name: str, inputs: dict[str, Tensor]) -> Tens
         return getattr(model, name)(arg)
 
 
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """arch -> a folder with its ONNX graphs, each exported once for the module's tests."""
+    folders: dict[str, Path] = {}
+
+    def get(arch: str) -> Path:
+        if arch not in folders:
+            folders[arch] = tmp_path_factory.mktemp(arch)
+            export_graphs(_model(arch), folders[arch], ("onnx",))
+        return folders[arch]
+
+    return get
+
+
 @pytest.mark.parametrize("arch", ARCHS)
-def test_every_graph_matches_eager(arch, tmp_path):
+def test_every_graph_matches_eager(arch, exported):
     model = _model(arch)
-    export_graphs(model, tmp_path, ("onnx",))
+    tmp_path = exported(arch)
     meta = json.loads((tmp_path / "metadata.json").read_text())
     # Kodak-sized input (768x512), not the 128x192 the graphs were exported at: height and width are dynamic.
     inputs = graph_inputs(model, kodak_image("kodim23.png")[None])
@@ -215,3 +230,109 @@ def test_export_cli_writes_metadata(tmp_path, fixture_entry):
     assert meta["entry"]["arch"] == "bmshj2018-hyperprior" and meta["opset"] >= 13
     assert {"g_a", "h_a", "h_s", "g_s"} <= set(meta["graphs"])
     assert (tmp_path / "g_s.pt").exists() and (tmp_path / "g_s.onnx").exists()
+
+
+HYPERPRIOR_ARCHS = [a for a in ARCHS if a not in ("bmshj2018-factorized", "bmshj2018-factorized-relu")]
+
+
+@contextmanager
+def recorded_indexes(model: nn.Module) -> Iterator[list[Tensor]]:
+    """Every table-index tensor the model's Gaussian conditional builds, in order."""
+    gc = model.gaussian_conditional
+    seen: list[Tensor] = []
+    build = gc.build_indexes
+
+    def recording(scales: Tensor) -> Tensor:
+        out = build(scales)
+        seen.append(out.detach().clone().reshape(-1))
+        return out
+
+    gc.build_indexes = recording
+    try:
+        yield seen
+    finally:
+        del gc.build_indexes
+
+
+def _index_mismatch_refused(encoder: Codec, decoder: Codec, x: Tensor) -> tuple[int, int, str]:
+    """Encode with one codec and decode with the other: (mismatched indexes, total, what refused). Where the
+    decoder's indexes differ from the encoder's it must refuse (the index checksum; or, with many wrong
+    tables, the coder running off its stream first); where they agree it must decode."""
+    from zoo.errors import BitstreamError
+
+    with recorded_indexes(encoder.model) as enc:
+        c = encoder.compress(x)
+    with recorded_indexes(decoder.model) as dec:
+        try:
+            decoder.decompress(c)
+            refused = ""
+        except BitstreamError as exc:
+            refused = "checksum" if "table indexes differ" in str(exc) else "coder"
+    a, b = torch.cat(enc), torch.cat(dec)
+    n = min(a.numel(), b.numel())  # a decoder that the coder stopped early computed fewer
+    mismatches = int((a[:n] != b[:n]).sum())
+    assert bool(refused) == (mismatches > 0), f"{mismatches} index mismatches, refused by {refused or 'nothing'}"
+    return mismatches, a.numel(), refused
+
+
+def _nudged(model: nn.Module) -> None:
+    """Scales 0.1% larger on this side only: a stand-in for a less precise backend (fp16, another GPU)."""
+    if _is_autoregressive_model(model):
+        step = model.context_step
+        object.__setattr__(model, "context_step", lambda crop, p: _scale_first(step(crop, p)))
+    else:
+        h_s = model.f64("h_s")
+        object.__setattr__(model, "f64", {"h_s": lambda z: h_s(z) * (1 + 1e-3)}.__getitem__)
+
+
+def _scale_first(pair: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+    return pair[0] * (1 + 1e-3), pair[1]
+
+
+def _is_autoregressive_model(model: nn.Module) -> bool:
+    return hasattr(model, "context_prediction")
+
+
+@pytest.mark.parametrize("arch", HYPERPRIOR_ARCHS)
+def test_every_graph_in_onnx_runtime_on_one_side(arch, exported, capsys):
+    """The cross-backend risk itself: every shipped graph (h_s and the context graphs too) in float32 ONNX
+    Runtime on one side, eager float64 on the other, both directions. Index mismatches are counted and
+    reported, and each must be refused, never decoded into another image. Scales nudged by 0.1% make
+    mismatches happen, so the refusal is exercised too."""
+    from zoo.export.ort_backend import onnx_everywhere
+
+    eager = _codec(arch)
+    ort_codec = Codec(onnx_everywhere(eager.model, exported(arch), threads=1), eager.entry, eager.fingerprint)
+    size = 32 if _is_autoregressive(arch) else 128  # the raster-order context loop costs one call per position
+    crops = [kodak_image(name)[:, 128 : 128 + size, 256 : 256 + size] for name in ("kodim23.png", "kodim05.png")]
+    found, total = 0, 0
+    for enc, dec in ((ort_codec, eager), (eager, ort_codec)):
+        m, n, _ = _index_mismatch_refused(enc, dec, crops[0])
+        found, total = found + m, total + n
+
+    nudged = Codec(onnx_everywhere(eager.model, exported(arch), threads=1), eager.entry, eager.fingerprint)
+    _nudged(nudged.model)
+    forced = [_index_mismatch_refused(nudged, eager, x) for x in crops]
+    assert sum(m for m, _, _ in forced) > 0
+    with capsys.disabled():
+        print(
+            f"\n{arch}: every graph in ONNX Runtime vs eager: {found} of {total} indexes differ; "
+            f"scales nudged 0.1%: {[m for m, _, _ in forced]} differ, refused by {[r for _, _, r in forced]}"
+        )
+
+
+def test_both_onnx_runtime_builds_installed_is_named(monkeypatch):
+    """[export] and [gpu] exclude each other: with both runtimes installed, the notice says which to remove."""
+    from importlib import metadata
+
+    from zoo.export.ort_backend import runtime_conflict
+
+    real = metadata.distribution
+    assert runtime_conflict() is None  # this environment has the CPU build only
+
+    def both(name: str):
+        return real("onnxruntime") if name == "onnxruntime-gpu" else real(name)
+
+    monkeypatch.setattr(metadata, "distribution", both)
+    notice = runtime_conflict()
+    assert notice is not None and "onnxruntime-gpu" in notice and "zoo-codecs[gpu]" in notice

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from tests.conftest import write_manifest
-from tests.support import FIXTURES, fixture_expected, fixture_model, psnr
+from tests.support import fixture_dir, fixture_expected, fixture_model, psnr
 from zoo.entry import CONFIG_NAME, ENTRY_FILES, WEIGHTS_NAME, load_entry, save_entry, sha256_file
 from zoo.errors import EntryNotFound, HubError, IntegrityError
 from zoo.mirror import publish_to_mirror, start_server, stop_server
@@ -88,6 +88,15 @@ def test_publish_load_gives_identical_weights_and_pins_versions(env):
         zoo.load(f"hf-hub:{REPO}@v7.0")
 
 
+def _assert_not_cached(cache: Path, served: Path) -> None:
+    """Neither the snapshot link nor the blob behind it is left: no file in the cache holds the served bytes."""
+    assert not list(cache.rglob(WEIGHTS_NAME)), "the snapshot link is still there"
+    blobs = [p for p in cache.rglob("*") if p.is_file() and not p.is_symlink()]
+    assert blobs, "the test must see the cache's other files"  # config.json was downloaded and kept
+    digest = sha256_file(served)
+    assert not [p for p in blobs if sha256_file(p) == digest], "the bad blob is still in the cache"
+
+
 def test_tampered_download_is_refused_and_removed(env, tmp_path, monkeypatch):
     import zoo
 
@@ -98,8 +107,7 @@ def test_tampered_download_is_refused_and_removed(env, tmp_path, monkeypatch):
     monkeypatch.setenv("ZOO_MANIFEST", str(bad))
     with pytest.raises(IntegrityError, match="removed from the cache"):
         zoo.load("bmshj2018-hyperprior", quality=1, version="0.1")
-    cached = list((tmp_path / "hf-cache").rglob(WEIGHTS_NAME))
-    assert not any(p.exists() for p in cached)
+    _assert_not_cached(tmp_path / "hf-cache", env["v1"] / WEIGHTS_NAME)
 
 
 def test_truncated_blob_on_the_server_is_refused_and_removed(env, tmp_path, monkeypatch):
@@ -117,7 +125,7 @@ def test_truncated_blob_on_the_server_is_refused_and_removed(env, tmp_path, monk
     monkeypatch.setenv("ZOO_MANIFEST", str(manifest))
     with pytest.raises(IntegrityError, match="removed from the cache"):
         zoo.load("bmshj2018-hyperprior", quality=1, version="0.3")
-    assert not any(p.exists() for p in (tmp_path / "hf-cache").rglob(WEIGHTS_NAME))
+    _assert_not_cached(tmp_path / "hf-cache", bad / WEIGHTS_NAME)
 
 
 def test_offline_after_first_load_uses_the_cache(env, monkeypatch, tmp_path):
@@ -136,11 +144,46 @@ def test_offline_after_first_load_uses_the_cache(env, monkeypatch, tmp_path):
 
 
 def test_unreachable_hub_names_the_endpoint(env, monkeypatch, tmp_path):
+    import time
+
     import zoo
 
-    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
-    with pytest.raises(HubError, match="127.0.0.1:9"):
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # a closed port
+    t0 = time.monotonic()
+    with pytest.raises(HubError, match="127.0.0.1:9") as info:
         zoo.load("bmshj2018-hyperprior", quality=1, version="0.1")
+    assert time.monotonic() - t0 <= 5 and "\n" not in str(info.value)
+
+
+@pytest.fixture
+def silent_server():
+    """A real socket on 127.0.0.1 that accepts connections (the kernel completes them) and never answers."""
+    import socket
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(16)
+    yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    sock.close()
+
+
+def test_silent_hub_fails_within_30_s_and_the_cache_still_answers(env, monkeypatch, silent_server):
+    """At the default timeout a silent endpoint is a one-line HubError naming it in <= 30 s (huggingface_hub
+    alone was still retrying after 280 s); an entry already in the cache loads without it."""
+    import time
+
+    import zoo
+
+    first = zoo.load("bmshj2018-hyperprior", quality=1, version="0.1")
+    monkeypatch.setenv("HF_ENDPOINT", silent_server)
+    monkeypatch.delenv("ZOO_HUB_TIMEOUT", raising=False)
+    t0 = time.monotonic()
+    with pytest.raises(HubError, match=silent_server.removeprefix("http://")) as info:
+        zoo.load("bmshj2018-hyperprior", quality=1, version="0.2")  # not cached
+    assert time.monotonic() - t0 <= 30 and "\n" not in str(info.value)
+    monkeypatch.setenv("ZOO_HUB_TIMEOUT", "1")
+    again = zoo.load("bmshj2018-hyperprior", quality=1, version="0.1")
+    assert again.fingerprint == first.fingerprint
 
 
 def test_compressai_import_loads_and_reproduces_its_outputs(tmp_path):
@@ -153,7 +196,7 @@ def test_compressai_import_loads_and_reproduces_its_outputs(tmp_path):
             main(
                 [
                     "import-compressai",
-                    str(FIXTURES / arch / "compressai_state_dict.pth"),
+                    str(fixture_dir(arch) / "compressai_state_dict.pth"),
                     "--arch",
                     arch,
                     "--quality",
@@ -259,8 +302,9 @@ def test_hub_serve_and_stop_over_the_shipped_entries(tmp_path, monkeypatch):
         monkeypatch.setattr(hfc, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
         monkeypatch.setattr(hfc, "HF_HUB_OFFLINE", False)
         import zoo
+        from zoo.entry import version_key
 
-        newest = max(load_manifest(), key=lambda e: (e.quality == 3, e.version))
+        newest = max(load_manifest(), key=lambda e: (e.quality == 3, version_key(e.version)))
         codec = zoo.load(newest.arch, quality=newest.quality, version=newest.version)
         assert codec.entry.version == newest.version
     finally:
@@ -272,3 +316,22 @@ def test_hub_serve_and_stop_over_the_shipped_entries(tmp_path, monkeypatch):
             import time
 
             time.sleep(0.1)
+
+
+def test_one_version_ordering_everywhere(fixture_entry, tmp_path, monkeypatch, capsys):
+    """The resolver, `zoo list` and the mirror builder order versions alike: 1.10 after 1.9, 0-rc1 before 0."""
+    from zoo.cli import main
+    from zoo.hub import load_manifest, resolve
+    from zoo.mirror import build_mirror
+
+    lines = [_manifest_entry(fixture_entry, v) for v in ("1.9", "1.10", "0-rc1", "0")]
+    manifest = write_manifest(tmp_path / "manifest.json", lines)
+    monkeypatch.setenv("ZOO_MANIFEST", str(manifest))
+    assert resolve("bmshj2018-hyperprior", 1).version == "1.10"
+    assert main(["list"]) == 0
+    listed = [line.split()[3] for line in capsys.readouterr().out.splitlines()[1:]]
+    assert listed == ["0-rc1", "0", "1.9", "1.10"]
+    published = build_mirror(tmp_path / "mirror", load_manifest())
+    assert [p.rsplit("@", 1)[1] for p in published] == ["0-rc1", "0", "1.9", "1.10"]
+    with pytest.raises(EntryNotFound, match="no version latest; versions: 0-rc1, 0, 1.9, 1.10"):
+        resolve("bmshj2018-hyperprior", 1, version="latest")

@@ -73,3 +73,52 @@ def test_write_png_rounds_to_nearest_8_bit(tmp_path):
     assert Image.open(io.BytesIO(png_bytes(x))).mode == "RGB"
     back, _ = read_image(tmp_path / "o.png")
     assert np.array_equal(to_uint8(back), got)
+
+
+def _png16_rgb(a: np.ndarray) -> bytes:
+    """A 48-bit RGB PNG written by hand (Pillow cannot write one)."""
+    import struct
+    import zlib
+
+    h, w, _ = a.shape
+    raw = b"".join(b"\x00" + a[i].astype(">u2").tobytes() for i in range(h))
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+
+
+def test_what_was_changed_about_an_input_is_said():
+    """16-bit RGB, animations and multi-page files, and modes other than RGB each get the right notice."""
+    a = (np.arange(6 * 7 * 3).reshape(6, 7, 3) * 1000 % 65535).astype(np.uint16)
+    x, notices = read_image(_png16_rgb(a))
+    assert x.shape == (3, 6, 7) and notices == ["16-bit image converted to 8 bits per channel"]
+
+    frames = [Image.new("RGB", (8, 8), (40 * i, 10, 10)) for i in range(3)]
+    for fmt in ("GIF", "WEBP", "TIFF"):
+        buf = io.BytesIO()
+        frames[0].save(buf, format=fmt, save_all=True, append_images=frames[1:])
+        x, notices = read_image(buf.getvalue())
+        assert any("3 frames" in n and "first" in n for n in notices), (fmt, notices)
+
+    lab = io.BytesIO()
+    Image.new("LAB", (5, 4), (50, 128, 128)).save(lab, format="TIFF")
+    x, notices = read_image(lab.getvalue())
+    assert x.shape == (3, 4, 5) and notices == ["LAB image converted to RGB"]
+
+
+def test_float_images_refuse_nan_and_clip_out_of_range_with_a_notice():
+    def tiff(a: np.ndarray) -> bytes:
+        buf = io.BytesIO()
+        Image.fromarray(a.astype(np.float32), mode="F").save(buf, format="TIFF")
+        return buf.getvalue()
+
+    a = np.full((4, 4), 0.5, np.float32)
+    a[0, 0] = np.nan
+    with pytest.raises(InputError, match="NaN"):
+        read_image(tiff(a))
+    a[0, 0] = 3.0
+    x, notices = read_image(tiff(a))
+    assert x.max().item() == 1.0 and any("clipped" in n for n in notices)

@@ -74,7 +74,7 @@ def test_missing_tables_is_a_clear_error():
         model.compress(torch.rand(1, 3, 64, 64))
 
 
-def test_update_builds_tables_that_match_compressai_layout():
+def test_update_builds_tables_in_compressai_layout():
     model = create_model("bmshj2018-hyperprior", N=8, M=12).eval()
     assert model.update() is True
     assert model.update() is False  # kept unless forced
@@ -83,23 +83,51 @@ def test_update_builds_tables_that_match_compressai_layout():
     assert (gc._quantized_cdf[:, 0] == 0).all()
     ends = gc._quantized_cdf.gather(1, (gc._cdf_length - 1).long()[:, None])
     assert (ends == 1 << 16).all()
-    # Same tables as CompressAI computes from the same scale table (its fixture carries them).
-    ref = fixture_state_dict("bmshj2018-hyperprior")
-    assert torch.equal(gc._cdf_length, ref["gaussian_conditional._cdf_length"])
-    assert torch.equal(gc._offset, ref["gaussian_conditional._offset"])
-    same = (gc._quantized_cdf == ref["gaussian_conditional._quantized_cdf"]).double().mean().item()
-    assert same > 0.99  # float erfc differences can move a few tail counts in a row or two
 
 
-def test_eb_tables_from_compressai_weights_match_its_tables():
-    sd = fixture_state_dict("bmshj2018-factorized")
-    model = model_from_state_dict("bmshj2018-factorized", sd)
+def _assert_same_tables(ours: dict[str, torch.Tensor], theirs: dict[str, torch.Tensor], prefix: str) -> None:
+    assert torch.equal(ours[prefix + "_cdf_length"], theirs[prefix + "_cdf_length"])
+    assert torch.equal(ours[prefix + "_offset"], theirs[prefix + "_offset"])
+    a, b, lengths = ours[prefix + "_quantized_cdf"], theirs[prefix + "_quantized_cdf"], theirs[prefix + "_cdf_length"]
+    for row, n in enumerate(lengths.tolist()):  # every entry a coder reads; the rest of a row is padding
+        assert torch.equal(a[row, :n], b[row, :n]), f"{prefix} table {row}: {(a[row, :n] != b[row, :n]).sum()} differ"
+
+
+@pytest.mark.parametrize("arch", FIXTURE_ARCHS)
+def test_tables_built_from_compressai_weights_equal_its_tables(arch):
+    """Every table entry CompressAI computed from these weights, bit for bit (frequencies rounded half away
+    from zero like C's round; the factorized pmf as the plain difference of sigmoids)."""
+    sd = fixture_state_dict(arch)
+    model = model_from_state_dict(arch, sd)
     model.update(force=True)
-    eb = model.entropy_bottleneck
-    assert torch.equal(eb._offset, sd["entropy_bottleneck._offset"])
-    assert torch.equal(eb._cdf_length, sd["entropy_bottleneck._cdf_length"])
-    diff = (eb._quantized_cdf - sd["entropy_bottleneck._quantized_cdf"]).abs().max().item()
-    assert diff <= 2
+    ours = model.state_dict()
+    for prefix in ("entropy_bottleneck.", "gaussian_conditional."):
+        if prefix + "_quantized_cdf" in sd:
+            _assert_same_tables(ours, sd, prefix)
+
+
+def test_import_compressai_keeps_its_tables_and_scale_table_bit_exact(tmp_path):
+    from safetensors.torch import load_file
+
+    from zoo.cli import main
+    from zoo.entry import WEIGHTS_NAME
+
+    sd = fixture_state_dict("bmshj2018-hyperprior")
+    # A checkpoint with its own scale table (every other scale of the default one): CompressAI's tables for
+    # it are the fixture's rows for those scales, since each row depends on its scale alone.
+    rows = torch.arange(0, 64, 2)
+    sd["gaussian_conditional.scale_table"] = sd["gaussian_conditional.scale_table"][rows].contiguous()
+    for name in ("_quantized_cdf", "_cdf_length", "_offset"):
+        sd["gaussian_conditional." + name] = sd["gaussian_conditional." + name][rows].contiguous()
+    width = int(sd["gaussian_conditional._cdf_length"].max())
+    sd["gaussian_conditional._quantized_cdf"] = sd["gaussian_conditional._quantized_cdf"][:, :width].contiguous()
+    ckpt = tmp_path / "ckpt.pth"
+    torch.save(sd, ckpt)
+    assert main(["import-compressai", str(ckpt), "--arch", "bmshj2018-hyperprior", "--out", str(tmp_path / "e")]) == 0
+    written = load_file(str(tmp_path / "e" / WEIGHTS_NAME))
+    assert torch.equal(written["gaussian_conditional.scale_table"], sd["gaussian_conditional.scale_table"])
+    for prefix in ("entropy_bottleneck.", "gaussian_conditional."):
+        _assert_same_tables(written, sd, prefix)
 
 
 def test_wavefronts_only_need_earlier_wavefronts():

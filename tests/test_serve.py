@@ -14,16 +14,15 @@ import urllib.request
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from tests.support import KODAK
+from tests.support import kodak_path
 from zoo import bitstream
-
-pytestmark = pytest.mark.skipif(shutil.which("java") is None, reason="TorchServe needs Java 17")
 
 
 def _post(url: str, body: bytes, timeout: float = 120) -> tuple[int, dict, bytes]:
@@ -37,7 +36,7 @@ def _post(url: str, body: bytes, timeout: float = 120) -> tuple[int, dict, bytes
 
 def _png(w: int, h: int, left: int = 300) -> bytes:
     buf = io.BytesIO()
-    Image.open(KODAK / "kodim23.png").crop((left, 200, left + w, 200 + h)).save(buf, format="PNG")
+    Image.open(kodak_path("kodim23.png")).crop((left, 200, left + w, 200 + h)).save(buf, format="PNG")
     return buf.getvalue()
 
 
@@ -63,18 +62,29 @@ def _in_one_batch(url: str, bodies: list[bytes], attempts: int = 10) -> list[tup
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, fixture_entry):
-    from zoo.serve import build_archives, start, stop
+def store(tmp_path_factory, fixture_entry):
+    """Torch and onnx archives of the fixture entry: building them needs no Java."""
+    from zoo.serve import build_archives
 
-    root = tmp_path_factory.mktemp("ts")
-    store = root / "store"
+    store = tmp_path_factory.mktemp("ts") / "store"
     for name, backend in (("hp", "torch"), ("hpo", "onnx")):
         build_archives(
             fixture_entry, store, name=name, backend=backend, batch_size=4, max_batch_delay_ms=50, max_pixels=200_000
         )
-    info = start(store, state_dir=root / "state", auth=False)
+    return store
+
+
+@pytest.fixture(scope="module")
+def server(store):
+    """A real TorchServe over `store`; only the tests that take it are skipped where Java is missing."""
+    if shutil.which("java") is None:
+        pytest.skip("TorchServe needs Java 17")
+    from zoo.serve import start, stop
+
+    state = store.parent / "state"
+    info = start(store, state_dir=state, auth=False)
     yield {**info, "store": store}
-    stop(root / "state")
+    stop(state)
 
 
 def test_http_round_trip_equals_in_process(server, fixture_entry):
@@ -185,18 +195,28 @@ def test_bad_requests_do_not_spoil_their_batch(server, fixture_entry):
         assert np.array_equal(np.asarray(Image.open(io.BytesIO(png))), expected)
 
 
+def test_the_handler_ships_inside_the_package():
+    """torch-model-archiver gets the handler from the installed package, as a wheel has it, not from a checkout."""
+    import zoo
+    from zoo.serve import handler_file
+
+    path = handler_file()
+    assert path.is_file() and path.resolve().is_relative_to(Path(zoo.__file__).resolve().parent)
+    assert "class ZooHandler(BaseHandler)" in path.read_text()
+
+
 def _load_handler(model_dir, op: str):
     """The archive's handler class run in-process on a real TorchServe Context, as a worker would."""
     import importlib.util
 
     from ts.context import Context
 
-    from zoo.serve import HANDLER
+    from zoo.serve import handler_file
 
     (model_dir / "zoo_serve.json").write_text(
         json.dumps({"op": op, "backend": "torch", "max_pixels": 200_000, "threads": 1})
     )
-    spec = importlib.util.spec_from_file_location("zoo_handler", HANDLER)
+    spec = importlib.util.spec_from_file_location("zoo_handler", handler_file())
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -239,21 +259,21 @@ def test_unexpected_error_answers_500_for_that_request_only(fixture_entry, tmp_p
         assert context.get_response_headers(i)["X-Zoo-Batch"] == "4"
 
 
-def test_onnx_archive_carries_its_graphs(server, tmp_path):
+def test_onnx_archive_carries_its_graphs(store, tmp_path):
     from zoo.entry import read_config
     from zoo.errors import IntegrityError
     from zoo.export.ort_backend import OrtModule
     from zoo.serve import archived_codec
 
     for op in ("encode", "decode"):
-        with zipfile.ZipFile(server["store"] / f"hpo-{op}.mar") as z:
+        with zipfile.ZipFile(store / f"hpo-{op}.mar") as z:
             names = set(z.namelist())
             assert {f"onnx/{g}.onnx" for g in ("g_a", "h_a", "h_s", "g_s")} <= names
             assert json.loads(z.read("zoo_serve.json"))["backend"] == "onnx"
             z.extractall(tmp_path / op)
         meta = json.loads((tmp_path / op / "onnx" / "metadata.json").read_text())
         assert meta["weights_fingerprint"] == read_config(tmp_path / op).fingerprint.hex()
-    with zipfile.ZipFile(server["store"] / "hp-encode.mar") as z:
+    with zipfile.ZipFile(store / "hp-encode.mar") as z:
         assert not any(n.startswith("onnx/") for n in z.namelist())  # the torch archive does not carry them
 
     # A worker runs the archive's graphs as they are: nothing exported anew.

@@ -12,7 +12,7 @@ import sys
 import pytest
 import torch
 
-from tests.support import PHOTOS, REPO
+from tests.support import REPO, photo_path
 from zoo.train.trainer import TrainConfig, train
 
 SMALL = {"N": 16, "M": 24}
@@ -24,12 +24,12 @@ def folders(tmp_path_factory):
     (root / "train").mkdir()
     (root / "val").mkdir()
     for name in ("001.png", "002.png"):
-        shutil.copy(PHOTOS / name, root / "train" / name)
+        shutil.copy(photo_path(name), root / "train" / name)
     (root / "train" / "broken.png").write_bytes(b"\x89PNG not really")
     from PIL import Image
 
     Image.new("RGB", (20, 20)).save(root / "train" / "tiny.png")  # smaller than the patch: skipped
-    Image.open(PHOTOS / "003.png").crop((0, 0, 192, 128)).save(root / "val" / "v.png")
+    Image.open(photo_path("003.png")).crop((0, 0, 192, 128)).save(root / "val" / "v.png")
     return root
 
 

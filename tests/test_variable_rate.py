@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import json
 import math
+import tempfile
+from pathlib import Path
 
 import pytest
 import torch
 
-from tests.support import FIXTURES, KODAK, PHOTOS
+from tests.support import kodak_path, photo_path
 from zoo import bitstream
 from zoo.codec import Codec
 from zoo.compressed import EntryId
@@ -93,7 +95,6 @@ def test_fold_computes_what_the_gained_network_computes(vr_entry):
             assert torch.allclose(folded.g_s(y_hat), vr.g_s(y_hat * iy), rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.skipif(not FIXTURES.exists(), reason="needs ../shared/fixtures/compressai")
 @pytest.mark.parametrize("arch", VR_ARCHS)
 def test_folded_state_dict_has_compressai_names_and_shapes(arch):
     from tests.support import fixture_state_dict
@@ -236,7 +237,6 @@ def test_warm_start_from_a_fixed_rate_entry_reproduces_it_at_its_level(fixture_e
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not (PHOTOS.exists() and KODAK.exists()), reason="needs ../shared/datasets")
 def test_short_training_run_gives_monotone_levels_on_a_kodak_crop(tmp_path):
     import zoo
     from zoo.imageio import read_image
@@ -246,8 +246,8 @@ def test_short_training_run_gives_monotone_levels_on_a_kodak_crop(tmp_path):
     train_dir.mkdir()
     val_dir.mkdir()
     for name in ("001.png", "002.png", "003.png"):
-        (train_dir / name).symlink_to(PHOTOS / name)
-    (val_dir / "036.png").symlink_to(PHOTOS / "036.png")
+        (train_dir / name).symlink_to(photo_path(name))
+    (val_dir / "036.png").symlink_to(photo_path("036.png"))
     run = tmp_path / "run"
     cfg = TrainConfig(
         arch="bmshj2018-hyperprior-vr",
@@ -274,7 +274,25 @@ def test_short_training_run_gives_monotone_levels_on_a_kodak_crop(tmp_path):
     entry = tmp_path / "entry"
     info = do_release(run, "0.1", entry, checkpoint="last.pt")
     assert info.entry.arch == "bmshj2018-hyperprior-vr" and set(info.levels) == {str(q) for q in range(1, 9)}
-    x, _ = read_image(KODAK / "kodim23.png")
+    x, _ = read_image(kodak_path("kodim23.png"))
     crop = x[:, 128:256, 256:448]
     sizes = [len(bitstream.dumps(zoo.load_local(entry, quality=q).compress(crop))) for q in range(1, 9)]
     assert sizes == sorted(sizes) and sizes[0] < sizes[-1], sizes
+
+
+def test_widen_grows_a_variable_rate_checkpoint_and_keeps_its_reconstruction():
+    from zoo.train.trainer import load_init_weights
+
+    narrow = _vr_model("bmshj2018-hyperprior-vr")
+    path = Path(tempfile.mkdtemp()) / "narrow.pt"
+    torch.save({"model": narrow.state_dict()}, path)
+    wide = create_model("bmshj2018-hyperprior-vr", N=32, M=48)
+    load_init_weights(wide, str(path), widen=True)
+    assert torch.equal(wide.y_gain.log_gain[:, :24], narrow.y_gain.log_gain)
+    x = _image(64, 64).unsqueeze(0)
+    with torch.no_grad():
+        for level in (1.5, 6.0):
+            a, b = narrow.fold(level), wide.fold(level)
+            y_hat = torch.round(a.g_a(x))
+            pad = 5 * torch.randn(1, 24, *y_hat.shape[-2:])  # new channels must not matter yet
+            assert torch.allclose(a.g_s(y_hat), b.g_s(torch.cat([y_hat, pad], 1)), atol=1e-5)

@@ -13,9 +13,14 @@
  *
  * Decoding a slot: a 257-entry lookup per table narrows the search to the symbols whose interval meets
  * the slot's 1/256th of the range; a binary search finishes it (most peaked tables need 0–1 steps).
+ *
+ * Threads: the loops run without the GIL, so every method holds the object's own lock while it touches the
+ * object's state; one coder shared between threads serialises its calls instead of racing on freed memory.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <pythread.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -87,10 +92,35 @@ static void release_tables(Py_buffer views[4]) {
     for (int j = 0; j < 4; j++) PyBuffer_Release(&views[j]);
 }
 
+/* ---- per-object locks -------------------------------------------------------------------- */
+
+/* Take the object's lock; waits without the GIL so the holder (which may need the GIL) can finish. */
+static void lock_object(PyThread_type_lock lock) {
+    if (!PyThread_acquire_lock(lock, NOWAIT_LOCK)) {
+        Py_BEGIN_ALLOW_THREADS
+        PyThread_acquire_lock(lock, WAIT_LOCK);
+        Py_END_ALLOW_THREADS
+    }
+}
+
+/* tp_new for both coder types: the lock member sits at `lock_offset` in the object. */
+static PyObject *new_locked_object(PyTypeObject *type, size_t lock_offset) {
+    PyObject *self = type->tp_alloc(type, 0);
+    if (!self) return NULL;
+    PyThread_type_lock lock = PyThread_allocate_lock();
+    if (!lock) {
+        Py_DECREF(self);
+        return PyErr_NoMemory();
+    }
+    *(PyThread_type_lock *)((char *)self + lock_offset) = lock;
+    return self;
+}
+
 /* ---- encoder ------------------------------------------------------------------------------ */
 
 typedef struct {
     PyObject_HEAD OpBuf buf;
+    PyThread_type_lock lock;
 } EncoderObject;
 
 /* Append the ops for symbols[i] with table indexes[i]; returns -1 (with *bad set) on a bad index. */
@@ -188,7 +218,11 @@ static PyObject *Encoder_push(EncoderObject *self, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "symbols and indexes must be int32 arrays of one size");
     } else {
         Py_ssize_t bad = -1;
+        lock_object(self->lock);
+        size_t before = self->buf.n;
         int rc = push_ops(&self->buf, &t, (const int32_t *)vs.buf, (const int32_t *)vi.buf, vs.len / 4, &bad);
+        if (rc < 0) self->buf.n = before; /* a failed push adds nothing */
+        PyThread_release_lock(self->lock);
         if (rc == -1) raise_bad_index(bad, t.ntables);
         else if (rc == -2) PyErr_NoMemory();
         else result = Py_NewRef(Py_None);
@@ -200,13 +234,20 @@ static PyObject *Encoder_push(EncoderObject *self, PyObject *args) {
 }
 
 static PyObject *Encoder_flush(EncoderObject *self, PyObject *Py_UNUSED(ignored)) {
+    lock_object(self->lock);
     PyObject *out = flush_ops(&self->buf);
-    self->buf.n = 0;
+    if (out) self->buf.n = 0; /* on failure (out of memory) the pushed symbols stay for another try */
+    PyThread_release_lock(self->lock);
     return out;
+}
+
+static PyObject *Encoder_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
+    return new_locked_object(type, offsetof(EncoderObject, lock));
 }
 
 static void Encoder_dealloc(EncoderObject *self) {
     PyMem_RawFree(self->buf.ops);
+    if (self->lock) PyThread_free_lock(self->lock);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -220,7 +261,7 @@ static PyTypeObject EncoderType = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "zoo._rans.Encoder",
     .tp_basicsize = sizeof(EncoderObject),
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_new = PyType_GenericNew,
+    .tp_new = Encoder_new,
     .tp_dealloc = (destructor)Encoder_dealloc,
     .tp_methods = Encoder_methods,
     .tp_doc = "Accumulates symbols from any number of push() calls into one rANS stream.",
@@ -234,6 +275,7 @@ typedef struct {
     Py_ssize_t size, pos;
     uint64_t x;
     int overrun;
+    PyThread_type_lock lock;
 } DecoderObject;
 
 static inline uint32_t read_word(DecoderObject *d) {
@@ -255,10 +297,17 @@ static inline void advance(DecoderObject *d, uint32_t start, uint32_t freq) {
     }
 }
 
+static PyObject *Decoder_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
+    return new_locked_object(type, offsetof(DecoderObject, lock));
+}
+
 static int Decoder_init(DecoderObject *self, PyObject *args, PyObject *kwds) {
     PyObject *data;
     if (!PyArg_ParseTuple(args, "S", &data)) return -1;
-    Py_XSETREF(self->data, Py_NewRef(data));
+    lock_object(self->lock);
+    /* the old bytes are released only after the lock is dropped: no other call can still be reading them */
+    PyObject *old = self->data;
+    self->data = Py_NewRef(data);
     self->buf = (const unsigned char *)PyBytes_AS_STRING(data);
     self->size = PyBytes_GET_SIZE(data);
     self->pos = 0;
@@ -266,11 +315,14 @@ static int Decoder_init(DecoderObject *self, PyObject *args, PyObject *kwds) {
     uint64_t lo = read_word(self);
     uint64_t hi = read_word(self);
     self->x = lo | (hi << 32);
-    if (self->overrun) {
+    int overrun = self->overrun, bad_state = self->x < RANS_L;
+    PyThread_release_lock(self->lock);
+    Py_XDECREF(old);
+    if (overrun) {
         PyErr_SetString(PyExc_EOFError, "entropy-coded stream is shorter than its 8-byte header");
         return -1;
     }
-    if (self->x < RANS_L) {
+    if (bad_state) {
         PyErr_SetString(PyExc_EOFError, "entropy-coded stream has an invalid initial state");
         return -1;
     }
@@ -318,6 +370,7 @@ static PyObject *Decoder_decode(DecoderObject *self, PyObject *args) {
     const int32_t *indexes = (const int32_t *)vi.buf;
     int32_t *symbols = (int32_t *)vo.buf;
     const uint32_t unit = TOTAL >> BYPASS_BITS;
+    lock_object(self->lock);
     Py_BEGIN_ALLOW_THREADS
     for (Py_ssize_t i = 0; i < n; i++) {
         int32_t ti = indexes[i];
@@ -346,11 +399,13 @@ static PyObject *Decoder_decode(DecoderObject *self, PyObject *args) {
         symbols[i] = (int32_t)(uint32_t)(value + (uint64_t)(int64_t)t.offset[ti]);
     }
     Py_END_ALLOW_THREADS
+    int overrun = self->overrun;
+    PyThread_release_lock(self->lock);
     if (bad >= 0) {
         raise_bad_index(bad, t.ntables);
         goto done;
     }
-    if (self->overrun) {
+    if (overrun) {
         PyErr_SetString(PyExc_EOFError, "entropy-coded stream ended early");
         goto done;
     }
@@ -363,11 +418,15 @@ done:
 }
 
 static PyObject *Decoder_finished(DecoderObject *self, PyObject *Py_UNUSED(ignored)) {
-    return PyBool_FromLong(self->data && !self->overrun && self->x == RANS_L && self->pos == self->size);
+    lock_object(self->lock);
+    int done = self->data && !self->overrun && self->x == RANS_L && self->pos == self->size;
+    PyThread_release_lock(self->lock);
+    return PyBool_FromLong(done);
 }
 
 static void Decoder_dealloc(DecoderObject *self) {
     Py_XDECREF(self->data);
+    if (self->lock) PyThread_free_lock(self->lock);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -381,7 +440,7 @@ static PyTypeObject DecoderType = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "zoo._rans.Decoder",
     .tp_basicsize = sizeof(DecoderObject),
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_new = PyType_GenericNew,
+    .tp_new = Decoder_new,
     .tp_init = (initproc)Decoder_init,
     .tp_dealloc = (destructor)Decoder_dealloc,
     .tp_methods = Decoder_methods,

@@ -6,15 +6,19 @@ inconsistency raises `BitstreamError` naming the problem.
 
 from __future__ import annotations
 
+import math
 import struct
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from zoo.compressed import Compressed, EntryId, TileStreams, format_level
+from zoo.compressed import Compressed, EntryId, TileLayout, TileStreams, format_level
 from zoo.errors import BitstreamError
 
 MAGIC = b"\x89ZOO"
+# Version 2 keeps version 1's layout and changes what the streams mean (docs/bitstream.md, "Versions"): the
+# decoder applies the rules of the version a file declares (`Compressed.format_version`), so version-1 files
+# keep decoding as they were made. This is the only place that decides which versions are read.
 FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)
 
@@ -44,14 +48,14 @@ class Header:
     bit_depth: int
     tile_size: int
     index_checksum: int
-    tiles: tuple[tuple[tuple[int, int, int, int], tuple[int, int], tuple[tuple[str, int], ...]], ...]
+    tiles: tuple[TileLayout, ...]
     extra: tuple[tuple[str, str], ...]
     header_bytes: int
     total_bytes: int
 
     @property
     def payload_bytes(self) -> int:
-        return sum(n for _, _, streams in self.tiles for _, n in streams)
+        return sum(t.num_bytes for t in self.tiles)
 
     def as_dict(self) -> dict:
         return {
@@ -76,8 +80,8 @@ class Header:
             "total_bytes": self.total_bytes,
             "bpp": 8 * self.total_bytes / (self.height * self.width),
             "streams": {
-                name: sum(n for _, _, s in self.tiles for k, n in s if k == name)
-                for name, _ in (self.tiles[0][2] if self.tiles else ())
+                name: sum(n for t in self.tiles for k, n in t.lengths if k == name)
+                for name, _ in (self.tiles[0].lengths if self.tiles else ())
             },
             "extra": dict(self.extra),
         }
@@ -87,6 +91,22 @@ def symbol_order(format_version: int) -> str:
     """The order of a context model's y symbols in streams of this version (zoo.models.base.SYMBOL_ORDERS):
     format 1 codes them in raster order, format 2 wavefront by wavefront. Other models' streams are alike."""
     return "raster" if format_version == 1 else "wavefront"
+
+
+def grid_size(height: int, width: int, tile_size: int) -> int:
+    """How many tiles an image of that size has (tile_size 0: one), without building the grid."""
+    if tile_size <= 0:
+        return 1
+    return math.ceil(height / tile_size) * math.ceil(width / tile_size)
+
+
+def grid_rect(height: int, width: int, tile_size: int, index: int) -> tuple[int, int, int, int]:
+    """(top, left, height, width) of tile `index` in raster order; tile_size 0: the whole image."""
+    if tile_size <= 0 or (height <= tile_size and width <= tile_size):
+        return (0, 0, height, width)
+    row, col = divmod(index, math.ceil(width / tile_size))
+    top, left = row * tile_size, col * tile_size
+    return (top, left, min(tile_size, height - top), min(tile_size, width - left))
 
 
 # -- writing -------------------------------------------------------------------------------------
@@ -116,7 +136,7 @@ def dumps(c: Compressed) -> bytes:
     if len(extra) > MAX_EXTRA:
         raise BitstreamError(f"more than {MAX_EXTRA} extra fields")
     if c.format_version not in READABLE_VERSIONS:
-        raise BitstreamError(f"cannot write format version {c.format_version}")
+        raise BitstreamError(f"cannot write format version {c.format_version} (this zoo writes {READABLE_VERSIONS})")
     head = bytearray(MAGIC)
     head += struct.pack("<BB", c.format_version, 0)
     body = bytearray()
@@ -124,9 +144,9 @@ def dumps(c: Compressed) -> bytes:
     body += c.fingerprint
     body += struct.pack("<IIBBII", c.height, c.width, c.channels, c.bit_depth, c.tile_size, c.index_checksum)
     body += struct.pack("<HB", len(c.tiles), len(names)) + b"".join(_str(n) for n in names)
-    for t in c.tiles:
+    for t in (tile.layout for tile in c.tiles):
         body += struct.pack("<IIIIHH", *t.rect, *t.latent_hw)
-        body += b"".join(struct.pack("<I", len(data)) for _, data in t.streams)
+        body += b"".join(struct.pack("<I", n) for _, n in t.lengths)
     body += struct.pack("<B", len(extra)) + b"".join(_str(k) + _str(v) for k, v in extra)
     head += struct.pack("<I", len(body)) + body
     head += struct.pack("<I", zlib.crc32(head))
@@ -176,12 +196,14 @@ def _parse_header(data: bytes) -> Header:
         raise BitstreamError(f"file is larger than {MAX_FILE_BYTES} bytes")
     r = _Reader(data, len(data))
     r.pos = 4
-    version, _flags = r.unpack("<BB", "format version")
+    version, flags = r.unpack("<BB", "format version")
     if version not in READABLE_VERSIONS:
         raise BitstreamError(
             f"unknown format version {version} (this zoo reads {', '.join(map(str, READABLE_VERSIONS))}); "
             "a newer zoo may read it"
         )
+    if flags != 0:
+        raise BitstreamError(f"flags byte is {flags:#04x}, but format version {version} defines no flags (must be 0)")
     (body_len,) = r.unpack("<I", "header length")
     if body_len > len(data) - r.pos - 8:
         raise BitstreamError("file is truncated: header is longer than the file")
@@ -205,16 +227,23 @@ def _parse_header(data: bytes) -> Header:
     n_tiles, n_streams = r.unpack("<HB", "tile count")
     if not 1 <= n_tiles <= MAX_TILES or not 1 <= n_streams <= MAX_STREAMS:
         raise BitstreamError(f"{n_tiles} tiles with {n_streams} streams each is out of range")
+    # The grid follows from the image and tile sizes: check the count by arithmetic, before anything is built.
+    if n_tiles > 1 and n_tiles != grid_size(height, width, tile_size):
+        raise BitstreamError(
+            f"{n_tiles} tiles, but a {height}x{width} image cut into tiles of {tile_size} has "
+            f"{grid_size(height, width, tile_size)}"
+        )
     names = tuple(r.string("stream name") for _ in range(n_streams))
     if len(set(names)) != len(names):
         raise BitstreamError("duplicate stream names")
     tiles = []
     for i in range(n_tiles):
         top, left, h, w, lh, lw = r.unpack("<IIIIHH", f"tile {i}")
-        if not (h >= 1 and w >= 1 and top + h <= height and left + w <= width):
-            raise BitstreamError(f"tile {i} ({top},{left},{h},{w}) lies outside the {height}x{width} image")
+        expected = grid_rect(height, width, tile_size if n_tiles > 1 else 0, i)
+        if (top, left, h, w) != expected:
+            raise BitstreamError(f"tile {i} is ({top},{left},{h},{w}) where the tile grid has {expected}")
         lengths = r.unpack(f"<{n_streams}I", f"tile {i} stream lengths")
-        tiles.append(((top, left, h, w), (lh, lw), tuple(zip(names, lengths, strict=True))))
+        tiles.append(TileLayout((top, left, h, w), (lh, lw), tuple(zip(names, lengths, strict=True))))
     (n_extra,) = r.unpack("<B", "extra count")
     if n_extra > MAX_EXTRA:
         raise BitstreamError(f"{n_extra} extra fields is out of range")
@@ -223,7 +252,7 @@ def _parse_header(data: bytes) -> Header:
     if r.pos != body_end:
         raise BitstreamError("header has trailing bytes")
     header_bytes = body_end + 4
-    payload = sum(n for _, _, s in tiles for _, n in s)
+    payload = sum(t.num_bytes for t in tiles)
     if header_bytes + payload + 4 != len(data):
         raise BitstreamError(
             f"file is {len(data)} bytes but its header describes {header_bytes + payload + 4} (truncated or padded)"
@@ -273,12 +302,12 @@ def loads(data: bytes) -> Compressed:
         raise BitstreamError("payload checksum mismatch: the file is corrupt")
     pos = header.header_bytes
     tiles = []
-    for rect, latent_hw, streams in header.tiles:
+    for layout in header.tiles:
         named = []
-        for name, n in streams:
+        for name, n in layout.lengths:
             named.append((name, bytes(data[pos : pos + n])))
             pos += n
-        tiles.append(TileStreams(rect, latent_hw, tuple(named)))
+        tiles.append(TileStreams(layout.rect, layout.latent_hw, tuple(named)))
     return Compressed(
         entry=header.entry,
         fingerprint=header.fingerprint,

@@ -15,9 +15,11 @@ def pmf_to_quantized_cdf(pmf: np.ndarray, tail_mass: float, precision: int = 16)
     if not np.all(np.isfinite(probs)) or np.any(probs < 0):
         raise ValueError("pmf must be finite and non-negative")
     total = 1 << precision
-    # Single-precision rounding, then each frequency rescaled so they sum to about the total, then the
-    # last entry forced to it: the same integer steps as CompressAI, so the same pmf gives the same table.
-    freqs = np.round(probs * np.float32(total)).astype(np.int64)
+    # Single-precision products rounded half away from zero (C's `round`, which CompressAI uses; numpy's
+    # rounds half to even), then each frequency rescaled so they sum to about the total, then the last entry
+    # forced to it: the same integer steps as CompressAI, so the same pmf gives the same table.
+    scaled = (probs * np.float32(total)).astype(np.float64)  # exact: a float32 times a power of two
+    freqs = np.floor(scaled + 0.5).astype(np.int64)
     if freqs.sum() == 0:
         raise ValueError("pmf has no mass")
     freqs = (freqs * total) // int(freqs.sum())

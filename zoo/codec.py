@@ -16,13 +16,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from zoo.bitstream import FORMAT_VERSION, symbol_order
+from zoo.bitstream import FORMAT_VERSION, READABLE_VERSIONS, grid_rect, grid_size
 from zoo.compressed import Compressed, EntryId, TileStreams
 from zoo.errors import BitstreamError, ImageTooLarge, InputError
 from zoo.models.base import CompressionModel, LatentStreams, check_index_crc
 
 DEFAULT_TILE_SIZE = 1024  # bounds peak memory: a 1024^2 tile needs well under 1 GB at the largest widths
 DEFAULT_MAX_PIXELS = 64 * 1024 * 1024
+# The decoder's own bound on one tile, whatever a file declares: a tile is decoded in one network pass, so
+# this (not the file) decides the memory a decode needs (benchmarks/decode_limits.py measures it).
+DEFAULT_MAX_TILE_PIXELS = DEFAULT_TILE_SIZE * DEFAULT_TILE_SIZE
 
 
 @dataclass(frozen=True)
@@ -37,14 +40,9 @@ class TileRect:
 
 
 def tile_grid(height: int, width: int, tile_size: int) -> list[TileRect]:
-    """Tiles in raster order; tile_size 0 means one tile for the whole image."""
-    if tile_size <= 0 or (height <= tile_size and width <= tile_size):
-        return [TileRect(0, 0, height, width)]
-    return [
-        TileRect(top, left, min(tile_size, height - top), min(tile_size, width - left))
-        for top in range(0, height, tile_size)
-        for left in range(0, width, tile_size)
-    ]
+    """Tiles in raster order (the grid docs/bitstream.md defines); tile_size 0 means one tile for the whole
+    image. Callers check `grid_size` first: the list has one entry per tile."""
+    return [TileRect(*grid_rect(height, width, tile_size, i)) for i in range(grid_size(height, width, tile_size))]
 
 
 def combine_checksums(checksums: Sequence[int]) -> int:
@@ -52,9 +50,22 @@ def combine_checksums(checksums: Sequence[int]) -> int:
     return zlib.crc32(b"".join(struct.pack("<I", c & 0xFFFFFFFF) for c in checksums))
 
 
-def _latents(tile: TileStreams) -> LatentStreams:
+def tile_checksum(format_version: int, index: int, tile: TileStreams, index_crc: int) -> int:
+    """What tile number `index` contributes to the image's index checksum, given the CRC of the table indexes
+    its model used. Format 1: that CRC alone, so a factorized tile's value depends only on its size and two
+    tiles' streams could trade places unnoticed. Format 2 binds each tile's streams to its place: a CRC32 over
+    the tile number, rect and latent size, then each stream's name, length and bytes, then the index CRC."""
+    if format_version < 2:
+        return index_crc
+    crc = zlib.crc32(struct.pack("<IIIIIHH", index, *tile.rect, *tile.latent_hw))
+    for name, data in tile.streams:
+        crc = zlib.crc32(data, zlib.crc32(name.encode() + struct.pack("<I", len(data)), crc))
+    return zlib.crc32(struct.pack("<I", index_crc & 0xFFFFFFFF), crc)
+
+
+def _latents(tile: TileStreams, format_version: int) -> LatentStreams:
     # The checksum is compared per image by the Codec, not per tile by the model.
-    return LatentStreams(tile.streams, tile.latent_hw, 0)
+    return LatentStreams(tile.streams, tile.latent_hw, 0, format_version)
 
 
 class Codec:
@@ -72,18 +83,29 @@ class Codec:
         *,
         tile_size: int = DEFAULT_TILE_SIZE,
         max_pixels: int = DEFAULT_MAX_PIXELS,
+        max_tile_pixels: int = DEFAULT_MAX_TILE_PIXELS,
     ):
         if not model.has_tables:
             from zoo.errors import TablesMissingError
 
             raise TablesMissingError(f"{entry}: the model has no integer CDF tables; call model.update() first")
-        if tile_size and tile_size % model.downsample:
-            raise ValueError(f"tile_size must be a multiple of {model.downsample}")
+        if (
+            isinstance(tile_size, bool)
+            or not isinstance(tile_size, int)
+            or tile_size < 0
+            or tile_size % model.downsample
+        ):
+            raise InputError(
+                f"tile_size must be 0 (no tiling) or a positive multiple of {model.downsample}, not {tile_size!r}"
+            )
+        if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1:
+            raise InputError(f"max_pixels must be a positive number of pixels, not {max_pixels!r}")
         self.model = model.eval()
         self.entry = entry
         self.fingerprint = bytes(fingerprint)
         self.tile_size = int(tile_size)
         self.max_pixels = int(max_pixels)
+        self.max_tile_pixels = int(max_tile_pixels)
 
     def __repr__(self) -> str:
         return f"Codec({self.entry}, fingerprint={self.fingerprint.hex()[:12]}, device={self.device})"
@@ -113,6 +135,13 @@ class Codec:
             raise InputError(f"expected a float image in [0, 1], got dtype {x.dtype}")
         if not torch.isfinite(x).all():
             raise InputError("image has NaN or infinite values")
+        # Refused rather than clamped: values outside [0, 1] are most often a scale mistake (0..255), which
+        # clamping would turn into a silently white image. zoo.imageio clips float files with a notice.
+        low, high = torch.aminmax(x)
+        if low < 0 or high > 1:
+            raise InputError(
+                f"image values span {low.item():.4g} to {high.item():.4g}, outside [0, 1] (clamp or rescale it first)"
+            )
         return x
 
     def _pad(self, x: Tensor) -> Tensor:
@@ -125,6 +154,7 @@ class Codec:
         return F.pad(x, (0, pw, 0, ph), mode="replicate")
 
     def _tiles(self, x: Tensor) -> Iterator[tuple[TileRect, Tensor]]:
+        self._check_tile(*self._largest_tile(x.shape[-2], x.shape[-1], self.tile_size), declared=False)
         for rect in tile_grid(x.shape[-2], x.shape[-1], self.tile_size):
             crop = x[..., rect.top : rect.top + rect.height, rect.left : rect.left + rect.width]
             yield rect, crop
@@ -133,10 +163,11 @@ class Codec:
         """Compress one image, float (3, H, W) or (1, 3, H, W) in [0, 1]."""
         x = self._as_image(x)
         tiles, checksums = [], []
-        for rect, crop in self._tiles(x):
+        for i, (rect, crop) in enumerate(self._tiles(x)):
             (latents,) = self.model.compress(self._pad(crop.unsqueeze(0).to(self.device, torch.float32)))
-            tiles.append(TileStreams(rect.as_tuple(), latents.latent_hw, latents.streams))
-            checksums.append(latents.index_checksum)
+            tile = TileStreams(rect.as_tuple(), latents.latent_hw, latents.streams)
+            tiles.append(tile)
+            checksums.append(tile_checksum(FORMAT_VERSION, i, tile, latents.index_checksum))
         return self._compressed(int(x.shape[1]), int(x.shape[2]), tiles, checksums)
 
     def compress_batch(self, x: Tensor | Sequence[Tensor]) -> list[Compressed]:
@@ -151,10 +182,12 @@ class Codec:
             else:
                 groups.setdefault((h, w), []).append(i)
         for (h, w), members in groups.items():
+            self._check_tile(h, w, declared=False)
             batch = self._pad(torch.stack([images[i] for i in members]).to(self.device, torch.float32))
             for i, latents in zip(members, self.model.compress(batch), strict=True):
                 tile = TileStreams((0, 0, h, w), latents.latent_hw, latents.streams)
-                results[i] = self._compressed(h, w, [tile], [latents.index_checksum])
+                crc = tile_checksum(FORMAT_VERSION, 0, tile, latents.index_checksum)
+                results[i] = self._compressed(h, w, [tile], [crc])
         return [r for r in results if r is not None]
 
     def _compressed(self, h: int, w: int, tiles: list[TileStreams], checksums: list[int]) -> Compressed:
@@ -172,6 +205,11 @@ class Codec:
     # -- decompress -----------------------------------------------------------------------------
     def check_compatible(self, c: Compressed) -> None:
         """Refuse streams that were made by another entry or other weights."""
+        if not isinstance(c, Compressed):
+            raise InputError(
+                f"decompress takes a zoo.Compressed, not {type(c).__name__}: "
+                "zoo.bitstream.loads(data) parses file bytes"
+            )
         mine, theirs = self.entry, c.entry
         if (mine.arch, mine.quality, mine.metric, mine.level) != (
             theirs.arch,
@@ -186,14 +224,44 @@ class Codec:
                 f"weights are {self.fingerprint.hex()[:12]} ({mine})"
             )
 
+    def _largest_tile(self, height: int, width: int, tile_size: int) -> tuple[int, int]:
+        if tile_size <= 0:
+            return height, width
+        return min(tile_size, height), min(tile_size, width)
+
+    def _check_tile(self, height: int, width: int, *, declared: bool) -> None:
+        if height * width <= self.max_tile_pixels:
+            return
+        what = "the stream declares a tile" if declared else "a tile"
+        hint = "" if declared else ": use a smaller tile_size"
+        raise ImageTooLarge(
+            f"{what} of {height}x{width} pixels, over this codec's limit of {self.max_tile_pixels} pixels per tile "
+            f"(a tile is coded in one network pass; Codec max_tile_pixels){hint}"
+        )
+
     def _expected_layout(self, c: Compressed) -> list[TileRect]:
-        if c.height < 1 or c.width < 1 or c.height * c.width > self.max_pixels:
-            raise BitstreamError(f"image size {c.height}x{c.width} is out of range for this codec")
+        """Check the declared geometry against the tiles present and this decoder's limits, by arithmetic
+        only, before anything is allocated from it; then the tile grid it implies."""
+        if c.format_version not in READABLE_VERSIONS:
+            raise BitstreamError(f"unknown format version {c.format_version} (this zoo reads {READABLE_VERSIONS})")
+        if c.height < 1 or c.width < 1:
+            raise BitstreamError(f"image size {c.height}x{c.width} is out of range")
+        if c.height * c.width > self.max_pixels:
+            raise ImageTooLarge(
+                f"the stream declares {c.height}x{c.width} pixels, over this codec's limit of {self.max_pixels}"
+            )
         if c.channels != 3 or c.bit_depth != 8:
             raise BitstreamError(f"unsupported image layout: {c.channels} channels at {c.bit_depth} bits")
-        grid = tile_grid(c.height, c.width, c.tile_size if len(c.tiles) > 1 else 0)
-        if len(grid) != len(c.tiles):
-            raise BitstreamError(f"stream has {len(c.tiles)} tiles where its layout needs {len(grid)}")
+        tile_size = c.tile_size if len(c.tiles) > 1 else 0
+        if len(c.tiles) > 1 and (tile_size < 1 or tile_size % self.downsample):
+            raise BitstreamError(
+                f"tile size {tile_size} is not a positive multiple of the model's downsampling ({self.downsample})"
+            )
+        needed = grid_size(c.height, c.width, tile_size)
+        if needed != len(c.tiles):
+            raise BitstreamError(f"stream has {len(c.tiles)} tiles where its layout needs {needed}")
+        self._check_tile(*self._largest_tile(c.height, c.width, tile_size), declared=True)
+        grid = tile_grid(c.height, c.width, tile_size)
         names = set(self.model.latent_names)
         for rect, tile in zip(grid, c.tiles, strict=True):
             if tuple(tile.rect) != rect.as_tuple():
@@ -217,9 +285,9 @@ class Codec:
         grid = self._expected_layout(c)
         out = torch.empty((1, 3, c.height, c.width), dtype=torch.float32)
         checksums = []
-        for rect, tile in zip(grid, c.tiles, strict=True):
-            x_hat, (crc,) = self.model.decompress_unchecked([_latents(tile)], order=symbol_order(c.format_version))
-            checksums.append(crc)
+        for i, (rect, tile) in enumerate(zip(grid, c.tiles, strict=True)):
+            x_hat, (crc,) = self.model.decompress_unchecked([_latents(tile, c.format_version)])
+            checksums.append(tile_checksum(c.format_version, i, tile, crc))
             out[..., rect.top : rect.top + rect.height, rect.left : rect.left + rect.width] = x_hat[
                 ..., : rect.height, : rect.width
             ].cpu()
@@ -229,17 +297,19 @@ class Codec:
     def decompress_batch(self, cs: Sequence[Compressed]) -> list[Tensor]:
         """Decompress several streams; single-tile streams of one latent size share one network pass."""
         results: list[Tensor | None] = [None] * len(cs)
-        groups: dict[tuple[tuple[int, int], str], list[int]] = {}
+        groups: dict[tuple[tuple[int, int], int], list[int]] = {}
         for i, c in enumerate(cs):
             self.check_compatible(c)
             self._expected_layout(c)
             if len(c.tiles) > 1:
                 results[i] = self.decompress(c)
             else:
-                groups.setdefault((c.tiles[0].latent_hw, symbol_order(c.format_version)), []).append(i)
-        for (_, order), members in groups.items():
-            x_hat, checksums = self.model.decompress_unchecked([_latents(cs[i].tiles[0]) for i in members], order=order)
+                groups.setdefault((c.tiles[0].latent_hw, c.format_version), []).append(i)
+        for _, members in groups.items():
+            latents = [_latents(cs[i].tiles[0], cs[i].format_version) for i in members]
+            x_hat, checksums = self.model.decompress_unchecked(latents)
             for j, i in enumerate(members):
-                check_index_crc(cs[i].index_checksum, combine_checksums([checksums[j]]))
+                crc = tile_checksum(cs[i].format_version, 0, cs[i].tiles[0], checksums[j])
+                check_index_crc(cs[i].index_checksum, combine_checksums([crc]))
                 results[i] = x_hat[j : j + 1, :, : cs[i].height, : cs[i].width].cpu()
         return [r for r in results if r is not None]

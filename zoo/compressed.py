@@ -38,6 +38,20 @@ def format_level(level: float) -> str:
 
 
 @dataclass(frozen=True)
+class TileLayout:
+    """A tile as a file's header describes it: its place, its deepest latent's size and its streams' lengths.
+    `TileStreams.layout` gives it for a coded tile; the header's tile table is a tuple of these."""
+
+    rect: tuple[int, int, int, int]
+    latent_hw: tuple[int, int]
+    lengths: tuple[tuple[str, int], ...]
+
+    @property
+    def num_bytes(self) -> int:
+        return sum(n for _, n in self.lengths)
+
+
+@dataclass(frozen=True)
 class TileStreams:
     """The coded streams of one tile. `rect` is (top, left, height, width) in image pixels;
     `latent_hw` is the spatial size of the deepest latent, which the decoder needs to start."""
@@ -56,6 +70,10 @@ class TileStreams:
     def num_bytes(self) -> int:
         return sum(len(data) for _, data in self.streams)
 
+    @property
+    def layout(self) -> TileLayout:
+        return TileLayout(self.rect, self.latent_hw, tuple((name, len(data)) for name, data in self.streams))
+
 
 @dataclass(frozen=True)
 class Compressed:
@@ -72,9 +90,9 @@ class Compressed:
     channels: int = 3
     bit_depth: int = 8
     extra: tuple[tuple[str, str], ...] = field(default=())
-    # The bitstream format the streams follow (zoo.bitstream.FORMAT_VERSION for what this zoo makes): it
-    # fixes the order of a context model's symbols, so a stream read from an older file keeps its version.
-    format_version: int = 2
+    # The bitstream format the streams follow (zoo.bitstream.FORMAT_VERSION when made by this zoo); the decoder
+    # applies that version's rules (docs/bitstream.md), so a file read from disk keeps the version it was made in.
+    format_version: int = field(default_factory=lambda: _current_format())
 
     @property
     def payload_bytes(self) -> int:
@@ -84,3 +102,9 @@ class Compressed:
     @property
     def payload_bits(self) -> int:
         return 8 * self.payload_bytes
+
+
+def _current_format() -> int:
+    from zoo.bitstream import FORMAT_VERSION
+
+    return FORMAT_VERSION

@@ -213,8 +213,10 @@ class EntropyBottleneck(EntropyModel):
         pmf_length = maxima + minima + 1
         max_length = int(pmf_length.max().item())
         samples = torch.arange(max_length, device=pmf_start.device)[None, :] + pmf_start[:, None, None]
-        pmf, lower, upper = self._likelihood(samples, stop_gradient=True)
-        pmf = pmf[:, 0, :]
+        _, lower, upper = self._likelihood(samples, stop_gradient=True)
+        # CompressAI (1.2) takes the plain difference here, not the sign-flipped one `_likelihood` returns:
+        # the same float steps give the same tables, which `import-compressai` and the parity test rely on.
+        pmf = (torch.sigmoid(upper) - torch.sigmoid(lower))[:, 0, :]
         tail_mass = torch.sigmoid(lower[:, 0, :1]) + torch.sigmoid(-upper[:, 0, -1:])
         cdf = self._pmf_to_cdf(pmf, tail_mass, pmf_length, max_length)
         self._set_tables(cdf, pmf_length + 2, -minima)

@@ -16,19 +16,29 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from packaging.version import InvalidVersion, Version
 from safetensors import safe_open
 from safetensors.torch import save_file
 
 from zoo.compressed import EntryId
 from zoo.errors import ArchitectureError, EntryNotFound, InputError, IntegrityError
 from zoo.models.base import CompressionModel
-from zoo.registry import get_arch, model_from_state_dict
+from zoo.registry import METRICS, check_shapes, create_model, get_arch, load_weights
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 CARD_NAME = "README.md"
 ENTRY_FILES = (CONFIG_NAME, WEIGHTS_NAME, CARD_NAME)
 ENTRY_FORMAT = 1
+
+
+def version_key(version: str) -> Version:
+    """The one ordering of entry versions (PEP 440: "1.10" > "1.9" > "1.0" > "1.0rc1" == "1.0-rc1"): the
+    resolver, the mirror, `zoo list` and the release tools all sort with it."""
+    try:
+        return Version(str(version))
+    except InvalidVersion:
+        raise EntryNotFound(f"{version!r} is not a version number (e.g. 1.0, 1.1, 2.0rc1)") from None
 
 
 @dataclass(frozen=True)
@@ -153,50 +163,147 @@ def save_entry(
     return info
 
 
+MAX_CONFIG_BYTES = 1 << 20
+WEIGHTS_DTYPES = ("float32", "float16")
+
+
+def check_config(cfg: Any) -> EntryInfo:
+    """An entry's config.json, parsed and checked: the one place that says what a valid config holds.
+
+    Names are checked against the registry (architecture, its quality table, metrics, its width keys and
+    bounds); a value that is out of range raises IntegrityError saying which and what was expected. Keys
+    this zoo does not know are ignored. Quality 0 marks an entry outside the standard table (an import)."""
+    from zoo.bitstream import FORMAT_VERSION
+
+    if not isinstance(cfg, dict):
+        raise IntegrityError(f"the config is a JSON {type(cfg).__name__}, not an object")
+    if cfg.get("zoo_entry_format", ENTRY_FORMAT) != ENTRY_FORMAT:
+        raise IntegrityError(f"zoo_entry_format {cfg['zoo_entry_format']!r} is not {ENTRY_FORMAT}: a newer zoo made it")
+    spec = get_arch(cfg["architecture"])
+    quality = cfg["quality"]
+    if isinstance(quality, bool) or not isinstance(quality, int) or (quality != 0 and quality not in spec.qualities):
+        raise IntegrityError(
+            f"quality {quality!r} is not one of {spec.name}'s ({', '.join(map(str, spec.qualities))}, "
+            "or 0 for an entry outside the standard table)"
+        )
+    if spec.variable_rate and quality != 0:
+        raise IntegrityError(f"quality {quality!r}: a variable-rate {spec.name} entry has quality 0 (every level)")
+    if cfg["metric"] not in METRICS:
+        raise IntegrityError(f"metric {cfg['metric']!r} is not one of {', '.join(METRICS)}")
+    version = str(cfg["version"])
+    try:
+        version_key(version)
+    except EntryNotFound as exc:
+        raise IntegrityError(str(exc)) from None
+    lmbda = None if cfg["lambda"] is None and spec.variable_rate else float(cfg["lambda"])
+    if lmbda is not None and not (math.isfinite(lmbda) and lmbda >= 0):
+        raise IntegrityError(f"lambda {lmbda} is not a finite non-negative number")
+    levels = cfg.get("levels", {})
+    if not isinstance(levels, dict) or (levels and not spec.variable_rate):
+        raise IntegrityError("levels must be a JSON object, and only a variable-rate entry has them")
+    for name, point in levels.items():
+        if name not in {str(q) for q in spec.qualities} or not isinstance(point, dict):
+            raise IntegrityError(f"levels has an entry {name!r}: levels are 1 to {len(spec.qualities)}")
+    try:
+        widths = spec.check_widths(cfg["widths"])
+    except ArchitectureError as exc:
+        raise IntegrityError(str(exc)) from None
+    dtype = cfg.get("weights_dtype", "float32")
+    if dtype not in WEIGHTS_DTYPES:
+        raise IntegrityError(f"weights_dtype {dtype!r} is not one of {', '.join(WEIGHTS_DTYPES)}")
+    fingerprint = bytes.fromhex(cfg["weights_fingerprint"])
+    if len(fingerprint) != 16:
+        raise IntegrityError(f"weights_fingerprint has {len(fingerprint)} bytes, not 16")
+    bitstream_format = cfg["bitstream_format"]
+    if isinstance(bitstream_format, bool) or bitstream_format not in range(1, FORMAT_VERSION + 1):
+        raise IntegrityError(
+            f"bitstream_format {bitstream_format!r} is not one this zoo writes (1 to {FORMAT_VERSION})"
+        )
+    training, results = cfg.get("training", {}), cfg.get("results", {})
+    if not isinstance(training, dict) or not isinstance(results, dict):
+        raise IntegrityError("training and results must be JSON objects")
+    return EntryInfo(
+        entry=EntryId(spec.name, quality, cfg["metric"], version),
+        widths=widths,
+        lmbda=lmbda,
+        levels=dict(levels),
+        fingerprint=fingerprint,
+        bitstream_format=bitstream_format,
+        weights_dtype=dtype,
+        training=training,
+        results=results,
+    )
+
+
 def read_config(path: str | Path) -> EntryInfo:
     p = Path(path) / CONFIG_NAME
     try:
-        cfg = json.loads(p.read_text())
-        info = EntryInfo(
-            entry=EntryId(cfg["architecture"], int(cfg["quality"]), cfg["metric"], str(cfg["version"])),
-            widths={k: int(v) for k, v in cfg["widths"].items()},
-            lmbda=None if cfg["lambda"] is None else float(cfg["lambda"]),
-            levels=dict(cfg.get("levels", {})),
-            fingerprint=bytes.fromhex(cfg["weights_fingerprint"]),
-            bitstream_format=int(cfg["bitstream_format"]),
-            weights_dtype=cfg.get("weights_dtype", "float32"),
-            training=cfg.get("training", {}),
-            results=cfg.get("results", {}),
-        )
+        with open(p, "rb") as f:
+            raw = f.read(MAX_CONFIG_BYTES + 1)
     except FileNotFoundError:
         raise EntryNotFound(f"{path} is not a zoo entry: it has no {CONFIG_NAME}") from None
+    except OSError as exc:  # a folder named config.json, no permission, ...
+        raise IntegrityError(f"{p} is not a readable file ({exc.strerror or type(exc).__name__})") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise IntegrityError(f"{p} is over {MAX_CONFIG_BYTES} bytes: not a zoo entry config")
+    try:
+        return check_config(json.loads(raw))
+    except IntegrityError as exc:
+        raise IntegrityError(f"{p}: {exc}") from None
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise IntegrityError(f"{p} is not a valid zoo entry config ({type(exc).__name__}: {exc})") from None
-    get_arch(info.entry.arch)
-    return info
+
+
+def check_device(device: str | torch.device) -> torch.device:
+    """The device to load onto, refused with InputError when this machine does not have it."""
+    try:
+        d = torch.device(device)
+    except (RuntimeError, TypeError, ValueError) as exc:
+        raise InputError(f"unknown device {device!r} ({exc})") from None
+    if d.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (d.index or 0) >= count:
+            raise InputError(f"device {device!r} is not available: this machine has {count} CUDA device(s)")
+    elif d.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise InputError(f"device {device!r} is not available on this machine")
+    elif d.type != "cpu":
+        raise InputError(f"device {device!r} is not supported: use cpu, cuda[:N] or mps")
+    return d
 
 
 def load_entry(path: str | Path, device: str | torch.device = "cpu") -> tuple[CompressionModel, EntryInfo]:
-    """Model (eval mode, tables in place) and its config; the weights must match the config's fingerprint."""
+    """Model (eval mode, tables in place) and its config; the weights must match the config's fingerprint.
+
+    The config is checked first (widths within bounds), then every tensor's name and shape against the
+    architecture at the config's widths, before any weight is read."""
+    device = check_device(device)
     info = read_config(path)
     weights = Path(path) / WEIGHTS_NAME
     try:
         with safe_open(str(weights), framework="pt") as f:
             meta = f.metadata() or {}
+            if meta.get("architecture", info.entry.arch) != info.entry.arch:
+                raise IntegrityError(f"{weights} holds {meta.get('architecture')}, config says {info.entry.arch}")
+            model = create_model(info.entry.arch, **info.widths)  # widths bounded by read_config
+            try:
+                check_shapes(model, {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()})  # noqa: SIM118
+            except ArchitectureError as exc:
+                raise IntegrityError(f"{weights}: {exc}") from None
             sd = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
     except FileNotFoundError:
         raise EntryNotFound(f"{path} has no {WEIGHTS_NAME}") from None
+    except IntegrityError:
+        raise
     except Exception as exc:  # safetensors raises its own error types for corrupt headers
         raise IntegrityError(f"{weights} is not a readable safetensors file: {exc}") from None
-    if meta.get("architecture", info.entry.arch) != info.entry.arch:
-        raise IntegrityError(f"{weights} holds {meta.get('architecture')}, config says {info.entry.arch}")
     if weights_fingerprint(sd) != info.fingerprint:
         raise IntegrityError(f"{weights} does not match the weights fingerprint in {CONFIG_NAME}")
     sd = {k: v.float() if v.is_floating_point() else v for k, v in sd.items()}
     try:
-        model = model_from_state_dict(info.entry.arch, sd)
+        load_weights(model, sd)
     except ArchitectureError as exc:
-        raise IntegrityError(str(exc)) from None
+        raise IntegrityError(f"{weights}: {exc}") from None
     if not model.has_tables:
         raise IntegrityError(f"{weights} has no CDF tables")
     return model.to(device).eval(), info

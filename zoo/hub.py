@@ -17,7 +17,8 @@ from typing import Any
 
 import torch
 
-from zoo.entry import ENTRY_FILES, codec_from_entry, sha256_file
+from zoo.compressed import EntryId
+from zoo.entry import ENTRY_FILES, check_device, codec_from_entry, sha256_file, version_key
 from zoo.errors import EntryNotFound, HubError, IntegrityError
 from zoo.registry import ARCHITECTURES, METRICS, get_arch
 
@@ -35,6 +36,9 @@ class ManifestEntry:
     files: dict[str, str]  # file name -> sha256
     kodak: dict[str, float] = field(default_factory=dict)
     path: str = ""  # where the released folder lives in this repository (model_store/entries/...)
+    # Set when the entry is retired: its folder left the working tree, and this commit of the repository holds
+    # its files at `path` (the embedded mirror serves them from there; see model_store/README.md).
+    commit: str = ""
     # variable-rate entries: level -> Kodak figures, and the integer qualities of the base architecture for
     # which this entry is the current one (what `zoo.load(base, quality=q)` returns)
     levels: dict[str, dict[str, float]] = field(default_factory=dict)
@@ -53,10 +57,6 @@ class Resolved:
 
     entry: ManifestEntry
     level: float | None = None
-
-
-def version_key(v: str) -> tuple:
-    return tuple(int(p) if p.isdigit() else p for p in v.replace("-", ".").split("."))
 
 
 def load_manifest(path: str | Path | None = None) -> list[ManifestEntry]:
@@ -152,19 +152,67 @@ def _remove_cached(path: str) -> None:
             pass
 
 
+DEFAULT_HUB_TIMEOUT = 10.0
+
+
+def hub_timeout() -> float:
+    """Seconds to wait for the Hub to connect or answer (ZOO_HUB_TIMEOUT, default 10)."""
+    try:
+        seconds = float(os.environ.get("ZOO_HUB_TIMEOUT", DEFAULT_HUB_TIMEOUT))
+    except ValueError:
+        raise HubError(f"ZOO_HUB_TIMEOUT={os.environ['ZOO_HUB_TIMEOUT']!r} is not a number of seconds") from None
+    return seconds if seconds > 0 else DEFAULT_HUB_TIMEOUT
+
+
+def _hub_answers(repo: str, name: str, revision: str) -> bool:
+    """Whether the endpoint answers one HEAD request within `hub_timeout()`, without retries.
+
+    huggingface_hub's own download retries a failed metadata request when nothing is cached, with a 60 s
+    timeout and backoff (minutes against a server that accepts connections and never answers, ~25 s against
+    a closed port). Asking once first bounds that: an endpoint that does not answer is not used for this
+    entry, and the cache answers instead (as huggingface_hub does offline)."""
+    from huggingface_hub import errors as hf_errors
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url
+
+    try:
+        get_hf_file_metadata(hf_hub_url(repo, name, revision=revision, endpoint=_endpoint()), timeout=hub_timeout())
+    except hf_errors.HfHubHTTPError:
+        return True  # it answered; hf_hub_download reports the refusal precisely
+    except Exception:  # refused, timed out, TLS, proxy, offline mode: the types depend on the HTTP library
+        return False
+    return True
+
+
 def download_entry(repo: str, revision: str, files: dict[str, str] | None = None) -> Path:
-    """Download an entry's files at a revision and verify their sha256 (when known); returns the folder."""
+    """Download an entry's files at a revision and verify their sha256 (when known); returns the folder.
+
+    An endpoint that does not connect or answer within `hub_timeout()` fails in that time, with a HubError
+    naming it, unless the entry is in the local cache, which is then used."""
+    import huggingface_hub.constants as hfc
     from huggingface_hub import errors as hf_errors
     from huggingface_hub import hf_hub_download
 
     folder: Path | None = None
+    reachable = False if hfc.HF_HUB_OFFLINE else _hub_answers(repo, ENTRY_FILES[0], revision)
     for name in ENTRY_FILES:
         try:
-            local = hf_hub_download(repo, name, revision=revision, endpoint=_endpoint())
+            local = hf_hub_download(
+                repo,
+                name,
+                revision=revision,
+                endpoint=_endpoint(),
+                etag_timeout=hub_timeout(),
+                local_files_only=not reachable,
+            )
         except hf_errors.LocalEntryNotFoundError:
+            if hfc.HF_HUB_OFFLINE:
+                raise HubError(
+                    f"{repo}@{revision} is not in the local cache and the Hub cannot be used "
+                    f"(offline mode); connect once or unset HF_HUB_OFFLINE"
+                ) from None
             raise HubError(
-                f"{repo}@{revision} is not in the local cache and the Hub cannot be used "
-                f"(offline mode, or {_endpoint()} unreachable); connect once or set HF_ENDPOINT"
+                f"the Hub at {_endpoint()} (HF_ENDPOINT) did not answer within {hub_timeout():g} s and "
+                f"{repo}@{revision} is not in the local cache"
             ) from None
         except hf_errors.RevisionNotFoundError:
             raise EntryNotFound(f"{repo} has no revision {revision!r} on {_endpoint()}") from None
@@ -173,9 +221,13 @@ def download_entry(repo: str, revision: str, files: dict[str, str] | None = None
         except hf_errors.EntryNotFoundError:
             raise EntryNotFound(f"{repo}@{revision} has no {name}: not a zoo entry") from None
         except hf_errors.HfHubHTTPError as exc:
-            raise HubError(f"the Hub at {_endpoint()} refused {repo}@{revision}/{name}: {exc}") from None
-        except (OSError, ValueError) as exc:  # connection errors and timeouts surface as these
-            raise HubError(f"could not reach the Hub at {_endpoint()} (HF_ENDPOINT): {type(exc).__name__}") from None
+            first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+            raise HubError(f"the Hub at {_endpoint()} refused {repo}@{revision}/{name}: {first}") from None
+        except Exception as exc:  # connection errors and timeouts mid-download: their types depend on the HTTP library
+            raise HubError(
+                f"could not download {repo}@{revision}/{name} from the Hub at {_endpoint()} (HF_ENDPOINT): "
+                f"{type(exc).__name__}"
+            ) from None
         if files and name in files:
             digest = sha256_file(local)
             if digest != files[name]:
@@ -187,6 +239,19 @@ def download_entry(repo: str, revision: str, files: dict[str, str] | None = None
         folder = Path(local).parent
     assert folder is not None
     return folder
+
+
+def download_manifest_entry(entry: ManifestEntry) -> Path:
+    """A released entry's folder, downloaded at its pinned revision and checked against the manifest's sha256."""
+    try:
+        return download_entry(entry.repo, entry.revision, entry.files)
+    except EntryNotFound as exc:
+        if not entry.commit:
+            raise
+        raise EntryNotFound(
+            f"{entry.name} is a retired entry and {_endpoint()} does not serve it ({exc}); "
+            "`zoo hub serve` in a clone with full git history does (model_store/README.md)"
+        ) from None
 
 
 def parse_hf_name(name: str) -> tuple[str, str]:
@@ -208,6 +273,7 @@ def load(
     **codec_kwargs: Any,
 ):
     """A ready codec: a manifest entry by name, or any Hub repo as "hf-hub:org/repo@revision"."""
+    check_device(device)  # before any download
     if name.startswith(HF_PREFIX):
         repo, revision = parse_hf_name(name)
         folder = download_entry(repo, revision)
@@ -215,9 +281,31 @@ def load(
         if name not in ARCHITECTURES and Path(name).is_dir():
             return load_local(name, device=device, backend=backend, **codec_kwargs)
         point = resolve_point(name, quality, metric, version)
-        folder = download_entry(point.entry.repo, point.entry.revision, point.entry.files)
+        folder = download_manifest_entry(point.entry)
         return codec_from_entry(folder, device=device, backend=backend, level=point.level, **codec_kwargs)
     return codec_from_entry(folder, device=device, backend=backend, level=quality, **codec_kwargs)
+
+
+def load_released(entry: EntryId, device: str | torch.device = "cpu", backend: str = "torch", **codec_kwargs: Any):
+    """The released codec that made a stream, found from the stream's header through the registry and the
+    manifest only: a header's strings are never taken as paths. A stream made with a local entry folder
+    (or a checkpoint) names no released entry; its error says to pass that folder explicitly. A variable-rate
+    stream names its entry and level."""
+    check_device(device)
+    try:
+        if entry.level is not None:
+            point = resolve_point(entry.arch, entry.level, entry.metric, entry.version)
+        else:
+            point = Resolved(resolve(entry.arch, entry.quality, entry.metric, entry.version))
+    except EntryNotFound as exc:
+        name = str(entry) if len(str(entry)) <= 120 else str(entry)[:117] + "..."
+        raise EntryNotFound(
+            f"the stream was made by {name}, which is not a released entry ({exc}); a stream made with a "
+            "local entry folder decodes with --model FOLDER (zoo.load_local(FOLDER) in Python)"
+        ) from None
+    released = point.entry
+    folder = download_manifest_entry(released)
+    return codec_from_entry(folder, device=device, backend=backend, level=point.level, **codec_kwargs)
 
 
 def load_local(

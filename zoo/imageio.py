@@ -1,8 +1,11 @@
 """Images in and out: anything Pillow opens becomes a float RGB tensor; reconstructions become 8-bit PNGs.
 
-Choices: grayscale, palette, CMYK and 16-bit images are converted to 8-bit RGB with a notice; EXIF
-orientation is applied; RGBA is accepted only when fully opaque (alpha is dropped) — zoo codes RGB, so an
-image with real transparency is refused rather than silently flattened onto a colour we would have to guess.
+Choices: grayscale, palette, CMYK, LAB and 16-bit images are converted to 8-bit RGB with a notice that
+says so; of an animation or a multi-page file only the first frame is coded, with a notice; EXIF orientation
+is applied; RGBA is accepted only when fully opaque (alpha is dropped) — zoo codes RGB, so an image with real
+transparency is refused rather than silently flattened onto a colour we would have to guess. Floating-point
+images (mode F) are taken as [0, 1]: NaN or infinite pixels are refused, finite values outside are clipped
+with a notice.
 """
 
 from __future__ import annotations
@@ -37,8 +40,15 @@ def read_image(source: str | Path | bytes, *, max_pixels: int = DEFAULT_MAX_PIXE
             w, h = img.size
             if w * h > max_pixels:
                 raise ImageTooLarge(f"{name} is {w}x{h} = {w * h} pixels, over the limit of {max_pixels}")
+            frames = int(getattr(img, "n_frames", 1) or 1)
+            if frames > 1:
+                notices.append(f"{name} has {frames} frames (animation or pages); only the first was coded")
+            sixteen = any(";16" in str(t[3]) for t in getattr(img, "tile", ()) or ())
             img = ImageOps.exif_transpose(img) or img
             arr = _to_rgb8(img, notices)
+            if sixteen and img.mode in ("RGB", "RGBA"):
+                # Pillow reduces 16-bit RGB(A) to 8 bits while decoding: say so, as for 16-bit grayscale
+                notices.append("16-bit image converted to 8 bits per channel")
         except InputError:
             raise
         except (Image.DecompressionBombError, Image.DecompressionBombWarning):
@@ -57,12 +67,20 @@ def read_image(source: str | Path | bytes, *, max_pixels: int = DEFAULT_MAX_PIXE
 def _to_rgb8(img: Image.Image, notices: list[str]) -> np.ndarray:
     mode = img.mode
     if mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        notices.append(f"{mode} image converted to 8 bits per channel")
         a = np.asarray(img, dtype=np.float64)
-        scale = 255.0 / 65535.0 if mode != "F" else 255.0
+        if mode == "F":
+            if not np.isfinite(a).all():
+                raise InputError("floating-point image has NaN or infinite pixels")
+            if a.size and (a.min() < 0 or a.max() > 1):
+                notices.append(f"floating-point pixels outside [0, 1] (from {a.min():.4g} to {a.max():.4g}) clipped")
+            notices.append("floating-point image converted to 8 bits per channel")
+            scale = 255.0
+        else:
+            notices.append(f"{mode} image converted to 8 bits per channel")
+            scale = 255.0 / 65535.0
         a = np.clip(np.round(a * scale), 0, 255).astype(np.uint8)
         return np.repeat(a[:, :, None], 3, axis=2)
-    if "A" in mode or (mode == "P" and "transparency" in img.info):
+    if mode in ("RGBA", "RGBa", "LA", "La", "PA") or (mode == "P" and "transparency" in img.info):
         rgba = img.convert("RGBA")
         alpha = np.asarray(rgba.getchannel("A"))
         if alpha.min() < 255:

@@ -6,12 +6,13 @@ The CLI, the Hub entries, export, training and serving all read names and tables
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from torch import Tensor
 
-from zoo.errors import ArchitectureError, EntryNotFound
+from zoo.errors import ArchitectureError, EntryNotFound, InputError
 from zoo.models import (
     Cheng2020Anchor,
     Cheng2020Attention,
@@ -30,6 +31,12 @@ from zoo.models.variable_rate import (
 )
 
 METRICS = ("mse", "ms-ssim")
+
+# A width (N, M) may be at most this many times the largest in the architecture's table: room for wider
+# experiments, while a weights file that declares N=20000 is refused before anything is allocated. A model
+# at twice the largest standard widths is about four times the largest standard model (~400 MB): the most a
+# forged entry can make us build before its shapes are refused.
+WIDTH_HEADROOM = 2
 
 # CompressAI's training λ per quality 1..8 (loss λ·255²·MSE + bpp, or λ·(1 − MS-SSIM) + bpp).
 LAMBDAS: dict[str, tuple[float, ...]] = {
@@ -67,6 +74,19 @@ class ArchSpec:
     @property
     def width_keys(self) -> tuple[str, ...]:
         return tuple(next(iter(self.width_table.values())))
+
+    @property
+    def max_width(self) -> int:
+        return WIDTH_HEADROOM * max(w for widths in self.width_table.values() for w in widths.values())
+
+    def check_widths(self, widths: Mapping[str, int]) -> dict[str, int]:
+        """Widths with exactly this architecture's keys, each a whole number in 1..max_width."""
+        if set(widths) != set(self.width_keys):
+            raise ArchitectureError(f"{self.name} takes widths {list(self.width_keys)}, not {sorted(widths)}")
+        for key, value in widths.items():
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= self.max_width:
+                raise ArchitectureError(f"{self.name} width {key}={value!r} is out of range (1 to {self.max_width})")
+        return dict(widths)
 
     def check_quality(self, quality: float) -> int:
         """An integer quality of a fixed-rate architecture (for a variable-rate one see `check_level`)."""
@@ -199,10 +219,36 @@ def create_model(arch: str, quality: float | None = None, **widths: int) -> Comp
         if quality is None:
             raise ValueError("give a quality or explicit widths")
         widths = spec.widths(quality)
-    unknown = set(widths) - set(spec.width_keys)
-    if unknown:
-        raise ArchitectureError(f"{arch} takes widths {spec.width_keys}, not {sorted(unknown)}")
-    return spec.model_class(**widths)
+    return spec.model_class(**spec.check_widths(widths))
+
+
+def check_shapes(model: CompressionModel, shapes: Mapping[str, Sequence[int]]) -> None:
+    """Refuse tensors whose names or shapes do not fit `model` (built at the widths they claim), before any
+    of them is read. The integer CDF tables are sized by their data, so only their names are checked."""
+    expected = model.state_dict()
+    arch = type(model).__name__
+    missing, unexpected = sorted(set(expected) - set(shapes)), sorted(set(shapes) - set(expected))
+    if missing or unexpected:
+        problems = [
+            f"{what} {', '.join(keys[:3])}" for what, keys in (("missing", missing), ("unexpected", unexpected)) if keys
+        ]
+        raise ArchitectureError(f"weights do not fit {arch}: {'; '.join(problems)}")
+    for name, tensor in expected.items():
+        if tensor.numel() and tuple(shapes[name]) != tuple(tensor.shape):
+            raise ArchitectureError(
+                f"weights do not fit {arch}: {name} has shape {tuple(shapes[name])}, expected {tuple(tensor.shape)}"
+            )
+
+
+def load_weights(model: CompressionModel, state_dict: Mapping[str, Tensor]) -> CompressionModel:
+    """Load a state dict strictly, after `check_shapes`; errors are ArchitectureError."""
+    check_shapes(model, {k: tuple(v.shape) for k, v in state_dict.items()})
+    try:
+        model.load_state_dict(dict(state_dict), strict=True)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()
+        raise ArchitectureError(f"weights do not fit {type(model).__name__}: {' '.join(first[:3])[:400]}") from None
+    return model
 
 
 def infer_widths(arch: str, state_dict: Mapping[str, Tensor]) -> dict[str, int]:
@@ -210,18 +256,33 @@ def infer_widths(arch: str, state_dict: Mapping[str, Tensor]) -> dict[str, int]:
     spec = get_arch(arch)
     try:
         if arch.startswith("cheng2020"):
-            return {"N": int(state_dict["g_a.0.conv1.weight"].shape[0])}
-        return {"N": int(state_dict["g_a.0.weight"].shape[0]), "M": int(state_dict["g_a.6.weight"].shape[0])}
+            widths = {"N": int(state_dict["g_a.0.conv1.weight"].shape[0])}
+        else:
+            widths = {"N": int(state_dict["g_a.0.weight"].shape[0]), "M": int(state_dict["g_a.6.weight"].shape[0])}
     except KeyError as exc:
         raise ArchitectureError(f"state dict does not look like {spec.name}: missing {exc.args[0]}") from None
+    return spec.check_widths(widths)
+
+
+def state_dict_from_checkpoint(path: str | Path) -> dict[str, Tensor]:
+    """The weights in a checkpoint file, the one reader for them: a weights-only `torch.load` (nothing else is
+    unpickled), then the "state_dict" (CompressAI's train.py) or "model" (zoo training runs) entry when there
+    is one, with DataParallel's "module." prefixes removed."""
+    import torch
+
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise InputError(f"{path} does not exist") from None
+    except Exception as exc:  # pickles that weights_only refuses, truncated files, folders, ...
+        raise InputError(f"{path} is not a loadable weights-only checkpoint: {exc}") from None
+    state = ckpt.get("state_dict", ckpt.get("model", ckpt)) if isinstance(ckpt, dict) else None
+    if not isinstance(state, dict) or not state or not all(isinstance(v, Tensor) for v in state.values()):
+        raise ArchitectureError(f"{path} holds no state dict")
+    return {str(k).removeprefix("module."): v for k, v in state.items()}
 
 
 def model_from_state_dict(arch: str, state_dict: Mapping[str, Tensor]) -> CompressionModel:
-    """Build the architecture at the checkpoint's widths and load it strictly."""
-    model = create_model(arch, **infer_widths(arch, state_dict))
-    try:
-        model.load_state_dict(dict(state_dict), strict=True)
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()
-        raise ArchitectureError(f"checkpoint does not fit {arch}: {' '.join(first[:3])[:400]}") from None
-    return model
+    """Build the architecture at the checkpoint's widths and load it strictly. The widths are bounded
+    (`ArchSpec.check_widths`) before anything is built, so a small file cannot make a large model."""
+    return load_weights(create_model(arch, **infer_widths(arch, state_dict)), state_dict)

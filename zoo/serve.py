@@ -12,26 +12,21 @@ import json
 import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.request
+from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from zoo.entry import ENTRY_FILES, read_config
 from zoo.errors import EntryNotFound, IntegrityError, ZooError
+from zoo.procs import executable, free_port, pid_alive, start_process, stop_group, zoo_home
 
 if TYPE_CHECKING:
     from zoo.codec import Codec
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-HANDLER = REPO_ROOT / "handlers" / "zoo_handler.py"
-DEFAULT_STORE = REPO_ROOT / "model_store"
-DEFAULT_STATE = Path(os.environ.get("ZOO_HOME", Path.home() / ".cache" / "zoo")) / "torchserve"
 MAX_BODY = 256 * 1024 * 1024  # a 24-megapixel image as PNG, or its reconstruction, fits
 OPS = ("encode", "decode")
 BACKENDS = ("torch", "onnx")
@@ -40,6 +35,21 @@ ONNX_DIR = "onnx"  # folder of exported graphs inside an onnx-backend archive
 
 class ServeError(ZooError):
     """TorchServe could not be started, reached or given a model."""
+
+
+def handler_file() -> Path:
+    """The TorchServe handler module, shipped inside the package (a wheel has it as a checkout does)."""
+    return Path(str(resources.files("zoo.handlers").joinpath("zoo_handler.py")))
+
+
+def default_store() -> Path:
+    """Where `zoo archive` writes and `zoo serve` reads archives: $ZOO_HOME/archives (~/.cache/zoo/archives).
+    Build outputs, never mixed with the released entries in a checkout's model_store/entries."""
+    return zoo_home() / "archives"
+
+
+def default_state() -> Path:
+    return zoo_home() / "torchserve"
 
 
 def archive_name(entry_dir: str | Path, name: str | None = None, level: float | None = None) -> str:
@@ -70,7 +80,7 @@ def _check_level(entry_dir: str | Path, level: float | None) -> float | None:
 
 def build_archives(
     entry_dir: str | Path,
-    store: str | Path = DEFAULT_STORE,
+    store: str | Path | None = None,
     *,
     name: str | None = None,
     backend: str = "torch",
@@ -88,10 +98,10 @@ def build_archives(
     if backend not in BACKENDS:
         raise ServeError(f"unknown backend {backend!r}; backends are {', '.join(BACKENDS)}")
     base = archive_name(entry_dir, name, level)
-    store = Path(store)
+    store = Path(store or default_store())
     store.mkdir(parents=True, exist_ok=True)
-    archiver = shutil.which("torch-model-archiver") or str(Path(sys.executable).with_name("torch-model-archiver"))
-    if not Path(archiver).exists():
+    archiver = executable("torch-model-archiver")
+    if archiver is None:
         raise ServeError("torch-model-archiver is not installed: pip install 'zoo-codecs[serve]'")
     out = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -121,7 +131,7 @@ def build_archives(
                 "--version",
                 "1.0",
                 "--handler",
-                str(HANDLER),
+                str(handler_file()),
                 "--extra-files",
                 str(payload),
                 "--config-file",
@@ -183,12 +193,6 @@ def archived_codec(
     return Codec(onnx_backend_from_folder(model, graphs, threads=threads), info.entry, info.fingerprint)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def write_config(
     path: str | Path,
     store: str | Path,
@@ -219,33 +223,35 @@ def write_config(
 
 
 def start(
-    store: str | Path = DEFAULT_STORE,
+    store: str | Path | None = None,
     models: list[str] | None = None,
     *,
-    state_dir: str | Path = DEFAULT_STATE,
+    state_dir: str | Path | None = None,
     auth: bool = True,
     timeout: float = 180.0,
     ports: tuple[int, int, int] | None = None,
 ) -> dict:
     """Start TorchServe in its own process group on 127.0.0.1; wait until the listed models answer."""
-    state = Path(state_dir).resolve()
+    state = Path(state_dir or default_state()).resolve()
     state.mkdir(parents=True, exist_ok=True)
     stop(state)
-    exe = shutil.which("torchserve") or str(Path(sys.executable).with_name("torchserve"))
-    if not Path(exe).exists() or not shutil.which("java"):
+    store = Path(store or default_store())
+    exe = executable("torchserve")
+    if exe is None or not shutil.which("java"):
         raise ServeError("TorchServe needs `pip install 'zoo-codecs[serve]'` and Java 17 on PATH")
     inf, mgmt, met = ports or (free_port(), free_port(), free_port())
     cfg = write_config(
         state / "config.properties", store, inference_port=inf, management_port=mgmt, metrics_port=met, auth=auth
     )
-    models = models or sorted(p.name for p in Path(store).glob("*.mar"))
+    models = models or sorted(p.name for p in store.glob("*.mar"))
+    if not models:
+        raise ServeError(f"no model archives in {store}: build them with `zoo archive` first")
     env = {
         **os.environ,
         "TMPDIR": str(state),
         "LOG_LOCATION": str(state / "logs"),
         "METRICS_LOCATION": str(state / "logs"),
     }
-    log = open(state / "torchserve.out", "wb")  # noqa: SIM115 - handed to the child
     cmd = [
         exe,
         "--start",
@@ -253,13 +259,14 @@ def start(
         "--ts-config",
         str(cfg),
         "--model-store",
-        str(Path(store).resolve()),
+        str(store.resolve()),
         "--ncs",
         *(["--disable-token-auth"] if not auth else []),
         "--models",
         *models,
     ]
-    proc = subprocess.Popen(cmd, cwd=state, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    (state / "torchserve.out").unlink(missing_ok=True)
+    proc = start_process(cmd, cwd=state, log=state / "torchserve.out", env=env)
     info = {
         "pid": proc.pid,
         "inference": f"http://127.0.0.1:{inf}",
@@ -307,43 +314,19 @@ def _wait_ready(info: dict, proc: subprocess.Popen, timeout: float, state: Path)
     raise ServeError(f"TorchServe models {sorted(pending)} not ready within {timeout:.0f} s")
 
 
-def running(state_dir: str | Path = DEFAULT_STATE) -> dict | None:
-    path = Path(state_dir) / "server.json"
+def running(state_dir: str | Path | None = None) -> dict | None:
+    path = Path(state_dir or default_state()) / "server.json"
     if not path.exists():
         return None
     info = json.loads(path.read_text())
-    try:
-        os.kill(int(info["pid"]), 0)
-    except OSError:
-        return None
-    return info
+    return info if pid_alive(int(info["pid"])) else None
 
 
-def stop(state_dir: str | Path = DEFAULT_STATE, timeout: float = 20.0) -> bool:
+def stop(state_dir: str | Path | None = None, timeout: float = 20.0) -> bool:
     """Stop the TorchServe started from this state folder (its whole process group), by pid."""
-    path = Path(state_dir) / "server.json"
+    path = Path(state_dir or default_state()) / "server.json"
     if not path.exists():
         return False
     pid = int(json.loads(path.read_text())["pid"])
     path.unlink()
-    try:
-        os.killpg(pid, signal.SIGTERM)
-    except OSError:
-        return False
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            os.killpg(pid, 0)
-        except OSError:
-            return True
-        try:  # reap it if it is our child
-            if os.waitpid(pid, os.WNOHANG)[0] == pid:
-                pass
-        except ChildProcessError:
-            pass
-        time.sleep(0.2)
-    try:
-        os.killpg(pid, signal.SIGKILL)
-    except OSError:
-        pass
-    return True
+    return stop_group(pid, timeout)

@@ -4,11 +4,43 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import secrets
 import sys
 import time
 from pathlib import Path
 
 from zoo.errors import InputError
+
+
+def _refuse_same_file(source: str, output: str) -> None:
+    """Refuse to write over the input (also through a link or another spelling of its path)."""
+    try:
+        same = os.path.samefile(source, output)
+    except OSError:  # the output does not exist yet (or the input does not: reading it will say so)
+        same = False
+    if same:
+        raise InputError(f"output {output} is the input {source}: writing it would destroy the input")
+
+
+def _write_output(path: str, data: bytes) -> None:
+    """Write through a temporary file in the same folder and rename it into place, so a failure (disk
+    full, interrupt) leaves the old file or none, never a partial one."""
+    target = Path(path)
+    tmp = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
+    created = False
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        created = True
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, target)
+    except BaseException as exc:
+        if created:
+            tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise InputError(f"cannot write {path}: {exc.strerror or exc}") from None
+        raise
 
 
 def _resolve_codec(
@@ -34,6 +66,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
     from zoo import bitstream
     from zoo.imageio import read_image
 
+    _refuse_same_file(args.image, args.output)
     codec = _resolve_codec(args.model, args.quality, args.metric, args.version, args.device, args.backend)
     x, notices = read_image(args.image, max_pixels=codec.max_pixels)
     for n in notices:
@@ -42,10 +75,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     data = bitstream.dumps(codec.compress(x))
     seconds = time.perf_counter() - t0
-    try:
-        Path(args.output).write_bytes(data)
-    except OSError as exc:
-        raise InputError(f"cannot write {args.output}: {exc.strerror or exc}") from None
+    _write_output(args.output, data)
     if not args.quiet:
         h, w = x.shape[-2:]
         print(
@@ -57,8 +87,10 @@ def cmd_encode(args: argparse.Namespace) -> int:
 
 def cmd_decode(args: argparse.Namespace) -> int:
     from zoo import bitstream
-    from zoo.imageio import write_png
+    from zoo.hub import load_released
+    from zoo.imageio import png_bytes
 
+    _refuse_same_file(args.input, args.output)
     data = bitstream.read_file(args.input)
     compressed = bitstream.loads(data)
     e = compressed.entry
@@ -67,14 +99,12 @@ def cmd_decode(args: argparse.Namespace) -> int:
         local = Path(args.model).is_dir()
         codec = _resolve_codec(args.model, e.level if local else point, e.metric, e.version, args.device, args.backend)
     else:
-        codec = _resolve_codec(e.arch, point, e.metric, e.version, args.device, args.backend)
+        # The header's strings name a released entry or nothing: they never become paths.
+        codec = load_released(e, device=args.device, backend=args.backend)
     t0 = time.perf_counter()
     x_hat = codec.decompress(compressed)
     seconds = time.perf_counter() - t0
-    try:
-        write_png(x_hat, args.output)
-    except (OSError, ValueError) as exc:
-        raise InputError(f"cannot write {args.output}: {exc}") from None
+    _write_output(args.output, png_bytes(x_hat))
     if not args.quiet:
         print(f"{args.output}: {compressed.width}x{compressed.height} from {e}, {seconds:.2f} s")
     return 0

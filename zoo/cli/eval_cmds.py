@@ -115,18 +115,14 @@ class _Loader:
         if path.is_dir():
             return zoo.load_local(path, backend=backend, quality=quality)
         if path.is_file():  # a CompressAI checkpoint
-            import torch
-
             from zoo.codec import Codec
             from zoo.compressed import EntryId
             from zoo.entry import weights_fingerprint
-            from zoo.registry import model_from_state_dict
+            from zoo.registry import model_from_state_dict, state_dict_from_checkpoint
 
             if not arch:
                 raise InputError("a checkpoint file needs --arch")
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)
-            state = ckpt.get("state_dict", ckpt)
-            m = model_from_state_dict(arch, state)
+            m = model_from_state_dict(arch, state_dict_from_checkpoint(path))
             if not m.has_tables:
                 m.update(force=True)
             label = int(quality or 0)

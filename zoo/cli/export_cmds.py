@@ -34,5 +34,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--version")
     p.add_argument("--arch", help="architecture of a CompressAI checkpoint")
     p.add_argument("--format", default="onnx", choices=["onnx", "torchscript", "both"])
-    p.add_argument("--out", default="export/out")
+    p.add_argument("--out", default="export", help="output folder (default: export/ in the current folder)")
     p.set_defaults(func=cmd_export)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
-from zoo.errors import ArchitectureError, InputError
+from zoo.errors import InputError
 
 
 def cmd_list(args: argparse.Namespace) -> int:
+    from zoo.entry import version_key
     from zoo.hub import load_manifest
 
     entries = load_manifest()
@@ -38,7 +40,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         return 0
     print(f"{'architecture':<22} {'q':>2} {'metric':<8} {'version':<8} {'bpp':>7} {'PSNR':>7} {'MS-SSIM':>8}  repo")
     nan = float("nan")
-    for e in sorted(entries, key=lambda e: (e.arch, e.metric, e.quality, e.version)):
+    for e in sorted(entries, key=lambda e: (e.arch, e.metric, e.quality, version_key(e.version))):
         if e.levels:  # a variable-rate entry: listed once, then one line per level
             current = f"; current for quality {_spans(e.current_for)}" if e.current_for else ""
             print(
@@ -77,22 +79,11 @@ def cmd_publish(args: argparse.Namespace) -> int:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-    import torch
-
     from zoo.entry import save_entry
-    from zoo.registry import get_arch, model_from_state_dict
+    from zoo.registry import get_arch, model_from_state_dict, state_dict_from_checkpoint
 
     spec = get_arch(args.arch)
-    try:
-        ckpt = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise InputError(f"{args.checkpoint} does not exist") from None
-    except Exception as exc:  # pickles that weights_only refuses, truncated files, ...
-        raise InputError(f"{args.checkpoint} is not a loadable weights-only checkpoint: {exc}") from None
-    state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else None
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ArchitectureError(f"{args.checkpoint} holds no state dict")
-    state = {k.removeprefix("module."): v for k, v in state.items()}
+    state = state_dict_from_checkpoint(args.checkpoint)
     model = model_from_state_dict(args.arch, state)
     quality = args.quality or 0
     if quality:
@@ -114,9 +105,9 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 def cmd_hub(args: argparse.Namespace) -> int:
-    from zoo.mirror import DEFAULT_STATE, build_mirror, running_endpoint, start_server, stop_server
+    from zoo.mirror import build_mirror, default_state, entries_folder, running_endpoint, start_server, stop_server
 
-    state = Path(args.dir) if args.dir else DEFAULT_STATE
+    state = Path(args.dir) if args.dir else default_state()
     if args.action == "stop" or args.stop:
         print("stopped the embedded Hub mirror" if stop_server(state) else "no embedded Hub mirror was running")
         return 0
@@ -124,10 +115,19 @@ def cmd_hub(args: argparse.Namespace) -> int:
         endpoint = running_endpoint(state)
         print(endpoint or "")
         return 0 if endpoint else 1
-    published = build_mirror(state / "repos")
+    entries = entries_folder(args.entries)
+    if not entries.is_dir():
+        raise InputError(
+            f"no entries folder at {entries}: run from a checkout's root or pass --entries DIR "
+            "(a folder laid out like model_store/entries)"
+        )
+    built = build_mirror(state / "repos", entries_dir=entries)
+    for exc in built.unavailable:  # a shallow clone or a copy without .git: the rest is still served
+        print(f"zoo: warning: not served: {exc}", file=sys.stderr)
     pid, endpoint = start_server(state / "repos", state, port=args.port)
     if not args.quiet:
-        print(f"serving {len(published)} entries with olah (pid {pid}) at {endpoint}")
+        retired = f" ({len(built.from_history)} retired, from git history)" if built.from_history else ""
+        print(f"serving {len(built.published)} entries{retired} with olah (pid {pid}) at {endpoint}")
         print(f"export HF_ENDPOINT={endpoint}")
     else:
         print(endpoint)
@@ -155,10 +155,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_import)
 
-    p = subparsers.add_parser("hub", help="the embedded Hub mirror (olah) over the entries this repository ships")
+    p = subparsers.add_parser("hub", help="the embedded Hub mirror (olah) over the released entries")
     p.add_argument("action", nargs="?", default="serve", choices=["serve", "stop", "endpoint"])
     p.add_argument("--port", type=int)
-    p.add_argument("--dir", help="state folder (default ~/.cache/zoo/hub-mirror)")
+    p.add_argument("--dir", help="state folder (default $ZOO_HOME/hub-mirror, ZOO_HOME defaulting to ~/.cache/zoo)")
+    p.add_argument(
+        "--entries",
+        help="folder of released entries, laid out like model_store/entries (default: model_store/entries in the "
+        "current folder); the list of entries is the installed package's manifest",
+    )
     p.add_argument("--stop", action="store_true", help="stop a running mirror")
     p.add_argument("--quiet", action="store_true", help="print only the endpoint")
     p.set_defaults(func=cmd_hub)

@@ -7,6 +7,8 @@ from pathlib import Path
 
 from zoo.cli.codec_cmds import parse_quality
 
+STORE_HELP = "folder of .mar archives (default $ZOO_HOME/archives, ZOO_HOME defaulting to ~/.cache/zoo)"
+
 
 def _entry_folder(name: str, quality: float | None, metric: str, version: str | None) -> tuple[Path, float | None]:
     """A local folder as is; a registry name resolved and downloaded like zoo.load does. With the level to
@@ -15,11 +17,10 @@ def _entry_folder(name: str, quality: float | None, metric: str, version: str | 
         from zoo.entry import read_config
 
         return Path(name), quality if read_config(name).variable_rate else None
-    from zoo.hub import download_entry, resolve_point
+    from zoo.hub import download_manifest_entry, resolve_point
 
     point = resolve_point(name, quality, metric, version)
-    e = point.entry
-    return download_entry(e.repo, e.revision, e.files), point.level
+    return download_manifest_entry(point.entry), point.level
 
 
 def cmd_archive(args: argparse.Namespace) -> int:
@@ -41,9 +42,9 @@ def cmd_archive(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from zoo.serve import DEFAULT_STATE, start, stop
+    from zoo.serve import default_state, start, stop
 
-    state = Path(args.state) if args.state else DEFAULT_STATE
+    state = Path(args.state) if args.state else default_state()
     if args.stop:
         print("stopped TorchServe" if stop(state) else "TorchServe was not running")
         return 0
@@ -69,15 +70,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="onnx: export the transforms now and put the graphs in the archives (workers load, never export)",
     )
     p.add_argument("--name", help="archive base name (default: <arch>-q<Q>-<metric>-v<version>)")
-    p.add_argument("--store", default=str(Path(__file__).resolve().parents[2] / "model_store"))
+    p.add_argument("--store", help=STORE_HELP)
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--max-batch-delay", type=int, default=20, help="milliseconds")
     p.set_defaults(func=cmd_archive)
 
-    p = subparsers.add_parser("serve", help="start (or --stop) TorchServe on 127.0.0.1 over model_store/")
+    p = subparsers.add_parser("serve", help="start (or --stop) TorchServe on 127.0.0.1 over the archives' folder")
     p.add_argument("--models", nargs="*", help="archive names (default: every .mar in the store)")
-    p.add_argument("--store", default=str(Path(__file__).resolve().parents[2] / "model_store"))
-    p.add_argument("--state", help="folder for config, logs and pid (default ~/.cache/zoo/torchserve)")
+    p.add_argument("--store", help=STORE_HELP)
+    p.add_argument("--state", help="folder for config, logs and pid (default $ZOO_HOME/torchserve)")
     p.add_argument("--no-auth", action="store_true", help="turn TorchServe's token authorization off")
     p.add_argument("--stop", action="store_true")
     p.set_defaults(func=cmd_serve)

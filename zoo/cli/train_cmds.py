@@ -44,6 +44,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         clip=args.clip,
         log_every=args.log_every,
         integer_share=args.integer_share,
+        max_minutes=args.max_minutes,
+        warmup_steps=args.warmup,
     )
     train(cfg)
     return 0
@@ -91,6 +93,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--steps", type=int)
     g.add_argument("--epochs", type=int)
+    g.add_argument(
+        "--max-minutes", type=float, help="a wall-clock budget: train this long (schedules follow the clock)"
+    )
+    p.add_argument("--warmup", type=int, default=0, help="linear learning-rate warm-up over this many steps")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--patch", type=int, default=256)
     p.add_argument("--lr", type=float, default=1e-4)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -21,10 +22,34 @@ from zoo.models.base import CompressionModel
 ORT_GRAPHS = ("g_a", "h_a", "g_s")
 
 
+def runtime_conflict() -> str | None:
+    """A notice when both ONNX Runtime builds are installed: they share the `onnxruntime` module and the CPU
+    build shadows the CUDA one, so the GPU is silently unused. The extras [export] and [gpu] exclude each other."""
+    from importlib import metadata
+
+    installed = []
+    for dist in ("onnxruntime", "onnxruntime-gpu"):
+        try:
+            metadata.distribution(dist)
+        except metadata.PackageNotFoundError:
+            continue
+        installed.append(dist)
+    if len(installed) < 2:
+        return None
+    return (
+        "both onnxruntime and onnxruntime-gpu are installed and the CPU build shadows the CUDA one; keep one: "
+        "pip uninstall -y onnxruntime onnxruntime-gpu && pip install 'zoo-codecs[gpu]' (or [export] for CPU)"
+    )
+
+
 def default_providers() -> list[str]:
     import onnxruntime as ort
 
     available = ort.get_available_providers()
+    if "CUDAExecutionProvider" not in available and torch.cuda.is_available():
+        notice = runtime_conflict()
+        if notice:
+            warnings.warn(notice, stacklevel=2)
     return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
 
 
@@ -105,4 +130,56 @@ def onnx_backend_from_folder(
     for name in names:
         setattr(ort_model, name, OrtModule(folder / f"{name}.onnx", providers, threads))
     ort_model.backend = "onnx"  # type: ignore[assignment]
+    return ort_model
+
+
+class _Float64Out(nn.Module):
+    """An ORT graph called where the float64 entropy-parameter path is expected: float32 in, float64 out."""
+
+    def __init__(self, module: OrtModule, split: int | None = None):
+        super().__init__()
+        self.module, self.split = module, split
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x.float()
+        if self.split is None:
+            return self.module(x).double()
+        # entropy_parameters is called with (params, ctx) concatenated; its graph takes them as two inputs.
+        sess = self.module.session
+        feeds = {"params": x[:, : self.split].numpy(), "ctx": x[:, self.split :].numpy()}
+        (out,) = sess.run(None, feeds)
+        return torch.from_numpy(np.asarray(out)).double()
+
+
+def onnx_everywhere(
+    model: CompressionModel,
+    folder: str | Path,
+    *,
+    providers: list[str] | None = None,
+    threads: int | None = None,
+) -> CompressionModel:
+    """Every exported graph in ONNX Runtime, h_s and the context graphs included, in float32: NOT a backend to
+    code with (its table indexes may differ from the eager decoder's), but the one that measures that risk.
+    Streams it makes carry its index checksum, so an eager decoder that computes other indexes must refuse."""
+    folder = Path(folder)
+    ort_model = onnx_backend_from_folder(model, folder, providers=providers, threads=threads)
+    graphs: dict[str, nn.Module] = {}
+    for name in ("h_s", "context_prediction", "entropy_parameters"):
+        if hasattr(model, name):
+            module = OrtModule(folder / f"{name}.onnx", providers, threads)
+            split = module.session.get_inputs()[0].shape[1] if name == "entropy_parameters" else None
+            graphs[name] = _Float64Out(module, split)
+    # Instance attributes shadow the methods: the model's own coding loops now call these graphs.
+    object.__setattr__(ort_model, "f64", graphs.__getitem__)
+    if "context_prediction" in graphs:
+
+        def context_step(y_crop: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
+            # The graph zero-pads the 5x5 crop itself; its centre output is the context at this position.
+            ctx = graphs["context_prediction"](y_crop)[:, :, 2:3, 2:3]
+            gp = graphs["entropy_parameters"](torch.cat((params.double(), ctx), dim=1))
+            scales, means = gp.flatten(1).chunk(2, 1)
+            return scales, means
+
+        object.__setattr__(ort_model, "context_step", context_step)
+    ort_model.backend = "onnx-everywhere"  # type: ignore[assignment]
     return ort_model

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from zoo.bitstream import FORMAT_VERSION, symbol_order
 from zoo.entropy import EntropyBottleneck, GaussianConditional, default_scale_table
 from zoo.errors import BitstreamError
 
@@ -34,6 +35,8 @@ class LatentStreams:
     streams: tuple[tuple[str, bytes], ...]
     latent_hw: tuple[int, int]
     index_checksum: int
+    # The bitstream format version the streams follow (docs/bitstream.md): a decoder applies its rules.
+    format_version: int = FORMAT_VERSION
 
     def stream(self, name: str) -> bytes:
         return dict(self.streams)[name]
@@ -100,7 +103,10 @@ class CompressionModel(nn.Module):
             if isinstance(m, EntropyBottleneck):
                 updated |= m.update(force=force)
             elif isinstance(m, GaussianConditional):
-                table = default_scale_table() if scale_table is None else scale_table
+                # Keep the scale table the weights came with (an imported checkpoint may have its own).
+                table = scale_table if scale_table is not None else m.scale_table
+                if table.numel() == 0:
+                    table = default_scale_table()
                 updated |= m.update_scale_table(table, force=force)
         return updated
 
@@ -123,7 +129,7 @@ class CompressionModel(nn.Module):
         return self._compress_in_order(x, order)
 
     @torch.no_grad()
-    def decompress(self, streams: Sequence[LatentStreams], *, order: str = "wavefront") -> Tensor:
+    def decompress(self, streams: Sequence[LatentStreams], *, order: str | None = None) -> Tensor:
         """Decode a batch of streams that share one latent size; returns the padded reconstruction."""
         if not streams:
             raise ValueError("nothing to decompress")
@@ -134,13 +140,19 @@ class CompressionModel(nn.Module):
 
     @torch.no_grad()
     def decompress_unchecked(
-        self, streams: Sequence[LatentStreams], *, order: str = "wavefront"
+        self, streams: Sequence[LatentStreams], *, order: str | None = None
     ) -> tuple[Tensor, list[int]]:
         """Decode and return the index checksums the decoder computed, for the caller to compare
-        (`zoo.codec` compares one checksum over all tiles of an image)."""
-        check_order(order)
+        (`zoo.codec` compares one checksum over all tiles of an image). `order` (SYMBOL_ORDERS) defaults to
+        the one the streams' format version fixes."""
         if not streams:
             raise ValueError("nothing to decompress")
+        if order is None:
+            versions = {s.format_version for s in streams}
+            if len(versions) != 1:
+                raise ValueError("streams of one decompress call must share their format version")
+            order = symbol_order(versions.pop())
+        check_order(order)
         hw = streams[0].latent_hw
         if any(s.latent_hw != hw for s in streams):
             raise ValueError("streams of one decompress call must share their latent size")

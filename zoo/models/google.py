@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from zoo.bitstream import FORMAT_VERSION
 from zoo.entropy import EntropyBottleneck, GaussianConditional, crc_indexes
 from zoo.errors import BitstreamError
 from zoo.layers import GDN, MaskedConv2d, conv, deconv
@@ -324,7 +325,8 @@ class JointAutoregressiveHierarchicalPriors(MeanScaleHyperprior):
                 encoder.push(symbols, idx, tables)
                 crc = crc_indexes(idx, crc)
             hw = (int(z_hat.shape[-2]), int(z_hat.shape[-1]))
-            out.append(LatentStreams((("z", z_strings[i]), ("y", encoder.flush())), hw, crc))
+            version = 1 if order == "raster" else FORMAT_VERSION  # the format whose order the stream has
+            out.append(LatentStreams((("z", z_strings[i]), ("y", encoder.flush())), hw, crc, version))
         return out
 
     @torch.no_grad()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -30,18 +31,35 @@ def build_optimizers(model: CompressionModel, lr: float, aux_lr: float = 1e-3, e
     return main, aux
 
 
-def build_scheduler(name: str, optimizer: torch.optim.Optimizer, total_steps: int) -> LRScheduler | ReduceLROnPlateau:
+def build_scheduler(
+    name: str,
+    optimizer: torch.optim.Optimizer,
+    total_steps: int,
+    progress: Callable[[int], int] | None = None,
+    warmup: int = 0,
+) -> LRScheduler | ReduceLROnPlateau:
     """plateau: ×0.5 after 3 validations without improvement; cosine/poly: decay to 1% over the run;
-    multistep: ×0.1 at 80% and 95% of the steps."""
+    multistep: ×0.1 at 80% and 95% of the steps. `progress` maps the step to the schedule's position on a
+    10,000 scale (a wall-clock budget); `warmup`: linear warm-up from 1% over that many steps."""
     total = max(1, total_steps)
+    if progress is not None:
+        total = 10_000
+    where = progress or (lambda s: s)
+
+    def ramp(s: int) -> float:
+        return min(1.0, 0.01 + 0.99 * s / warmup) if warmup else 1.0
+
     if name == "plateau":
         return ReduceLROnPlateau(optimizer, mode="min", factor=0.5, patience=3)
     if name == "cosine":
-        return LambdaLR(optimizer, lambda s: 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
+        return LambdaLR(
+            optimizer,
+            lambda s: ramp(s) * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(where(s), total) / total))),
+        )
     if name == "multistep":
         return MultiStepLR(optimizer, milestones=[int(0.8 * total), int(0.95 * total)], gamma=0.1)
     if name == "poly":
-        return LambdaLR(optimizer, lambda s: max(0.01, (1 - min(s, total) / total) ** 0.9))
+        return LambdaLR(optimizer, lambda s: ramp(s) * max(0.01, (1 - min(where(s), total) / total) ** 0.9))
     raise ValueError(f"unknown scheduler {name!r}; schedulers are {', '.join(SCHEDULERS)}")
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from zoo.entry import ENTRY_FILES, EntryInfo, load_entry, read_config, save_entry, sha256_file
+from zoo.entry import ENTRY_FILES, EntryInfo, load_entry, read_config, save_entry, sha256_file, version_key
 from zoo.errors import EntryNotFound
 from zoo.registry import create_model, get_arch
 
@@ -28,6 +28,7 @@ def _run_model(run: Path, checkpoint: str):
             "dataset": Path(cfg["train_dir"]).name,
             "steps": int(ckpt["step"]),
             "wall_time_s": round(float(ckpt.get("wall", 0.0)), 1),
+            **({"cpu_hours": round(float(ckpt["cpu_s"]) / 3600, 3)} if "cpu_s" in ckpt else {}),
         }
     )
     if summary_path.exists():
@@ -131,5 +132,5 @@ def add_to_manifest(line: dict[str, Any], manifest: Path) -> None:
     key = (line["arch"], line["quality"], line["metric"], line["version"])
     data["entries"] = [e for e in data["entries"] if (e["arch"], e["quality"], e["metric"], e["version"]) != key]
     data["entries"].append(line)
-    data["entries"].sort(key=lambda e: (e["arch"], e["metric"], e["quality"], e["version"]))
+    data["entries"].sort(key=lambda e: (e["arch"], e["metric"], e["quality"], version_key(e["version"])))
     manifest.write_text(json.dumps(data, indent=1) + "\n")

@@ -66,9 +66,15 @@ class TrainConfig:
     # variable-rate architectures: the share of examples drawn at an integer level (the rest uniformly in
     # [1, 8]), and the levels validated (a level's figures are logged as phase "val-q<level>")
     integer_share: float = 0.5
+    # a wall-clock budget instead of a step count: the run stops after this many minutes of training, and
+    # the cosine/poly schedules follow the elapsed share of the budget instead of the step
+    max_minutes: float | None = None
+    warmup_steps: int = 0  # linear learning-rate warm-up from 1% over this many steps
     val_levels: tuple[float, ...] = (1, 2, 3, 4, 5, 6, 7, 8)
 
     def total_steps(self, n_images: int) -> int:
+        if self.max_minutes:
+            return self.steps or 10**9  # the clock ends the run
         if self.steps:
             return self.steps
         if self.epochs:
@@ -107,9 +113,11 @@ def load_init_weights(
         state = src.state_dict()
         source_lambda = info.lmbda
     elif path.is_file():
+        from zoo.registry import state_dict_from_checkpoint
+
+        state = state_dict_from_checkpoint(path)
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        state = ckpt.get("model", ckpt.get("state_dict", ckpt))
-        if "config" in ckpt:
+        if isinstance(ckpt, dict) and "config" in ckpt:
             run = json.loads(ckpt["config"])
             if run.get("quality") and not get_arch(run["arch"]).variable_rate:
                 source_lambda = get_arch(run["arch"]).lmbda(run["quality"], run.get("metric", "mse"))
@@ -236,9 +244,14 @@ class Trainer:
             else None
         )
         self.optimizer, self.aux_optimizer = build_optimizers(self.model, cfg.lr, cfg.aux_lr, cfg.entropy_lr)
-        self.scheduler = build_scheduler(cfg.scheduler, self.optimizer, self.total)
+        self.elapsed = 0.0  # seconds of training so far (for a wall-clock budget)
+        progress = self._time_progress if cfg.max_minutes else None
+        self.scheduler = build_scheduler(
+            cfg.scheduler, self.optimizer, self.total, progress=progress, warmup=cfg.warmup_steps
+        )
         self.loss_fn = RateDistortionLoss(self.lmbda, cfg.metric)
         self.step, self.best, self.wall = 0, math.inf, 0.0
+        self.cpu_s = 0.0  # CPU seconds of the training process (all its threads), across resumes: core-hours
         self.last_levels: dict[float, dict[str, float]] = {}
         if cfg.resume and (self.out / "last.pt").exists():
             self._load_checkpoint(self.out / "last.pt")
@@ -253,6 +266,11 @@ class Trainer:
             )
         self.forward = torch.compile(self.net) if cfg.compile else self.net
 
+    def _time_progress(self, step: int) -> int:
+        """The schedule's position when the clock sets the budget: the elapsed share, on a 10,000-step scale."""
+        assert self.cfg.max_minutes
+        return int(10_000 * min(1.0, self.elapsed / (60 * self.cfg.max_minutes)))
+
     # -- checkpoints ----------------------------------------------------------------------------
     def _checkpoint(self) -> dict[str, Any]:
         return {
@@ -265,6 +283,7 @@ class Trainer:
             "step": self.step,
             "best": self.best,
             "wall": self.wall,
+            "cpu_s": self.cpu_s,
             "config": json.dumps(asdict(self.cfg)),
         }
 
@@ -285,6 +304,7 @@ class Trainer:
         self.sampler.load_state_dict(ckpt["sampler"])
         torch.set_rng_state(ckpt["torch_rng"])
         self.step, self.best, self.wall = int(ckpt["step"]), float(ckpt["best"]), float(ckpt["wall"])
+        self.cpu_s = float(ckpt.get("cpu_s", 0.0))
 
     # -- validation with real bitstreams --------------------------------------------------------
     @torch.no_grad()
@@ -355,6 +375,7 @@ class Trainer:
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.amp == "bf16")
         last_val: dict[str, float] = {}
         t_start = time.perf_counter() - self.wall
+        cpu_start = time.process_time() - self.cpu_s
         rng = torch.get_rng_state()
         it = iter(loader)  # worker seeding draws from torch's RNG: keep it out of the training stream
         torch.set_rng_state(rng)
@@ -388,6 +409,9 @@ class Trainer:
                 self.scheduler.step()  # type: ignore[call-arg]
             self._observe(idx, terms.per_image)
             self.step += 1
+            self.elapsed = time.perf_counter() - t_start
+            if cfg.max_minutes and self.elapsed >= 60 * cfg.max_minutes:
+                self.total = self.step  # the budget is spent: this is the last step (validated and saved)
             meters.update(loss=terms.loss.item(), bpp=terms.bpp.item(), psnr=terms.psnr, aux=aux.item(), grad_norm=norm)
             bar.update(1)
             if self.step % cfg.log_every == 0 or self.step == self.total:
@@ -405,9 +429,11 @@ class Trainer:
                 if last_val["loss"] < self.best:
                     self.best = last_val["loss"]
                     self.wall = time.perf_counter() - t_start
+                    self.cpu_s = time.process_time() - cpu_start
                     self.save("best.pt")
             if self.step % cfg.ckpt_every == 0 or self.step == self.total:
                 self.wall = time.perf_counter() - t_start
+                self.cpu_s = time.process_time() - cpu_start
                 self.save("last.pt")
         bar.close()
         if self.world > 1:
@@ -506,6 +532,7 @@ class Trainer:
             "processes": self.world,
             "hardware": device,
             "wall_time_s": round(seconds, 1),
+            "cpu_hours": round(self.cpu_s / 3600, 3),
             "init": self.init_from,
             "amp": self.cfg.amp or "off",
             "hard_samples": self.cfg.hard_samples,

@@ -48,6 +48,21 @@ def _copy_leading(prefix: str, module: nn.Module, state: Mapping[str, Tensor]) -
     return names
 
 
+def _copy_gains(prefix: str, module: nn.Module, state: Mapping[str, Tensor]) -> list[str]:
+    """Gain units are (levels, channels): old channels keep their gains; a new channel starts at the mean of
+    the old ones per level, so it sits at its level's typical step size."""
+    names = []
+    for pname, p in module.named_parameters():
+        src = state[prefix + pname]
+        _fits(prefix + pname, src, p)
+        if src.shape[0] != p.shape[0]:
+            raise InputError(f"cannot widen {prefix + pname}: {src.shape[0]} levels, this model has {p.shape[0]}")
+        p.copy_(src.mean(dim=1, keepdim=True).expand_as(p))
+        p[:, : src.shape[1]] = src
+        names.append(prefix + pname)
+    return names
+
+
 @torch.no_grad()
 def widen_into(target: nn.Module, state: Mapping[str, Tensor]) -> None:
     """Load a narrower model's state dict into `target` (same architecture, widths ≥ the source's).
@@ -55,8 +70,9 @@ def widen_into(target: nn.Module, state: Mapping[str, Tensor]) -> None:
     Only for models whose layers' channels are one group each: in the mean-scale models (mbt2018,
     cheng2020) h_s and the entropy parameters emit [scales | means] halves that a plain copy would mix."""
     from zoo.models.google import FactorizedPrior, ScaleHyperprior
+    from zoo.models.variable_rate import GainUnits, VariableRateScaleHyperprior
 
-    if type(target) is not ScaleHyperprior and not isinstance(target, FactorizedPrior):
+    if type(target) not in (ScaleHyperprior, VariableRateScaleHyperprior) and not isinstance(target, FactorizedPrior):
         raise InputError(
             f"widening is implemented for the factorized and scale-hyperprior models, not {type(target).__name__}"
         )
@@ -68,6 +84,8 @@ def widen_into(target: nn.Module, state: Mapping[str, Tensor]) -> None:
                 done += _copy_conv(prefix, module, state)
             elif isinstance(module, GDN | EntropyBottleneck):
                 done += _copy_leading(prefix, module, state)
+            elif isinstance(module, GainUnits):
+                done += _copy_gains(prefix, module, state)
     except KeyError as exc:
         raise InputError(f"cannot widen: the source has no {exc.args[0]}") from None
     left = sorted(set(dict(target.named_parameters())) - set(done))

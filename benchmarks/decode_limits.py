@@ -1,0 +1,216 @@
+"""What a forged file can make a decoder spend at the default limits: peak memory and time to refusal.
+
+    python benchmarks/decode_limits.py [--entry DIR] [--factorized DIR] [--skip-handler]
+
+Each decode runs in a fresh process (so its peak RSS is its own), through `zoo.codec.Codec` and, for the
+TorchServe case, through handlers/zoo_handler.py's decode handler with a stub context. The forged files are valid
+zoo files made here from all-zero latents by a codec whose limits are raised (what an attacker's encoder does):
+
+    grid-2000x2000-tile1   a 2-tile file edited to declare a 2000x2000 image in tiles of 1 px (checksums redone)
+    one-tile-8000x8000     one 8000x8000 tile (tile size 0), factorized entry
+    one-tile-2048x2048     one 2048x2048 tile, largest-width hyperprior entry (also through the handler)
+    one-tile-1024x1024     one tile at the default per-tile limit, largest-width entry: decodes (the worst legal tile)
+    two-tiles-1024x2048    two such tiles: decodes; the second adds its share of the output, not another tile's peak
+
+Prints one line per case, then `max_peak_rss_mb=<a> max_refusal_s=<b>`; targets: peak RSS <= 1536 MB and every
+refusal in < 1 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+import zlib
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+ENTRIES = REPO / "model_store" / "entries"
+DEFAULT_ENTRY = ENTRIES / "bmshj2018-hyperprior" / "q7-mse" / "v1.0"  # the largest widths shipped (N=192, M=320)
+DEFAULT_FACTORIZED = ENTRIES / "bmshj2018-factorized" / "q5-mse" / "v1.0"
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory. VmHWM, not getrusage: ru_maxrss survives exec, so a child would
+    report its parent's peak."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# -- forging (parent process) --------------------------------------------------------------------
+
+
+def forge(entry: Path, height: int, width: int, tile_size: int) -> bytes:
+    """A valid file for `entry` declaring that geometry, coded from all-zero latents (so forging costs no
+    analysis transform, and the payload is tiny)."""
+    import torch
+
+    import zoo
+    from zoo import bitstream
+
+    codec = zoo.load_local(entry, tile_size=tile_size, max_tile_pixels=1 << 62)
+    model = codec.model
+    factor = 16  # g_a's downsampling in every architecture here
+
+    class ZeroLatent(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.zeros(x.shape[0], model.M, x.shape[-2] // factor, x.shape[-1] // factor)
+
+    model.g_a = ZeroLatent()
+    image = torch.zeros(3, 1, 1).expand(3, height, width)  # no pixel memory: only the shape is read
+    return bitstream.dumps(codec.compress(image))
+
+
+def reseal(buf: bytearray) -> bytes:
+    (body_len,) = struct.unpack_from("<I", buf, 6)
+    end = 10 + body_len
+    struct.pack_into("<I", buf, end, zlib.crc32(bytes(buf[:end])))
+    struct.pack_into("<I", buf, len(buf) - 4, zlib.crc32(bytes(buf[:-4])))
+    return bytes(buf)
+
+
+def grid_bomb(entry: Path) -> bytes:
+    """A real 2-tile file whose header then claims a 2000x2000 image in 1-pixel tiles."""
+    from zoo import bitstream
+
+    data = bytearray(forge(entry, 64, 128, 64))
+    pos = 10
+    for _ in range(3):  # arch, quality (u16) between, metric, version
+        pos += 1 + data[pos] + (2 if pos == 10 else 0)
+    pos += bitstream.FINGERPRINT_BYTES
+    height, width, _, _, tile_size, _ = struct.unpack_from("<IIBBII", data, pos)
+    assert (height, width, tile_size) == (64, 128, 64), "header layout changed"
+    struct.pack_into("<II", data, pos, 2000, 2000)
+    struct.pack_into("<I", data, pos + 10, 1)
+    return reseal(data)
+
+
+# -- decoding (child process) --------------------------------------------------------------------
+
+
+class _Context:
+    """The parts of TorchServe's context the handler uses."""
+
+    def __init__(self, model_dir: str):
+        self.system_properties = {"model_dir": model_dir}
+        self.status: tuple = (200,)
+
+    def set_response_status(self, code: int, phrase: str = "", idx: int = 0) -> None:
+        self.status = (code, phrase)
+
+    def set_response_content_type(self, idx: int, value: str) -> None:
+        pass
+
+    def set_response_header(self, idx: int, key: str, value: str) -> None:
+        pass
+
+
+def child(entry: str, path: str, handler: bool) -> None:
+    from zoo import bitstream
+    from zoo.errors import ZooError
+
+    data = Path(path).read_bytes()
+    if handler:
+        import importlib.util
+
+        spec = importlib.util.spec_from_file_location("zoo_handler", REPO / "handlers" / "zoo_handler.py")
+        assert spec and spec.loader
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        model_dir = tempfile.mkdtemp()
+        for f in Path(entry).iterdir():
+            os.symlink(f, Path(model_dir) / f.name)
+        (Path(model_dir) / "zoo_serve.json").write_text(json.dumps({"op": "decode", "backend": "torch"}))
+        ctx = _Context(model_dir)
+        h = module.ZooHandler()
+        h.initialize(ctx)
+        loaded = peak_rss_mb()
+        t0 = time.perf_counter()
+        (out,) = h.handle([{"body": data}], ctx)
+        seconds = time.perf_counter() - t0
+        code = ctx.status[0]
+        outcome = "decoded" if code == 200 else f"refused {code}: {json.loads(out)['error']}"
+    else:
+        import zoo
+
+        codec = zoo.load_local(entry)
+        loaded = peak_rss_mb()
+        t0 = time.perf_counter()
+        try:
+            x = codec.decompress(bitstream.loads(data))
+            from zoo.imageio import to_uint8
+
+            to_uint8(x)
+            outcome = "decoded"
+        except ZooError as exc:
+            outcome = f"refused ({type(exc).__name__}): {exc}"
+        seconds = time.perf_counter() - t0
+    print(json.dumps({"outcome": outcome, "seconds": seconds, "loaded_mb": loaded, "peak_mb": peak_rss_mb()}))
+
+
+def run_case(entry: Path, data: bytes, handler: bool = False) -> dict:
+    with tempfile.NamedTemporaryFile(suffix=".zoo", delete=False) as f:
+        f.write(data)
+    try:
+        cmd = [sys.executable, __file__, "--child", str(entry), f.name] + (["--handler"] if handler else [])
+        proc = subprocess.run(
+            cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(REPO)}
+        )
+    finally:
+        os.unlink(f.name)
+    if proc.returncode != 0:
+        return {
+            "outcome": f"CRASHED rc={proc.returncode}: {proc.stderr.strip().splitlines()[-1:]}",
+            "seconds": 0.0,
+            "loaded_mb": 0.0,
+            "peak_mb": 0.0,
+        }
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--entry", default=str(DEFAULT_ENTRY))
+    ap.add_argument("--factorized", default=str(DEFAULT_FACTORIZED))
+    ap.add_argument("--skip-handler", action="store_true")
+    ap.add_argument("--child", nargs=2, metavar=("ENTRY", "FILE"), help=argparse.SUPPRESS)
+    ap.add_argument("--handler", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        child(*args.child, handler=args.handler)
+        return
+    entry, factorized = Path(args.entry), Path(args.factorized)
+    cases = [
+        ("grid-2000x2000-tile1", entry, grid_bomb(entry), False),
+        ("one-tile-8000x8000", factorized, forge(factorized, 8000, 8000, 0), False),
+        ("one-tile-2048x2048", entry, forge(entry, 2048, 2048, 0), False),
+    ]
+    if not args.skip_handler:
+        cases.append(("one-tile-2048x2048 (handler)", entry, cases[-1][2], True))
+    cases.append(("one-tile-1024x1024", entry, forge(entry, 1024, 1024, 0), False))
+    # Tiles are decoded one after another: a second tile adds its share of the output image, not a tile's peak.
+    cases.append(("two-tiles-1024x2048", entry, forge(entry, 1024, 2048, 1024), False))
+    peaks, refusals = [], []
+    print(f"entries: {entry.relative_to(REPO) if entry.is_relative_to(REPO) else entry}, factorized {factorized.name}")
+    for name, e, data, handler in cases:
+        r = run_case(e, data, handler)
+        peaks.append(r["peak_mb"])
+        if not r["outcome"].startswith("decoded"):
+            refusals.append(r["seconds"])
+        print(
+            f"{name:30s} {len(data):>9,d} B  {r['seconds']:7.3f} s  peak RSS {r['peak_mb']:7.0f} MB "
+            f"(model loaded: {r['loaded_mb']:.0f} MB)  {r['outcome'][:110]}"
+        )
+    print(f"max_peak_rss_mb={max(peaks):.0f} max_refusal_s={max(refusals, default=0.0):.3f}")
+
+
+if __name__ == "__main__":
+    main()

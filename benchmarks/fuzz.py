@@ -1,0 +1,471 @@
+"""Structure-aware fuzzing of the decoder: mutated zoo files decoded in worker processes, every outcome classified.
+
+    python benchmarks/fuzz.py [--cases 20000] [--workers 2] [--seed 0] [--json]
+
+Base files: small crops of kodim23 coded by CompressAI's fixture models (bmshj2018-factorized,
+bmshj2018-hyperprior, mbt2018-mean), each as one tile and as several. Each case takes one base and applies one
+structure-aware mutation: a header field (version, flags, sizes, tile size, index checksum, counts, strings,
+extra fields), the tile layout (rects, latent sizes, two tiles' entries or payloads swapped), the stream lengths
+(bytes moved between streams, lengths changed), the payload (bit flips, bytes replaced, cut or inserted), or the
+file's ends. Most mutations recompute both CRCs so they reach the checks behind them. Each file is parsed and
+decoded (`bitstream.loads` + `Codec.decompress`) in a worker process; a worker that dies or passes 5 s is
+replaced.
+
+Outcomes: refused (a zoo.errors exception: the expected answer), same (decoded to exactly the base's own decode:
+the mutation touched nothing that matters, e.g. an extra field), and the failures: crash (the worker died),
+hang (> 5 s), untyped (any other exception), silent (decoded without error to an image that differs from the
+base's decode in size or in any pixel). Ends with
+`cases=<n> crashes=<a> hangs=<b> untyped=<c> silent=<d> peak_rss_mb=<e>`; the target is 0 0 0 0, <= 1536 MB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import random
+import struct
+import sys
+import time
+import traceback
+import zlib
+from collections import Counter
+from multiprocessing.connection import Connection, wait
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+HANG_S = 5.0
+# (architecture, height, width, tile size): one tile and several for each family
+BASES = [
+    ("bmshj2018-factorized", 40, 56, 0),
+    ("bmshj2018-factorized", 70, 100, 32),
+    ("bmshj2018-hyperprior", 40, 56, 0),
+    ("bmshj2018-hyperprior", 70, 100, 64),
+    ("mbt2018-mean", 40, 56, 0),
+    ("mbt2018-mean", 70, 100, 64),
+]
+
+
+def _codec(arch: str, tile_size: int):
+    from tests.test_bitstream import golden_codec
+
+    return golden_codec(arch, tile_size)
+
+
+def make_bases() -> list[bytes]:
+    from tests.test_bitstream import golden_input
+    from zoo import bitstream
+
+    return [bitstream.dumps(_codec(a, t).compress(golden_input(h, w))) for a, h, w, t in BASES]
+
+
+# -- the file's structure --------------------------------------------------------------------------
+
+
+class Layout:
+    """Byte offsets of every field of a valid file (docs/bitstream.md), so mutations can aim at them."""
+
+    def __init__(self, data: bytes):
+        from zoo import bitstream
+
+        header = bitstream.peek_header(data)
+        self.fields: dict[str, tuple[int, int]] = {"version": (4, 1), "flags": (5, 1), "body_len": (6, 4)}
+        self.strings: list[int] = []  # offsets of string length bytes
+        pos = 10
+        self.strings.append(pos)
+        pos += 1 + data[pos]
+        self.fields["quality"] = (pos, 2)
+        pos += 2
+        for _ in range(2):
+            self.strings.append(pos)
+            pos += 1 + data[pos]
+        self.fields["fingerprint"] = (pos, 16)
+        pos += 16
+        for name, size in (("height", 4), ("width", 4), ("channels", 1), ("bit_depth", 1), ("tile_size", 4)):
+            self.fields[name] = (pos, size)
+            pos += size
+        self.fields["index_checksum"] = (pos, 4)
+        pos += 4
+        self.fields["n_tiles"] = (pos, 2)
+        self.fields["n_streams"] = (pos + 2, 1)
+        pos += 3
+        self.n_streams = len(header.tiles[0].lengths)
+        for _ in range(self.n_streams):
+            self.strings.append(pos)
+            pos += 1 + data[pos]
+        self.tiles: list[int] = []  # offset of each tile's entry: 4 u32 rect, 2 u16 latent, n u32 lengths
+        self.tile_entry = 20 + 4 * self.n_streams
+        for _ in header.tiles:
+            self.tiles.append(pos)
+            pos += self.tile_entry
+        self.fields["n_extra"] = (pos, 1)
+        pos += 1
+        for _ in header.extra:
+            for _ in range(2):
+                self.strings.append(pos)
+                pos += 1 + data[pos]
+        self.header_crc = pos
+        self.payload = pos + 4
+        # (offset, length) of every stream in the payload, tile by tile
+        self.streams: list[list[tuple[int, int]]] = []
+        at = self.payload
+        for tile in header.tiles:
+            row = []
+            for _, n in tile.lengths:
+                row.append((at, n))
+                at += n
+            self.streams.append(row)
+
+
+def reseal(buf: bytearray) -> bytes:
+    """Recompute both CRCs, using the body length the file states (so edits reach the checks behind them)."""
+    if len(buf) < 14:
+        return bytes(buf)
+    (body_len,) = struct.unpack_from("<I", buf, 6)
+    end = 10 + body_len
+    if end + 4 <= len(buf) - 4:
+        struct.pack_into("<I", buf, end, zlib.crc32(bytes(buf[:end])))
+    struct.pack_into("<I", buf, len(buf) - 4, zlib.crc32(bytes(buf[:-4])))
+    return bytes(buf)
+
+
+INTERESTING = [
+    0,
+    1,
+    2,
+    3,
+    7,
+    8,
+    15,
+    16,
+    31,
+    32,
+    63,
+    64,
+    65,
+    127,
+    128,
+    255,
+    256,
+    1000,
+    4096,
+    65535,
+    65536,
+    2**31,
+    2**32 - 1,
+]
+
+
+def _put(buf: bytearray, at: int, size: int, value: int) -> None:
+    buf[at : at + size] = (value % (1 << (8 * size))).to_bytes(size, "little")
+
+
+def _get(buf: bytearray, at: int, size: int) -> int:
+    return int.from_bytes(buf[at : at + size], "little")
+
+
+def _number(rng: random.Random, old: int, size: int) -> int:
+    r = rng.random()
+    if r < 0.4:
+        return rng.choice(INTERESTING)
+    if r < 0.7:
+        return old + rng.choice([-64, -16, -2, -1, 1, 2, 16, 64])
+    if r < 0.85:
+        return old * rng.choice([2, 3]) if rng.random() < 0.5 else old // rng.choice([2, 3])
+    return rng.getrandbits(8 * size)
+
+
+def _set_length(buf: bytearray, lay: Layout, tile: int, stream: int, value: int) -> None:
+    _put(buf, lay.tiles[tile] + 20 + 4 * stream, 4, value)
+
+
+def mutate(data: bytes, rng: random.Random) -> tuple[str, bytes]:
+    """One structure-aware mutation; returns (family, file)."""
+    lay = Layout(data)
+    buf = bytearray(data)
+    family = rng.choice(["header", "header", "tiles", "lengths", "payload", "payload", "ends", "raw"])
+    if family == "header":
+        kind = rng.random()
+        if kind < 0.7:
+            name = rng.choice(sorted(lay.fields))
+            at, size = lay.fields[name]
+            _put(buf, at, size, _number(rng, _get(buf, at, size), size))
+            family = f"header:{name}"
+        elif kind < 0.85:  # a string: its length byte or one of its characters
+            at = rng.choice(lay.strings)
+            if rng.random() < 0.5:
+                buf[at] = rng.choice([0, 1, buf[at] + 1, max(buf[at] - 1, 0), 64, 65, 255]) % 256
+            elif buf[at]:
+                buf[at + 1 + rng.randrange(buf[at])] = rng.randrange(256)
+            family = "header:string"
+        else:  # an extra key/value inserted before the header CRC, counts and body length kept consistent
+            key, value = rng.choice([(b"level", b"3"), (b"k" * 64, b"v"), (b"", b""), (b"\xff\xfe", b"x")])
+            entry = bytes([len(key)]) + key + bytes([len(value)]) + value
+            buf[lay.header_crc : lay.header_crc] = entry
+            at, _ = lay.fields["n_extra"]
+            buf[at] = (buf[at] + 1) % 256
+            _put(buf, 6, 4, _get(buf, 6, 4) + len(entry))
+            family = "header:extra"
+        return family, reseal(buf)
+    if family == "tiles":
+        n = len(lay.tiles)
+        kind = rng.random()
+        if kind < 0.3 and n > 1:  # two tiles' payloads trade places (lengths follow their bytes)
+            i, j = rng.sample(range(n), 2)
+            segs = [bytes(data[o : o + m]) for row in lay.streams for o, m in row]
+            k = lay.n_streams
+            segs[i * k : (i + 1) * k], segs[j * k : (j + 1) * k] = segs[j * k : (j + 1) * k], segs[i * k : (i + 1) * k]
+            for t in range(n):
+                for s in range(k):
+                    _set_length(buf, lay, t, s, len(segs[t * k + s]))
+            buf[lay.payload : len(buf) - 4] = b"".join(segs)
+            family = "tiles:swap-payload"
+        elif kind < 0.5 and n > 1:  # two tile entries trade places (rects and lengths)
+            i, j = rng.sample(range(n), 2)
+            a, b, e = lay.tiles[i], lay.tiles[j], lay.tile_entry
+            buf[a : a + e], buf[b : b + e] = data[b : b + e], data[a : a + e]
+            family = "tiles:swap-entry"
+        else:  # one rect or latent-size field
+            t = rng.randrange(n)
+            field = rng.randrange(6)
+            at, size = (lay.tiles[t] + 4 * field, 4) if field < 4 else (lay.tiles[t] + 16 + 2 * (field - 4), 2)
+            _put(buf, at, size, _number(rng, _get(buf, at, size), size))
+            family = "tiles:rect" if field < 4 else "tiles:latent"
+        return family, reseal(buf)
+    if family == "lengths":
+        t = rng.randrange(len(lay.tiles))
+        s = rng.randrange(lay.n_streams)
+        old = lay.streams[t][s][1]
+        if rng.random() < 0.6:  # move k bytes to the next stream: the total stays right, the boundary moves
+            flat = [(ti, si) for ti in range(len(lay.tiles)) for si in range(lay.n_streams)]
+            pos = flat.index((t, s))
+            if pos + 1 < len(flat):
+                t2, s2 = flat[pos + 1]
+                k = rng.choice([-8, -4, -1, 1, 4, 8])
+                k = max(-old, min(k, lay.streams[t2][s2][1]))
+                _set_length(buf, lay, t, s, old + k)
+                _set_length(buf, lay, t2, s2, lay.streams[t2][s2][1] - k)
+            family = "lengths:move"
+        else:
+            _set_length(buf, lay, t, s, _number(rng, old, 4))
+            family = "lengths:change"
+        return family, reseal(buf)
+    if family == "payload":
+        t = rng.randrange(len(lay.tiles))
+        s = rng.randrange(lay.n_streams)
+        off, n = lay.streams[t][s]
+        kind = rng.random()
+        if kind < 0.5 and n:
+            for _ in range(rng.randint(1, 3)):
+                buf[off + rng.randrange(n)] ^= 1 << rng.randrange(8)
+            family = "payload:flip"
+        elif kind < 0.7 and n:
+            buf[off + rng.randrange(n)] = rng.randrange(256)
+            family = "payload:byte"
+        else:  # cut or insert bytes inside a stream, its length adjusted to match
+            if rng.random() < 0.5 and n:
+                k = rng.randint(1, min(n, 8))
+                at = off + rng.randrange(n - k + 1)
+                del buf[at : at + k]
+                _set_length(buf, lay, t, s, n - k)
+            else:
+                k = rng.randint(1, 8)
+                at = off + rng.randint(0, n)
+                buf[at:at] = bytes(rng.randrange(256) for _ in range(k))
+                _set_length(buf, lay, t, s, n + k)
+            family = "payload:resize"
+        return family, reseal(buf)
+    if family == "ends":
+        if rng.random() < 0.5:
+            return "ends:truncate", bytes(buf[: rng.randrange(len(buf))])
+        return "ends:append", bytes(buf) + bytes(rng.randrange(256) for _ in range(rng.randint(1, 16)))
+    # raw bit flips anywhere, checksums left as they are
+    for _ in range(rng.randint(1, 4)):
+        buf[rng.randrange(len(buf))] ^= 1 << rng.randrange(8)
+    return "raw:flip", bytes(buf)
+
+
+# -- workers ---------------------------------------------------------------------------------------
+
+
+def _peak_rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def worker(conn: Connection, bases: list[bytes]) -> None:
+    import torch
+
+    torch.set_num_threads(1)
+    from zoo import bitstream
+    from zoo.errors import ZooError
+
+    codecs = [_codec(arch, tile) for arch, _, _, tile in BASES]
+    refs = [codecs[i].decompress(bitstream.loads(b)) for i, b in enumerate(bases)]
+    conn.send(("ready", _peak_rss_mb()))
+    while True:
+        msg = conn.recv()
+        if msg is None:
+            return
+        case, base, data = msg
+        stage = "parse"
+        try:
+            c = bitstream.loads(data)
+            stage = "decode"
+            x = codecs[base].decompress(c)
+            ref = refs[base]
+            outcome = "same" if x.shape == ref.shape and torch.equal(x, ref) else "silent"
+            detail = "" if outcome == "same" else f"decoded {tuple(x.shape)} differing from the base's decode"
+        except ZooError as exc:
+            outcome, detail = "refused", f"{type(exc).__name__}: {exc}"
+        except Exception as exc:  # the finding this fuzzer looks for
+            outcome, detail = "untyped", "".join(traceback.format_exception_only(type(exc), exc)).strip()
+        conn.send((case, outcome, detail, _peak_rss_mb(), stage))
+
+
+class Pool:
+    """Worker processes with a per-case deadline; a dead or stuck worker is recorded and replaced."""
+
+    def __init__(self, n: int, bases: list[bytes]):
+        self.bases = bases
+        self.ctx = mp.get_context("spawn")
+        self.workers: list[dict] = [self._start() for _ in range(n)]
+        self.peak_mb = 0.0
+
+    def _start(self) -> dict:
+        parent, child = self.ctx.Pipe()
+        proc = self.ctx.Process(target=worker, args=(child, self.bases), daemon=True)
+        proc.start()
+        child.close()
+        return {"proc": proc, "conn": parent, "case": None, "since": 0.0, "ready": False}
+
+    def run(self, cases: list[tuple[int, int, str, bytes]], report) -> None:
+        todo = list(reversed(cases))
+        info = {c[0]: c for c in cases}
+        busy = 0
+        while todo or busy:
+            for w in self.workers:
+                if w["ready"] and w["case"] is None and todo:
+                    case, base, _, data = todo.pop()
+                    w["conn"].send((case, base, data))
+                    w["case"], w["since"] = case, time.monotonic()
+                    busy += 1
+            ready = wait([w["conn"] for w in self.workers], timeout=0.5)
+            now = time.monotonic()
+            for i, w in enumerate(self.workers):
+                failure = None
+                if w["conn"] in ready:
+                    try:
+                        msg = w["conn"].recv()
+                    except (EOFError, OSError):
+                        failure = ("crash", f"worker died (exit code {w['proc'].exitcode})")
+                    else:
+                        if msg[0] == "ready":
+                            w["ready"] = True
+                            self.peak_mb = max(self.peak_mb, msg[1])
+                            continue
+                        case, outcome, detail, rss, stage = msg
+                        self.peak_mb = max(self.peak_mb, rss)
+                        report(info[case], outcome, detail, now - w["since"], stage)
+                        w["case"] = None
+                        busy -= 1
+                        continue
+                elif w["case"] is not None and now - w["since"] > HANG_S:
+                    failure = ("hang", f"no answer after {HANG_S:.0f} s")
+                elif not w["proc"].is_alive():
+                    failure = ("crash", f"worker died (exit code {w['proc'].exitcode})")
+                if failure:
+                    w["proc"].kill()
+                    w["proc"].join()
+                    if w["case"] is not None:
+                        report(info[w["case"]], *failure, now - w["since"], "decode")
+                        busy -= 1
+                    elif failure[0] == "crash" and not w["ready"]:
+                        raise RuntimeError("a fuzz worker died while starting")
+                    self.workers[i] = self._start()
+
+    def close(self) -> None:
+        for w in self.workers:
+            try:
+                w["conn"].send(None)
+            except OSError:
+                pass
+            w["proc"].join(timeout=5)
+            if w["proc"].is_alive():
+                w["proc"].kill()
+
+
+def fuzz(n_cases: int, workers: int, seed: int, verbose: bool = True) -> dict:
+    bases = make_bases()
+    rng = random.Random(seed)
+    cases = []
+    for i in range(n_cases):
+        base = i % len(bases)
+        family, data = mutate(bases[base], rng)
+        cases.append((i, base, family, data))
+    counts: Counter = Counter()
+    stages: Counter = Counter()  # how far each file got: refused by the parser, or handed to the decoder
+    by_family: dict[str, Counter] = {}
+    failures: list[str] = []
+
+    def report(case, outcome, detail, seconds, stage):
+        i, base, family, _ = case
+        counts[outcome] += 1
+        stages[stage] += 1
+        by_family.setdefault(family.split(":")[0], Counter())[outcome] += 1
+        if outcome in ("crash", "hang", "untyped", "silent"):
+            arch, h, w, tile = BASES[base]
+            failures.append(f"case {i} {outcome} [{family}] {arch} {h}x{w} tile {tile}: {detail}")
+
+    t0 = time.perf_counter()
+    pool = Pool(workers, bases)
+    try:
+        pool.run(cases, report)
+    finally:
+        pool.close()
+    result = {
+        "cases": n_cases,
+        "seconds": round(time.perf_counter() - t0, 1),
+        "outcomes": dict(counts),
+        "reached_decoder": stages["decode"],
+        "families": {k: dict(v) for k, v in sorted(by_family.items())},
+        "crashes": counts["crash"],
+        "hangs": counts["hang"],
+        "untyped": counts["untyped"],
+        "silent": counts["silent"],
+        "peak_rss_mb": round(max(pool.peak_mb, _peak_rss_mb()), 1),
+        "failures": failures[:50],
+    }
+    if verbose:
+        for line in failures[:50]:
+            print(line)
+        print(f"{n_cases} cases in {result['seconds']} s on {workers} workers; outcomes {dict(counts)}")
+        print(f"parsed and handed to the decoder: {stages['decode']}")
+        for fam, c in result["families"].items():
+            print(f"  {fam:8s} {dict(c)}")
+    return result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--cases", type=int, default=20_000)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json", action="store_true", help="print the result as one JSON line at the end")
+    args = ap.parse_args()
+    r = fuzz(args.cases, args.workers, args.seed, verbose=not args.json)
+    if args.json:
+        print(json.dumps(r))
+    print(
+        f"cases={r['cases']} crashes={r['crashes']} hangs={r['hangs']} untyped={r['untyped']} "
+        f"silent={r['silent']} peak_rss_mb={r['peak_rss_mb']:.0f}"
+    )
+
+
+if __name__ == "__main__":
+    main()

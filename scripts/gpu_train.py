@@ -1,0 +1,330 @@
+"""Train on a lent GPU machine within the device tool's limits, and rehearse all of it on CPU.
+
+docs/gpu-training.md is the walk-through. The steps:
+
+    python scripts/gpu_train.py prepare --arch bmshj2018-hyperprior-vr --init runs/hp-vr/last.pt
+        # .gpu/: a training subset (JPEG, within --data-mib), the init weights, the run settings, wheels
+        # the GPU image lacks; model_store/entries leaves the index and .gpu/ is ignored, so what
+        # travels stays under 64 MiB (it prints the size)
+    device run: bash scripts/gpu/device.sh start 8      (carry [".gpu"])
+    device run: bash scripts/gpu/device.sh poll 9       (no carry: .gpu/run on the machine must stay)
+    python scripts/gpu_train.py assemble FILES_AT --run runs/hp-vr-gpu   # a run folder zoo release reads
+    python scripts/gpu_train.py restore                 # entries back in the index, the exclude line gone
+
+    python scripts/gpu_train.py rehearse --steps 2      # every step above but the device call, on CPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "datasets"
+GPU_DIR = ".gpu"
+EXCLUDE_LINE = "/.gpu/"
+TRAVEL_LIMIT = 64 * 1024 * 1024
+SHARD_BYTES = 15 * 1024 * 1024  # files back from $OUT: at most 8, 16 MiB each
+MAX_FILES_BACK = 8
+ENTRIES = "model_store/entries"
+
+
+def _git(repo: Path, *args: str, check: bool = True) -> str:
+    proc = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise SystemExit(f"git {' '.join(args)} failed: {proc.stderr.strip()}")
+    return proc.stdout
+
+
+def _exclude_file(repo: Path) -> Path:
+    return repo / _git(repo, "rev-parse", "--git-path", "info/exclude").strip()  # relative to the repo
+
+
+def travelling_files(repo: Path, carry: tuple[str, ...] = (GPU_DIR,)) -> list[Path]:
+    """What the device tool sends: tracked files, untracked files git does not ignore, and carried paths."""
+    names = _git(repo, "ls-files", "--cached", "--others", "--exclude-standard", "-z").split("\0")
+    files = {repo / n for n in names if n and (repo / n).is_file()}
+    for c in carry:
+        root = repo / c
+        if root.is_dir():
+            files |= {p for p in root.rglob("*") if p.is_file()}
+    return sorted(files)
+
+
+def _encode_training_set(sources: list[Path], dest: Path, budget: int, quality: int = 90) -> int:
+    """Every training image as a JPEG at `quality`, scaled down evenly if the set would exceed `budget` bytes
+    (downscaling also softens the sources' own compression artefacts)."""
+    from PIL import Image
+
+    def encode(scale: float) -> list[bytes]:
+        out = []
+        for src in sources:
+            with Image.open(src) as im:
+                im = im.convert("RGB")
+                if scale < 1:
+                    im = im.resize((round(im.width * scale), round(im.height * scale)), Image.Resampling.LANCZOS)
+                buf = io.BytesIO()
+                im.save(buf, "JPEG", quality=quality)
+                out.append(buf.getvalue())
+        return out
+
+    blobs, scale = encode(1.0), 1.0
+    while sum(map(len, blobs)) > budget and scale > 0.4:
+        scale *= 0.9 * (budget / sum(map(len, blobs))) ** 0.5
+        blobs = encode(scale)
+    dest.mkdir(parents=True, exist_ok=True)
+    for src, blob in zip(sources, blobs, strict=True):
+        (dest / f"{src.parent.name}-{src.stem}.jpg").write_bytes(blob)
+    return sum(map(len, blobs))
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    import torch
+
+    repo = Path(args.repo).resolve()
+    gpu = repo / GPU_DIR
+    if gpu.exists():
+        shutil.rmtree(gpu)
+    (gpu / "data").mkdir(parents=True)
+    train = sorted(Path(args.wallpapers).glob("*.jpg")) + [
+        p for p in sorted(Path(args.photos).glob("*.png")) if p.stem < "036"
+    ]
+    val = [p for p in sorted(Path(args.photos).glob("*.png")) if p.stem >= "036"]
+    if args.limit_images:
+        train = train[: args.limit_images]
+    if not train or not val:
+        raise SystemExit(f"no training or validation images under {args.wallpapers} and {args.photos}")
+    size = _encode_training_set(train, gpu / "data" / "train", args.data_mib * 1024 * 1024)
+    _encode_training_set(val, gpu / "data" / "val", 8 * 1024 * 1024, quality=95)
+    # Weights only (no optimizer state): an init checkpoint the trainer warm-starts from.
+    ckpt = torch.load(args.init, map_location="cpu", weights_only=True) if Path(args.init).is_file() else None
+    if ckpt is not None:
+        torch.save({"model": ckpt.get("model", ckpt)}, gpu / "init.pt")
+    elif Path(args.init).is_dir():
+        from zoo.entry import load_entry
+
+        model, _ = load_entry(args.init)
+        torch.save({"model": model.state_dict()}, gpu / "init.pt")
+    else:
+        raise SystemExit(f"--init {args.init} is neither a checkpoint nor an entry folder")
+    widths = f"--N {args.N} --M {args.M}" if args.N and args.M else ""
+    amp = "" if args.cpu else "--amp bf16"
+    settings = {
+        "ARCH": args.arch,
+        "STEPS": args.steps,
+        "BATCH": args.batch_size,
+        "PATCH": args.patch,
+        "LR": args.lr,
+        "VAL_EVERY": args.val_every,
+        "CKPT_EVERY": args.ckpt_every,
+        "WORKERS": args.workers,
+        "THREADS": args.threads,
+        "AMP": amp,
+        "WIDTHS": widths,
+    }
+    (gpu / "plan.env").write_text("".join(f'{k}="{v}"\n' for k, v in settings.items()))
+    if args.wheels:
+        (gpu / "wheels").mkdir()
+        subprocess.run(
+            [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:", "-d",
+             str(gpu / "wheels"), "pytorch-msssim"],
+            check=True,
+        )  # fmt: skip
+    exclude = _exclude_file(repo)
+    exclude.parent.mkdir(parents=True, exist_ok=True)
+    lines = exclude.read_text().splitlines() if exclude.exists() else []
+    if EXCLUDE_LINE not in lines:
+        exclude.write_text("\n".join([*lines, EXCLUDE_LINE]) + "\n")
+    # The shipped entries must not travel: out of the index for the duration (restored by `restore`).
+    _git(repo, "rm", "-r", "-q", "--cached", "--ignore-unmatch", ENTRIES)
+    files = travelling_files(repo)
+    total = sum(f.stat().st_size for f in files if not f.is_relative_to(repo / ENTRIES))
+    entries_untracked = [f for f in files if f.is_relative_to(repo / ENTRIES)]
+    if entries_untracked:  # untracked-not-ignored entries would travel: ignore them for the duration too
+        lines = exclude.read_text().splitlines()
+        exclude.write_text("\n".join([*lines, f"/{ENTRIES}/"]) + "\n")
+    print(f"training set: {len(train)} images, {size / 2**20:.1f} MiB; travels: {total / 2**20:.1f} MiB")
+    if total > TRAVEL_LIMIT:
+        raise SystemExit(f"{total / 2**20:.1f} MiB would travel, over the device tool's 64 MiB: lower --data-mib")
+    return 0
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    repo = Path(args.repo).resolve()
+    _git(repo, "reset", "-q", "--", ENTRIES, check=False)
+    exclude = _exclude_file(repo)
+    if exclude.exists():
+        keep = [line for line in exclude.read_text().splitlines() if line not in (EXCLUDE_LINE, f"/{ENTRIES}/")]
+        exclude.write_text("\n".join(keep) + ("\n" if keep else ""))
+    left = _git(repo, "status", "--porcelain", "--", ENTRIES)
+    print("model_store/entries is back in the index" if not left.strip() else f"check git status:\n{left}")
+    return 0
+
+
+def cmd_collect(args: argparse.Namespace) -> int:
+    """On the device: the newest checkpoint's weights as ≤15 MiB safetensors shards, plus the run's logs."""
+    import torch
+    from safetensors.torch import save_file
+
+    run, out = Path(args.run), Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt_path = run / "last.pt"
+    if not ckpt_path.exists():
+        print(f"no checkpoint yet in {run}")
+        return 1
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    size = 0
+    for name, t in ckpt["model"].items():
+        nbytes = t.numel() * t.element_size()
+        if size + nbytes > SHARD_BYTES and shards[-1]:
+            shards.append({})
+            size = 0
+        shards[-1][name] = t.contiguous()
+        size += nbytes
+    if len(shards) > MAX_FILES_BACK - 2:
+        raise SystemExit(f"{len(shards)} shards would not come back (at most {MAX_FILES_BACK - 2} files)")
+    for i, shard in enumerate(shards):
+        save_file(shard, str(out / f"weights-{i}.safetensors"))
+    state = {"step": int(ckpt["step"]), "wall": float(ckpt.get("wall", 0.0)), "config": ckpt.get("config", "{}")}
+    (out / "state.json").write_text(json.dumps(state))
+    if (run / "log.csv").exists():
+        shutil.copyfile(run / "log.csv", out / "log.csv")
+    print(f"collected step {state['step']}: {len(shards)} shards into {out}")
+    return 0
+
+
+def cmd_assemble(args: argparse.Namespace) -> int:
+    """Here: the collected files become a run folder (config.json + last.pt) that `zoo release` reads."""
+    import torch
+    from safetensors.torch import load_file
+
+    fetched, run = Path(args.fetched), Path(args.run)
+    state = json.loads((fetched / "state.json").read_text())
+    model: dict[str, torch.Tensor] = {}
+    for shard in sorted(fetched.glob("weights-*.safetensors")):
+        model.update(load_file(str(shard)))
+    run.mkdir(parents=True, exist_ok=True)
+    config = json.loads(state["config"])
+    config["note"] = "trained on a lent GPU machine (scripts/gpu_train.py)"
+    (run / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    torch.save(
+        {"model": model, "step": state["step"], "wall": state["wall"], "config": state["config"]}, run / "last.pt"
+    )
+    if (fetched / "log.csv").exists():
+        shutil.copyfile(fetched / "log.csv", run / "log.csv")
+    print(f"{run}: step {state['step']}, {len(model)} tensors; release with zoo release {run} --checkpoint last.pt")
+    return 0
+
+
+def cmd_rehearse(args: argparse.Namespace) -> int:
+    """Every step but the device call, on CPU: prepare in a clone, copy exactly what would travel into a
+    sandbox, run device.sh there with OUT set, assemble what it collected, release it, restore."""
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp_path = Path(tmp)
+        clone = tmp_path / "repo"
+        subprocess.run(["git", "clone", "-q", "--shared", str(REPO), str(clone)], check=True)
+        # the working tree as it is now (uncommitted scripts included), without the entries' weights
+        for rel in ("scripts", "zoo", "setup.py", "pyproject.toml"):
+            src = REPO / rel
+            if src.is_dir():
+                shutil.copytree(
+                    src, clone / rel, dirs_exist_ok=True, ignore=shutil.ignore_patterns("*.so", "__pycache__")
+                )
+            else:
+                shutil.copyfile(src, clone / rel)
+        prepare = [
+            sys.executable, str(clone / "scripts" / "gpu_train.py"), "prepare", "--repo", str(clone),
+            "--arch", args.arch, "--init", args.init, "--steps", str(args.steps), "--batch-size", "2",
+            "--patch", "128", "--val-every", str(args.steps), "--ckpt-every", "1", "--workers", "0",
+            "--threads", "2", "--cpu", "--data-mib", "4", "--limit-images", str(args.images),
+            "--wallpapers", args.wallpapers, "--photos", args.photos,
+        ] + (["--N", str(args.N), "--M", str(args.M)] if args.N else [])  # fmt: skip
+        subprocess.run(prepare, check=True)
+        sandbox, out = tmp_path / "device", tmp_path / "out"
+        files = travelling_files(clone)
+        if any(f.is_relative_to(clone / ENTRIES) for f in files):
+            raise SystemExit("the shipped entries would travel")
+        for f in files:
+            dest = sandbox / f.relative_to(clone)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(f, dest)
+        out.mkdir()
+        env = {**os.environ, "OUT": str(out)}
+        subprocess.run(["bash", "scripts/gpu/device.sh", "start", "30"], cwd=sandbox, env=env, check=True)
+        back = sorted(out.iterdir())
+        if len(back) > MAX_FILES_BACK or any(f.stat().st_size > 16 * 1024 * 1024 for f in back):
+            raise SystemExit(f"what comes back breaks the device tool's limits: {back}")
+        run = Path(args.run)
+        subprocess.run(
+            [sys.executable, str(clone / "scripts" / "gpu_train.py"), "assemble", str(out), "--run", str(run)],
+            check=True,
+        )
+        subprocess.run(
+            [sys.executable, str(clone / "scripts" / "gpu_train.py"), "restore", "--repo", str(clone)], check=True
+        )
+        if _git(clone, "status", "--porcelain", "--", ENTRIES).strip():
+            raise SystemExit("restore left model_store/entries changed")
+    print(f"rehearsal done: {run}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("prepare")
+    p.add_argument("--repo", default=str(REPO))
+    p.add_argument("--arch", default="bmshj2018-hyperprior-vr")
+    p.add_argument("--init", required=True, help="checkpoint or entry folder to start from")
+    p.add_argument("--steps", type=int, default=40000, help="the run's length (the cosine schedule's)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--patch", type=int, default=256)
+    p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--val-every", type=int, default=1000)
+    p.add_argument("--ckpt-every", type=int, default=250)
+    p.add_argument("--workers", type=int, default=8)
+    p.add_argument("--threads", type=int, default=8)
+    p.add_argument("--data-mib", type=int, default=40)
+    p.add_argument("--limit-images", type=int, default=0)
+    p.add_argument("--wallpapers", default=str(SHARED / "wallpapers"))
+    p.add_argument("--photos", default=str(SHARED / "photos"))
+    p.add_argument("--N", type=int)
+    p.add_argument("--M", type=int)
+    p.add_argument("--cpu", action="store_true", help="no bf16 autocast (the rehearsal)")
+    p.add_argument("--wheels", action="store_true", help="carry pytorch-msssim, which the GPU image lacks")
+    p.set_defaults(func=cmd_prepare)
+    p = sub.add_parser("restore")
+    p.add_argument("--repo", default=str(REPO))
+    p.set_defaults(func=cmd_restore)
+    p = sub.add_parser("collect")
+    p.add_argument("run")
+    p.add_argument("out")
+    p.set_defaults(func=cmd_collect)
+    p = sub.add_parser("assemble")
+    p.add_argument("fetched")
+    p.add_argument("--run", required=True)
+    p.set_defaults(func=cmd_assemble)
+    p = sub.add_parser("rehearse")
+    p.add_argument("--arch", default="bmshj2018-hyperprior-vr")
+    p.add_argument("--init", required=True)
+    p.add_argument("--steps", type=int, default=2)
+    p.add_argument("--images", type=int, default=3)
+    p.add_argument("--N", type=int)
+    p.add_argument("--M", type=int)
+    p.add_argument("--run", default="runs/gpu-rehearsal")
+    p.add_argument("--wallpapers", default=str(SHARED / "wallpapers"))
+    p.add_argument("--photos", default=str(SHARED / "photos"))
+    p.set_defaults(func=cmd_rehearse)
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
