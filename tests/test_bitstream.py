@@ -27,6 +27,8 @@ _CASES = [
     ("hyperprior-70x90.zoo", "bmshj2018-hyperprior", 70, 90, 0),
     ("factorized-tiled-100x150.zoo", "bmshj2018-factorized", 100, 150, 64),
     ("mbt2018-mean-33x47.zoo", "mbt2018-mean", 33, 47, 0),
+    # the context model's symbols: raster order in format 1 (decoded serially), wavefront by wavefront in 2
+    ("mbt2018-100x150.zoo", "mbt2018", 100, 150, 0),
 ]
 GOLDEN_CASES = [(f"v{v}-{name}", *rest) for v in bitstream.READABLE_VERSIONS for name, *rest in _CASES]
 
@@ -69,6 +71,24 @@ def test_golden_files_still_decode_to_the_same_pixels(case):
     assert pixels.shape == expected.shape
     diff = np.abs(pixels - expected)
     assert diff.max() <= 1 and (diff > 0).mean() < 0.01
+
+
+def test_context_streams_of_both_formats_decode_to_the_same_image():
+    """Format 1 codes mbt2018's symbols in raster order, format 2 wavefront by wavefront: one model, the
+    same symbols, so the same image; a file keeps its version through loads/dumps, and a format-1 stream
+    relabelled as format 2 is refused (decoded in the wrong order, its table indexes differ)."""
+    v1 = (GOLDEN / "v1-mbt2018-100x150.zoo").read_bytes()
+    v2 = (GOLDEN / "v2-mbt2018-100x150.zoo").read_bytes()
+    c1, c2 = bitstream.loads(v1), bitstream.loads(v2)
+    assert (c1.format_version, c2.format_version) == (1, 2) and bitstream.FORMAT_VERSION == 2
+    assert bitstream.dumps(c1) == v1 and bitstream.dumps(c2) == v2
+    codec = golden_codec("mbt2018")
+    assert torch.equal(codec.decompress(c1), codec.decompress(c2))
+    assert bitstream.dumps(codec.compress(golden_input(100, 150))) == v2  # what this zoo writes
+    relabelled = bytearray(v1)
+    relabelled[4] = 2
+    with pytest.raises(BitstreamError, match="index checksum|ended early|does not end"):
+        codec.decompress(bitstream.loads(_reseal(relabelled)))
 
 
 def test_round_trip_is_exact():

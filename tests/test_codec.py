@@ -167,6 +167,42 @@ def test_bad_inputs_are_input_errors():
         small.compress(torch.rand(3, 11, 10))
 
 
+@pytest.mark.parametrize("arch", FIXTURE_ARCHS)
+def test_codec_follows_the_model_onto_another_device(arch):
+    """No GPU here: tests/device_sim.py moves the model onto a simulated device whose tensors fail as CUDA's do
+    when mixed with CPU tensors or turned into numpy arrays. Compress and decompress must keep every tensor
+    on the model's device up to the coder, and give the CPU's streams and pixels."""
+    import copy
+
+    from tests.device_sim import SimTensor, simulated_device, to_simulated_device
+
+    cpu = fixture_codec(arch)
+    x = _image(40, 70)
+    ref = cpu.compress(x)
+    model = to_simulated_device(copy.deepcopy(cpu.model))
+    with simulated_device() as device:
+        codec = Codec(model, cpu.entry, cpu.fingerprint)
+        assert codec.device == device != torch.device("cpu")
+        c = codec.compress(x)
+        x_hat = codec.decompress(c)
+        (batch,) = codec.decompress_batch([c])
+    assert c == ref
+    assert not isinstance(x_hat, SimTensor) and x_hat.device.type == "cpu"
+    assert torch.equal(x_hat, cpu.decompress(ref)) and torch.equal(batch, x_hat)
+
+
+def test_simulated_device_fails_like_a_real_one():
+    from tests.device_sim import simulated_device
+
+    with simulated_device() as device:
+        on_device = torch.zeros(3, device=device)
+        with pytest.raises(RuntimeError, match="same device"):
+            _ = on_device + torch.ones(3)
+        with pytest.raises(RuntimeError, match="numpy"):
+            on_device.numpy()
+        assert torch.equal((on_device + 1).cpu(), torch.ones(3))
+
+
 def test_api_misuse_gives_typed_errors():
     """Each of these used to raise AttributeError, ValueError, nothing at all, or code an image into NaN."""
     from zoo import bitstream

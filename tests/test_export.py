@@ -327,13 +327,11 @@ def _index_mismatch_refused(encoder: Codec, decoder: Codec, x: Tensor) -> tuple[
 
 
 def _nudged(model: nn.Module) -> None:
-    """Scales 0.1% larger on this side only: a stand-in for a less precise backend (fp16, another GPU)."""
-    if _is_autoregressive_model(model):
-        step = model.context_step
-        object.__setattr__(model, "context_step", lambda crop, p: _scale_first(step(crop, p)))
-    else:
-        h_s = model.f64("h_s")
-        object.__setattr__(model, "f64", {"h_s": lambda z: h_s(z) * (1 + 1e-3)}.__getitem__)
+    """h_s's output 0.1% larger on this side only: a stand-in for a less precise backend (fp16, another GPU).
+    (Context models code wavefront by wavefront from h_s's params, so the nudge reaches their scales too.)"""
+    f64 = model.f64
+    h_s = f64("h_s")
+    object.__setattr__(model, "f64", lambda name: (lambda z: h_s(z) * (1 + 1e-3)) if name == "h_s" else f64(name))
 
 
 def _scale_first(pair: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:

@@ -154,3 +154,77 @@ def test_import_compressai_keeps_its_tables_and_scale_table_bit_exact(tmp_path):
     assert torch.equal(written["gaussian_conditional.scale_table"], sd["gaussian_conditional.scale_table"])
     for prefix in ("entropy_bottleneck.", "gaussian_conditional."):
         _assert_same_tables(written, sd, prefix)
+
+
+def test_wavefronts_only_need_earlier_wavefronts():
+    """The claim wavefront coding rests on: every causal tap of the 5x5 mask lies on an earlier wavefront."""
+    from zoo.models.google import _wavefront_positions
+
+    model = fixture_model("mbt2018")
+    mask = model.context_prediction.mask[0, 0]
+    taps = [(dy - 2, dx - 2) for dy in range(5) for dx in range(5) if mask[dy, dx] != 0]
+    height, width = 7, 11
+    fronts = _wavefront_positions(height, width, slope=3)
+    assert len(fronts) == 3 * height + width - 3
+    step = {}
+    for t, (hs, ws) in enumerate(fronts):
+        assert list(hs) == sorted(hs)
+        step.update({(int(h), int(w)): t for h, w in zip(hs, ws, strict=True)})
+    assert len(step) == height * width
+    for (h, w), t in step.items():
+        for dy, dx in taps:
+            if (h + dy, w + dx) in step:
+                assert step[(h + dy, w + dx)] < t, ((h, w), (dy, dx))
+
+
+@pytest.mark.parametrize("arch", ["mbt2018", "cheng2020-anchor", "cheng2020-attn"])
+def test_wavefront_coding_is_the_serial_model_in_fewer_steps(arch, monkeypatch):
+    """Format 2 codes the same symbols with the same tables as raster order (format 1), one coder call
+    per wavefront: the latent g_s receives is identical, the payload the same give or take the flush."""
+    from tests.support import kodak_image
+    from zoo import coder
+
+    model = fixture_model(arch)
+    x = kodak_image("kodim23.png")[None, :, 128:192, 256:384]  # y is 4x8
+    calls = []
+    decode = coder.Decoder.decode
+    monkeypatch.setattr(coder.Decoder, "decode", lambda self, *a: calls.append(1) or decode(self, *a))
+    seen: list[torch.Tensor] = []
+    hook = model.g_s.register_forward_pre_hook(lambda _m, args: seen.append(args[0].detach().clone()))
+    try:
+        out = {}
+        for order in ("raster", "wavefront"):
+            (latents,) = model.compress(x, order=order)
+            calls.clear()
+            out[order] = (model.decompress([latents], order=order), len(latents.stream("y")), len(calls))
+    finally:
+        hook.remove()
+    (x_raster, bytes_raster, calls_raster), (x_wave, bytes_wave, calls_wave) = out["raster"], out["wavefront"]
+    assert calls_raster == 4 * 8 + 1 and calls_wave == 3 * 4 + 8 - 3 + 1  # + 1: z
+    assert seen[0].abs().sum() > 0 and torch.equal(seen[0], seen[1])
+    assert torch.equal(x_raster, x_wave)
+    assert abs(bytes_raster - bytes_wave) <= 8
+
+
+def test_context_loop_runs_on_one_thread_and_restores_the_setting():
+    from zoo.errors import BitstreamError
+    from zoo.models.base import LatentStreams
+
+    model = fixture_model("mbt2018")
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        seen = []
+        # the raster loop calls the float64 copy as a module (the wavefront loop uses its weights)
+        net = model.f64("entropy_parameters")
+        hook = net.register_forward_hook(lambda *_: seen.append(torch.get_num_threads()))
+        (latents,) = model.compress(torch.rand(1, 3, 64, 64), order="raster")
+        hook.remove()
+        assert set(seen) == {1} and torch.get_num_threads() == 2
+        y = latents.stream("y")
+        broken = LatentStreams((("z", latents.stream("z")), ("y", y[: len(y) // 2])), latents.latent_hw, 0)
+        with pytest.raises(BitstreamError):
+            model.decompress_unchecked([broken])
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

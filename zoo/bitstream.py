@@ -87,6 +87,12 @@ class Header:
         }
 
 
+def symbol_order(format_version: int) -> str:
+    """The order of a context model's y symbols in streams of this version (zoo.models.base.SYMBOL_ORDERS):
+    format 1 codes them in raster order, format 2 wavefront by wavefront. Other models' streams are alike."""
+    return "raster" if format_version == 1 else "wavefront"
+
+
 def grid_size(height: int, width: int, tile_size: int) -> int:
     """How many tiles an image of that size has (tile_size 0: one), without building the grid."""
     if tile_size <= 0:

@@ -297,14 +297,14 @@ class Codec:
     def decompress_batch(self, cs: Sequence[Compressed]) -> list[Tensor]:
         """Decompress several streams; single-tile streams of one latent size share one network pass."""
         results: list[Tensor | None] = [None] * len(cs)
-        groups: dict[tuple[int, int], list[int]] = {}
+        groups: dict[tuple[tuple[int, int], int], list[int]] = {}
         for i, c in enumerate(cs):
             self.check_compatible(c)
             self._expected_layout(c)
             if len(c.tiles) > 1:
                 results[i] = self.decompress(c)
             else:
-                groups.setdefault(c.tiles[0].latent_hw, []).append(i)
+                groups.setdefault((c.tiles[0].latent_hw, c.format_version), []).append(i)
         for _, members in groups.items():
             latents = [_latents(cs[i].tiles[0], cs[i].format_version) for i in members]
             x_hat, checksums = self.model.decompress_unchecked(latents)

@@ -208,9 +208,10 @@ def export_graphs(
     elif "context_prediction" in graphs:
         meta["context_model"] = (
             "context_prediction: y_hat (the graph zero-pads it; causal mask folded) -> ctx with 2*M channels; "
-            "entropy_parameters: (params from h_s, ctx) -> scales then means, concatenated on channels. Decoding "
-            "runs them in raster order over the partly decoded y_hat; at one position, context_prediction of "
-            "the 5x5 crop centred there gives ctx at the crop's centre"
+            "entropy_parameters: (params from h_s, ctx) -> scales then means, concatenated on channels. Coding "
+            "runs them over the partly decoded y_hat one wavefront at a time (the positions with 3h + w = t, "
+            "bitstream format 2; raster order in format 1); at one position, context_prediction of the 5x5 crop "
+            "centred there gives ctx at the crop's centre"
         )
     meta.update(metadata or {})
     (out / "metadata.json").write_text(json.dumps(meta, indent=2) + "\n")

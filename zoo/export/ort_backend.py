@@ -171,8 +171,11 @@ def onnx_everywhere(
             module = OrtModule(folder / f"{name}.onnx", providers, threads)
             split = module.session.get_inputs()[0].shape[1] if name == "entropy_parameters" else None
             graphs[name] = _Float64Out(module, split)
-    # Instance attributes shadow the methods: the model's own coding loops now call these graphs.
-    object.__setattr__(ort_model, "f64", graphs.__getitem__)
+    # Instance attributes shadow the methods: the model's own coding loops now call these graphs. Wavefront
+    # coding (format 2) computes the context model as a gathered product of its weights, so there the
+    # context networks stay eager float64; the raster loop of format-1 streams calls their graphs.
+    eager_f64 = model.f64
+    object.__setattr__(ort_model, "f64", lambda name: graphs[name] if name == "h_s" else eager_f64(name))
     if "context_prediction" in graphs:
 
         def context_step(y_crop: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:

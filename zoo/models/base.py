@@ -10,9 +10,13 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from zoo.bitstream import FORMAT_VERSION
+from zoo.bitstream import FORMAT_VERSION, symbol_order
 from zoo.entropy import EntropyBottleneck, GaussianConditional, default_scale_table
 from zoo.errors import BitstreamError
+
+# Orders in which context models code y's symbols: "wavefront" (bitstream format 2, the default) and
+# "raster" (format 1). Models without a context model have one order, and ignore the argument.
+SYMBOL_ORDERS = ("wavefront", "raster")
 
 
 @dataclass(frozen=True)
@@ -118,37 +122,61 @@ class CompressionModel(nn.Module):
             raise ValueError(f"input {h}x{w} is not a multiple of {self.downsample}: pad it (zoo.codec does)")
 
     @torch.no_grad()
-    def compress(self, x: Tensor) -> list[LatentStreams]:
-        """Entropy-code a padded batch; one LatentStreams per batch item."""
+    def compress(self, x: Tensor, *, order: str = "wavefront") -> list[LatentStreams]:
+        """Entropy-code a padded batch; one LatentStreams per batch item. `order`: see SYMBOL_ORDERS."""
+        check_order(order)
         self.check_input(x)
-        return self._compress(x)
+        return self._compress_in_order(x, order)
 
     @torch.no_grad()
-    def decompress(self, streams: Sequence[LatentStreams]) -> Tensor:
+    def decompress(self, streams: Sequence[LatentStreams], *, order: str | None = None) -> Tensor:
         """Decode a batch of streams that share one latent size; returns the padded reconstruction."""
         if not streams:
             raise ValueError("nothing to decompress")
-        x_hat, checksums = self.decompress_unchecked(streams)
+        x_hat, checksums = self.decompress_unchecked(streams, order=order)
         for s, computed in zip(streams, checksums, strict=True):
             check_index_crc(s.index_checksum, computed)
         return x_hat
 
     @torch.no_grad()
-    def decompress_unchecked(self, streams: Sequence[LatentStreams]) -> tuple[Tensor, list[int]]:
+    def decompress_unchecked(
+        self, streams: Sequence[LatentStreams], *, order: str | None = None
+    ) -> tuple[Tensor, list[int]]:
         """Decode and return the index checksums the decoder computed, for the caller to compare
-        (`zoo.codec` compares one checksum over all tiles of an image)."""
+        (`zoo.codec` compares one checksum over all tiles of an image). `order` (SYMBOL_ORDERS) defaults to
+        the one the streams' format version fixes."""
         if not streams:
             raise ValueError("nothing to decompress")
+        if order is None:
+            versions = {s.format_version for s in streams}
+            if len(versions) != 1:
+                raise ValueError("streams of one decompress call must share their format version")
+            order = symbol_order(versions.pop())
+        check_order(order)
         hw = streams[0].latent_hw
         if any(s.latent_hw != hw for s in streams):
             raise ValueError("streams of one decompress call must share their latent size")
-        return self._decompress(streams, hw)
+        return self._decompress_in_order(streams, hw, order)
+
+    # Context models override these two: their symbol order is part of the stream. Others have one order.
+    def _compress_in_order(self, x: Tensor, order: str) -> list[LatentStreams]:
+        return self._compress(x)
+
+    def _decompress_in_order(
+        self, streams: Sequence[LatentStreams], latent_hw: tuple[int, int], order: str
+    ) -> tuple[Tensor, list[int]]:
+        return self._decompress(streams, latent_hw)
 
     def _compress(self, x: Tensor) -> list[LatentStreams]:
         raise NotImplementedError
 
     def _decompress(self, streams: Sequence[LatentStreams], latent_hw: tuple[int, int]) -> tuple[Tensor, list[int]]:
         raise NotImplementedError
+
+
+def check_order(order: str) -> None:
+    if order not in SYMBOL_ORDERS:
+        raise ValueError(f"unknown symbol order {order!r} (expected one of {', '.join(SYMBOL_ORDERS)})")
 
 
 def check_index_crc(expected: int, computed: int) -> None:

@@ -9,15 +9,22 @@ bmshj2018-factorized stops at y with a factorized prior (EB); mbt2018 adds a cau
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from zoo.bitstream import FORMAT_VERSION
 from zoo.entropy import EntropyBottleneck, GaussianConditional, crc_indexes
+from zoo.errors import BitstreamError
 from zoo.layers import GDN, MaskedConv2d, conv, deconv
-from zoo.models.base import CompressionModel, ForwardOutput, LatentStreams
+from zoo.models.base import CompressionModel, ForwardOutput, LatentStreams, check_order
+
+if TYPE_CHECKING:
+    from zoo.coder import Decoder
 
 
 def analysis(n: int, m: int, act: type[nn.Module] | None = None) -> nn.Sequential:
@@ -198,9 +205,17 @@ class MeanScaleHyperprior(ScaleHyperprior):
 class JointAutoregressiveHierarchicalPriors(MeanScaleHyperprior):
     """mbt2018: hyperprior plus a causal 5x5 context model on y_hat, combined by 1x1 convolutions.
 
-    Coding order is raster order over spatial positions, all channels of a position at once (as in
-    CompressAI, so its streams and ours decode the same way). Each position costs one small network
-    evaluation; the rANS decoder object keeps its state across positions.
+    The context of position (h, w) is y_hat at rows h-2..h-1 (columns w-2..w+2) and at row h (columns
+    w-2..w-1). Every position on the wavefront 3h + w = t has its whole context on earlier wavefronts, so
+    the coder takes one wavefront per step (all its positions and channels at once): 3H + W - 2 steps
+    instead of H * W, the same model and the same symbols as raster order. Symbols in the y stream:
+
+        order="wavefront" (bitstream format 2): t ascending; within a wavefront h ascending; a position's
+                          channels in channel order
+        order="raster"    (format 1, and CompressAI): positions in raster order, channels in channel order
+
+    Scales and means come from float64 copies of the context and entropy-parameter networks (see
+    `CompressionModel.entropy_params`), on the parameters' device; only the coder runs on the CPU.
     """
 
     context_size = 5
@@ -232,6 +247,7 @@ class JointAutoregressiveHierarchicalPriors(MeanScaleHyperprior):
         _, y_lik = self.gaussian_conditional(y, scales, means=means)
         return ForwardOutput(self.g_s(y_hat), {"y": y_lik, "z": z_lik})
 
+    # -- raster order (format 1) ------------------------------------------------------------------
     def context_step(self, y_crop: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
         """Scales and means at one position from its causal neighbourhood (a 5x5 crop of the padded
         y_hat) and the hyperprior's params there, in float64 like `entropy_params`."""
@@ -243,8 +259,8 @@ class JointAutoregressiveHierarchicalPriors(MeanScaleHyperprior):
         return scales, means
 
     def _raster(self, y_hat: Tensor, params: Tensor) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """Quantize one image's latent in raster order, as the coder does: `y_hat` is y padded by
-        context_size // 2 and is overwritten position by position with round(y - mean) + mean, so each
+        """Quantize one image's latent in raster order, as the format-1 coder does: `y_hat` is y padded
+        by context_size // 2 and is overwritten position by position with round(y - mean) + mean, so each
         context sees exactly what the decoder will. Yields (symbols, table indexes) per position."""
         k, p = self.context_size, self.context_size // 2
         height, width = y_hat.shape[-2] - 2 * p, y_hat.shape[-1] - 2 * p
@@ -255,24 +271,62 @@ class JointAutoregressiveHierarchicalPriors(MeanScaleHyperprior):
                 indexes = self.gaussian_conditional.build_indexes(scales)
                 symbols = self.gaussian_conditional.quantize(crop[:, :, p, p], "symbols", means)
                 y_hat[:, :, h + p, w + p] = symbols + means
-                yield symbols.reshape(-1).numpy(), indexes.reshape(-1).numpy()
+                yield symbols.reshape(-1).cpu().numpy(), indexes.reshape(-1).cpu().numpy()
+
+    def _decode_raster(self, data: bytes, params: Tensor, crc: int) -> tuple[Tensor, int]:
+        from zoo.coder import Decoder
+
+        k, p = self.context_size, self.context_size // 2
+        height, width = params.shape[-2:]
+        tables = self.gaussian_conditional.tables()
+        y_hat = params.new_zeros((1, self.M, height + 2 * p, width + 2 * p), dtype=torch.float64)
+        decoder = Decoder(data)
+        with one_thread():
+            for h in range(height):
+                for w in range(width):
+                    crop = y_hat[:, :, h : h + k, w : w + k]
+                    scales, means = self.context_step(crop, params[:, :, h : h + 1, w : w + 1])
+                    idx = self.gaussian_conditional.build_indexes(scales).reshape(-1).cpu().numpy()
+                    crc = crc_indexes(idx, crc)
+                    symbols = torch.from_numpy(decoder.decode(idx, tables)).reshape(1, -1).to(means.device)
+                    y_hat[:, :, h + p, w + p] = symbols.to(means.dtype) + means
+        _check_finished(decoder)
+        return y_hat[:, :, p : p + height, p : p + width], crc
+
+    # -- wavefront order (format 2) ---------------------------------------------------------------
+    def _wavefront_coder(self, params: Tensor) -> _Wavefronts:
+        return _Wavefronts(self, params)
+
+    def _quantize(self, y: Tensor, params: Tensor, order: str) -> tuple[Tensor, list[tuple[np.ndarray, np.ndarray]]]:
+        """One image's y_hat as the coder makes it, and the (symbols, table indexes) in coding order."""
+        p = self.context_size // 2
+        if order == "raster":
+            y_hat = F.pad(y.double(), (p, p, p, p))
+            with one_thread():
+                steps = list(self._raster(y_hat, params))
+            return y_hat[:, :, p:-p, p:-p], steps
+        check_order(order)
+        return self._wavefront_coder(params).quantize(y)
 
     def _compress(self, x: Tensor) -> list[LatentStreams]:
+        return self._compress_ordered(x, "wavefront")
+
+    def _compress_ordered(self, x: Tensor, order: str) -> list[LatentStreams]:
         from zoo.coder import Encoder
 
         y = self.g_a(x)
         z_strings, z_crc, z_hat = self._code_z(y)
         params = self.entropy_params(z_hat)
-        p = self.context_size // 2
         tables = self.gaussian_conditional.tables()
         out = []
         for i in range(x.shape[0]):
             encoder, crc = Encoder(), z_crc
-            for symbols, idx in self._raster(F.pad(y[i : i + 1].double(), (p, p, p, p)), params[i : i + 1]):
+            for symbols, idx in self._quantize(y[i : i + 1], params[i : i + 1], order)[1]:
                 encoder.push(symbols, idx, tables)
                 crc = crc_indexes(idx, crc)
             hw = (int(z_hat.shape[-2]), int(z_hat.shape[-1]))
-            out.append(LatentStreams((("z", z_strings[i]), ("y", encoder.flush())), hw, crc))
+            version = 1 if order == "raster" else FORMAT_VERSION  # the format whose order the stream has
+            out.append(LatentStreams((("z", z_strings[i]), ("y", encoder.flush())), hw, crc, version))
         return out
 
     @torch.no_grad()
@@ -284,11 +338,7 @@ class JointAutoregressiveHierarchicalPriors(MeanScaleHyperprior):
         z_hat, z_lik = self.entropy_bottleneck(self.hyper_analysis(y))
         params = self.entropy_params(z_hat)
         p = self.context_size // 2
-        y_hat = F.pad(y.double(), (p, p, p, p))
-        for i in range(x.shape[0]):
-            for _ in self._raster(y_hat[i : i + 1], params[i : i + 1]):
-                pass
-        y_hat = y_hat[:, :, p:-p, p:-p]
+        y_hat = torch.cat([self._quantize(y[i : i + 1], params[i : i + 1], "wavefront")[0] for i in range(x.shape[0])])
         cp = self.f64("context_prediction")
         assert isinstance(cp, MaskedConv2d)
         ctx = F.conv2d(y_hat, cp.masked_weight(), cp.bias, padding=p)
@@ -296,27 +346,165 @@ class JointAutoregressiveHierarchicalPriors(MeanScaleHyperprior):
         _, y_lik = self.gaussian_conditional(y_hat, scales, means=means)
         return float(-(torch.log2(y_lik).sum() + torch.log2(z_lik).sum()))
 
-    def _decompress(self, streams: Sequence[LatentStreams], latent_hw: tuple[int, int]) -> tuple[Tensor, list[int]]:
-        from zoo.coder import Decoder
-
+    def _decompress(
+        self, streams: Sequence[LatentStreams], latent_hw: tuple[int, int], order: str = "wavefront"
+    ) -> tuple[Tensor, list[int]]:
+        check_order(order)
         z_hat = self.entropy_bottleneck.decompress([s.stream("z") for s in streams], latent_hw)
         params = self.entropy_params(z_hat)
-        k, p = self.context_size, self.context_size // 2
-        height, width = latent_hw[0] * self.latent_stride, latent_hw[1] * self.latent_stride
-        tables = self.gaussian_conditional.tables()
         z_crc = self.entropy_bottleneck.index_crc(latent_hw)
         y_hats, checksums = [], []
         for i, s in enumerate(streams):
-            y_hat = torch.zeros((1, self.M, height + 2 * p, width + 2 * p), dtype=torch.float64)
-            decoder, crc = Decoder(s.stream("y")), z_crc
-            for h in range(height):
-                for w in range(width):
-                    crop = y_hat[:, :, h : h + k, w : w + k]
-                    scales, means = self.context_step(crop, params[i : i + 1, :, h : h + 1, w : w + 1])
-                    idx = self.gaussian_conditional.build_indexes(scales).reshape(-1).numpy()
-                    crc = crc_indexes(idx, crc)
-                    symbols = torch.from_numpy(decoder.decode(idx, tables)).reshape(1, -1)
-                    y_hat[:, :, h + p, w + p] = symbols.to(means.dtype) + means
+            if order == "raster":
+                y_hat, crc = self._decode_raster(s.stream("y"), params[i : i + 1], z_crc)
+            else:
+                y_hat, crc = self._wavefront_coder(params[i : i + 1]).decode(s.stream("y"), z_crc)
             checksums.append(crc)
-            y_hats.append(y_hat[:, :, p : p + height, p : p + width])
+            y_hats.append(y_hat)
         return self.g_s(torch.cat(y_hats).to(z_hat.dtype)).clamp_(0, 1), checksums
+
+    def _decompress_in_order(
+        self, streams: Sequence[LatentStreams], latent_hw: tuple[int, int], order: str
+    ) -> tuple[Tensor, list[int]]:
+        return self._decompress(streams, latent_hw, order)
+
+    def _compress_in_order(self, x: Tensor, order: str) -> list[LatentStreams]:
+        # The default order through the plain signature, which subclasses may override (variable-rate guards)
+        return self._compress(x) if order == "wavefront" else self._compress_ordered(x, order)
+
+
+class _Wavefronts:
+    """Codes one image's y wavefront by wavefront (see `JointAutoregressiveHierarchicalPriors`).
+
+    y_hat is kept position-major, (H + 4) * (W + 4) rows of M channels (zero padding around it), so a
+    wavefront's contexts are one row gather of the 12 causal taps, and the context model is one matrix
+    product over them: the masked convolution restricted to the positions being coded. The entropy
+    parameters are 1x1 convolutions, i.e. matrix products over the same rows. All in float64.
+    """
+
+    def __init__(self, model: JointAutoregressiveHierarchicalPriors, params: Tensor):
+        cp = model.f64("context_prediction")
+        assert isinstance(cp, MaskedConv2d) and cp.bias is not None
+        k = model.context_size
+        p = k // 2
+        self.gc, self.M = model.gaussian_conditional, model.M
+        self.height, self.width = int(params.shape[-2]), int(params.shape[-1])
+        self.device = params.device
+        self.padded_width = self.width + 2 * p
+        mask = cp.mask[0, 0].cpu()
+        taps = [(dy, dx) for dy in range(k) for dx in range(k) if mask[dy, dx] != 0]
+        if any(dy > p or (dy == p and dx >= p) for dy, dx in taps):
+            raise ValueError("wavefront coding needs a causal (type A) context mask")
+        weight = cp.weight.detach()
+        # (2M, taps * M): tap-major, matching the gathered rows
+        self.ctx_weight = torch.stack([weight[:, :, dy, dx] for dy, dx in taps], 1).reshape(weight.shape[0], -1)
+        self.ctx_bias = cp.bias.detach()
+        self.tap_offsets = torch.tensor([dy * self.padded_width + dx for dy, dx in taps], device=self.device)
+        self.layers = _pointwise_layers(model.f64("entropy_parameters"))
+        self.params = params[0].double().flatten(1).t().contiguous()  # (H * W, 2M)
+        self.y_hat = params.new_zeros(((self.height + 2 * p) * self.padded_width, self.M), dtype=torch.float64)
+        self.fronts = _wavefront_positions(self.height, self.width, slope=p + 1)
+
+    def _rows(self, hs: np.ndarray, ws: np.ndarray) -> tuple[Tensor, Tensor, Tensor]:
+        """Rows of this wavefront's contexts (gather), of its params, and of its y_hat (scatter)."""
+        p = (self.padded_width - self.width) // 2
+        corner = torch.from_numpy(hs * self.padded_width + ws).to(self.device)
+        gather = (corner[:, None] + self.tap_offsets[None, :]).reshape(-1)
+        param_rows = torch.from_numpy(hs * self.width + ws).to(self.device)
+        return gather, param_rows, corner + p * self.padded_width + p
+
+    def _scales_means(self, gather: Tensor, param_rows: Tensor) -> tuple[Tensor, Tensor]:
+        ctx = self.y_hat.index_select(0, gather).reshape(param_rows.numel(), -1)
+        ctx = F.linear(ctx, self.ctx_weight, self.ctx_bias)
+        out = torch.cat((self.params.index_select(0, param_rows), ctx), dim=1)
+        for weight, bias, slope in self.layers:
+            out = F.linear(out, weight, bias)
+            if slope is not None:
+                out = F.leaky_relu(out, slope)
+        scales, means = out.chunk(2, 1)
+        return scales, means
+
+    def _y_hat(self) -> Tensor:
+        p = (self.padded_width - self.width) // 2
+        grid = self.y_hat.reshape(self.height + 2 * p, self.padded_width, self.M)[p:-p, p:-p]
+        return grid.permute(2, 0, 1).unsqueeze(0).contiguous()
+
+    def quantize(self, y: Tensor) -> tuple[Tensor, list[tuple[np.ndarray, np.ndarray]]]:
+        """Encoder side: y_hat = round(y - mean) + mean wavefront by wavefront, with each wavefront's
+        (symbols, table indexes) as int32 arrays on the CPU, in coding order."""
+        y_rows = y[0].double().flatten(1).t()  # (H * W, M)
+        steps: list[tuple[np.ndarray, np.ndarray]] = []
+        with one_thread():
+            self._quantize_fronts(y_rows, steps)
+        return self._y_hat(), steps
+
+    def _quantize_fronts(self, y_rows: Tensor, steps: list[tuple[np.ndarray, np.ndarray]]) -> None:
+        for hs, ws in self.fronts:
+            gather, param_rows, rows = self._rows(hs, ws)
+            scales, means = self._scales_means(gather, param_rows)
+            indexes = self.gc.build_indexes(scales)
+            symbols = self.gc.quantize(y_rows.index_select(0, param_rows), "symbols", means)
+            self.y_hat.index_copy_(0, rows, symbols + means)
+            steps.append((symbols.reshape(-1).cpu().numpy(), indexes.reshape(-1).cpu().numpy()))
+
+    def decode(self, data: bytes, crc: int) -> tuple[Tensor, int]:
+        """Decoder side: y_hat from the y stream, and the running index checksum."""
+        from zoo.coder import Decoder
+
+        tables = self.gc.tables()
+        decoder = Decoder(data)
+        with one_thread():
+            for hs, ws in self.fronts:
+                gather, param_rows, rows = self._rows(hs, ws)
+                scales, means = self._scales_means(gather, param_rows)
+                indexes = self.gc.build_indexes(scales).reshape(-1).cpu().numpy()
+                crc = crc_indexes(indexes, crc)
+                symbols = torch.from_numpy(decoder.decode(indexes, tables)).to(self.device)
+                self.y_hat.index_copy_(0, rows, symbols.reshape(means.shape).to(means.dtype) + means)
+        _check_finished(decoder)
+        return self._y_hat(), crc
+
+
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """Run a loop of many small CPU ops on one intra-op thread, restoring the setting after. Each wavefront's
+    products are a few MB of weights against at most H rows: parallel regions gain little there, and where the
+    cores are shared each one waits for a descheduled thread (measured on 2 shared cores at load 15: mbt2018
+    decodes a Kodak image in 6.7 s this way, 30.7 s with 2 threads)."""
+    threads = torch.get_num_threads()
+    if threads > 1:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        if threads > 1:
+            torch.set_num_threads(threads)
+
+
+def _check_finished(decoder: Decoder) -> None:
+    if not decoder.finished():
+        raise BitstreamError("entropy-coded y stream does not end where its symbols do (corrupt or truncated)")
+
+
+def _wavefront_positions(height: int, width: int, slope: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(rows, columns) of the positions with slope * h + w = t, for t = 0, 1, ...; rows ascending."""
+    hs, ws = np.divmod(np.arange(height * width, dtype=np.int64), width)
+    t = slope * hs + ws
+    order = np.lexsort((hs, t))
+    bounds = np.flatnonzero(np.diff(t[order])) + 1
+    return [(hs[i], ws[i]) for i in np.split(order, bounds)]
+
+
+def _pointwise_layers(net: nn.Module) -> list[tuple[Tensor, Tensor | None, float | None]]:
+    """A stack of 1x1 convolutions and leaky ReLUs as (weight, bias, negative slope after it or None)."""
+    layers: list[tuple[Tensor, Tensor | None, float | None]] = []
+    for m in net.children() if isinstance(net, nn.Sequential) else [net]:
+        if isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) and m.stride == (1, 1) and m.groups == 1:
+            bias = m.bias.detach() if m.bias is not None else None
+            layers.append((m.weight.detach().flatten(1), bias, None))
+        elif isinstance(m, nn.LeakyReLU) and layers and layers[-1][2] is None:
+            weight, bias, _ = layers[-1]
+            layers[-1] = (weight, bias, float(m.negative_slope))
+        else:
+            raise TypeError(f"entropy parameters must be 1x1 convolutions and leaky ReLUs, not {type(m).__name__}")
+    return layers
