@@ -327,11 +327,11 @@ def _index_mismatch_refused(encoder: Codec, decoder: Codec, x: Tensor) -> tuple[
 
 
 def _nudged(model: nn.Module) -> None:
-    """h_s's output 0.1% larger on this side only: a stand-in for a less precise backend (fp16, another GPU).
+    """h_s's output 1% larger on this side only: a stand-in for a less precise backend (fp16, another GPU).
     (Context models code wavefront by wavefront from h_s's params, so the nudge reaches their scales too.)"""
     f64 = model.f64
     h_s = f64("h_s")
-    object.__setattr__(model, "f64", lambda name: (lambda z: h_s(z) * (1 + 1e-3)) if name == "h_s" else f64(name))
+    object.__setattr__(model, "f64", lambda name: (lambda z: h_s(z) * (1 + 1e-2)) if name == "h_s" else f64(name))
 
 
 def _scale_first(pair: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
@@ -352,7 +352,7 @@ def test_every_graph_in_onnx_runtime_on_one_side(arch, exported, capsys):
 
     eager = _codec(arch)
     ort_codec = Codec(onnx_everywhere(eager.model, exported(arch), threads=1), eager.entry, eager.fingerprint)
-    size = 32 if _is_autoregressive(arch) else 128  # the raster-order context loop costs one call per position
+    size = 64 if _is_autoregressive(arch) else 128  # context models: one coder call per wavefront
     crops = [kodak_image(name)[:, 128 : 128 + size, 256 : 256 + size] for name in ("kodim23.png", "kodim05.png")]
     found, total = 0, 0
     for enc, dec in ((ort_codec, eager), (eager, ort_codec)):
@@ -366,7 +366,7 @@ def test_every_graph_in_onnx_runtime_on_one_side(arch, exported, capsys):
     with capsys.disabled():
         print(
             f"\n{arch}: every graph in ONNX Runtime vs eager: {found} of {total} indexes differ; "
-            f"scales nudged 0.1%: {[m for m, _, _ in forced]} differ, refused by {[r for _, _, r in forced]}"
+            f"h_s nudged 1%: {[m for m, _, _ in forced]} differ, refused by {[r for _, _, r in forced]}"
         )
 
 
