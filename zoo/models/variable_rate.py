@@ -127,6 +127,14 @@ class VariableRateMixin:
         gz, iz = self.z_gain(level)
         return gy, iy, gz, iz
 
+    def gained_hyperprior(self, x: Tensor, level: Tensor | float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """The shared front of the three forwards: (gained y, h_s params, z likelihoods, y's inverse gain)."""
+        model: ScaleHyperprior = self  # type: ignore[assignment]
+        gy, iy, gz, iz = self.gains(self.level_tensor(level, x.shape[0], x.device))
+        y = model.g_a(x) * gy
+        z_hat, z_lik = model.entropy_bottleneck(model.hyper_analysis(y) * gz)
+        return y, model.h_s(z_hat * iz), z_lik, iy
+
     @torch.no_grad()
     def fold(self, level: float) -> CompressionModel:
         """The standard fixed-rate model this network is at `level`: same widths, gains multiplied into
@@ -169,11 +177,7 @@ class VariableRateScaleHyperprior(VariableRateMixin, ScaleHyperprior):
         self._add_gains(N, M)
 
     def forward(self, x: Tensor, level: Tensor | float = 1.0) -> ForwardOutput:  # type: ignore[override]
-        gy, iy, gz, iz = self.gains(self.level_tensor(level, x.shape[0], x.device))
-        y = self.g_a(x) * gy
-        z = self.hyper_analysis(y) * gz
-        z_hat, z_lik = self.entropy_bottleneck(z)
-        scales = self.h_s(z_hat * iz)
+        y, scales, z_lik, iy = self.gained_hyperprior(x, level)
         y_hat, y_lik = self.gaussian_conditional(y, scales)
         return ForwardOutput(self.g_s(y_hat * iy), {"y": y_lik, "z": z_lik})
 
@@ -188,11 +192,8 @@ class VariableRateMeanScaleHyperprior(VariableRateMixin, MeanScaleHyperprior):
         self._add_gains(N, M)
 
     def forward(self, x: Tensor, level: Tensor | float = 1.0) -> ForwardOutput:  # type: ignore[override]
-        gy, iy, gz, iz = self.gains(self.level_tensor(level, x.shape[0], x.device))
-        y = self.g_a(x) * gy
-        z = self.hyper_analysis(y) * gz
-        z_hat, z_lik = self.entropy_bottleneck(z)
-        scales, means = self.h_s(z_hat * iz).chunk(2, 1)
+        y, params, z_lik, iy = self.gained_hyperprior(x, level)
+        scales, means = params.chunk(2, 1)
         y_hat, y_lik = self.gaussian_conditional(y, scales, means=means)
         return ForwardOutput(self.g_s(y_hat * iy), {"y": y_lik, "z": z_lik})
 
@@ -208,11 +209,7 @@ class VariableRateJointAutoregressive(VariableRateMixin, JointAutoregressiveHier
         self._add_gains(N, M)
 
     def forward(self, x: Tensor, level: Tensor | float = 1.0) -> ForwardOutput:  # type: ignore[override]
-        gy, iy, gz, iz = self.gains(self.level_tensor(level, x.shape[0], x.device))
-        y = self.g_a(x) * gy
-        z = self.hyper_analysis(y) * gz
-        z_hat, z_lik = self.entropy_bottleneck(z)
-        params = self.h_s(z_hat * iz)
+        y, params, z_lik, iy = self.gained_hyperprior(x, level)
         y_hat = self.gaussian_conditional.quantize(y, "noise" if self.training else "dequantize")
         ctx = self.context_prediction(y_hat)
         scales, means = self.entropy_parameters(torch.cat((params, ctx), dim=1)).chunk(2, 1)
