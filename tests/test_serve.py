@@ -62,8 +62,23 @@ def _in_one_batch(url: str, bodies: list[bytes], attempts: int = 10) -> list[tup
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory, fixture_entry):
-    """Torch and onnx archives of the fixture entry: building them needs no Java."""
+def vr_entry(tmp_path_factory) -> Path:
+    """A small variable-rate hyperprior entry (random weights, gains on the λ ladder)."""
+    from zoo.entry import save_entry
+    from zoo.registry import LAMBDAS, create_model
+
+    torch.manual_seed(0)
+    model = create_model("bmshj2018-hyperprior-vr", N=32, M=48)
+    model.y_gain.init_from_lambdas(LAMBDAS["mse"], LAMBDAS["mse"][2])
+    out = tmp_path_factory.mktemp("vr") / "entry"
+    save_entry(model, out, arch="bmshj2018-hyperprior-vr", quality=0, version="0.1")
+    return out
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory, fixture_entry, vr_entry):
+    """Torch and onnx archives of the fixture entry, and level 2.5 of a variable-rate entry: building them
+    needs no Java."""
     from zoo.serve import build_archives
 
     store = tmp_path_factory.mktemp("ts") / "store"
@@ -71,7 +86,31 @@ def store(tmp_path_factory, fixture_entry):
         build_archives(
             fixture_entry, store, name=name, backend=backend, batch_size=4, max_batch_delay_ms=50, max_pixels=200_000
         )
+    build_archives(vr_entry, store, name="hpvr", level=2.5, batch_size=4, max_batch_delay_ms=50, max_pixels=200_000)
     return store
+
+
+def test_a_variable_rate_level_round_trips_over_http(server, vr_entry):
+    """One level of a variable-rate entry served as its folded standard model: the file names the entry and
+    the level, and is the file the in-process codec makes at that level."""
+    import zoo
+    from zoo.imageio import read_image, to_uint8
+
+    codec = zoo.load_local(vr_entry, quality=2.5)
+    body = _png(96, 64)
+    status, headers, data = _post(f"{server['inference']}/predictions/hpvr-encode", body)
+    assert status == 200, data
+    assert bitstream.loads(data).entry.level == 2.5 and headers["x-zoo-entry"] == str(codec.entry)
+    assert data == bitstream.dumps(codec.compress(read_image(body)[0]))
+    status, _, png = _post(f"{server['inference']}/predictions/hpvr-decode", data)
+    assert status == 200
+    expected = to_uint8(codec.decompress(bitstream.loads(data))).astype(int)
+    assert np.abs(np.asarray(Image.open(io.BytesIO(png))).astype(int) - expected).max() <= 1
+    from zoo.errors import EntryNotFound
+    from zoo.serve import build_archives
+
+    with pytest.raises(EntryNotFound, match="variable-rate"):
+        build_archives(vr_entry, server["store"], name="nolevel")
 
 
 @pytest.fixture(scope="module")
