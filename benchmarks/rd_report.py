@@ -132,7 +132,7 @@ def main() -> None:
             k = e.levels.get(str(quality), {}) if point.level is not None else e.kodak
             if not k:
                 continue
-            versions[arch, quality] = f"{e.arch.removeprefix(arch) and 'vr '}{e.version}"
+            versions[arch, quality] = f"vr {e.version}" if point.level is not None else e.version
             ours.setdefault(f"zoo {arch}", []).append(
                 RDPoint(arch, quality, k["bpp"], k["psnr"], k.get("ms_ssim", math.nan), 0, 0, 24)
             )

@@ -278,6 +278,19 @@ def test_short_training_run_gives_monotone_levels_on_a_kodak_crop(tmp_path):
     crop = x[:, 128:256, 256:448]
     sizes = [len(bitstream.dumps(zoo.load_local(entry, quality=q).compress(crop))) for q in range(1, 9)]
     assert sizes == sorted(sizes) and sizes[0] < sizes[-1], sizes
+    # released with an evaluation: every level's figures, measured on real files, in the config and the card
+    from PIL import Image
+
+    from zoo.entry import read_config
+    from zoo.imageio import to_uint8
+
+    evalset = tmp_path / "eval"
+    evalset.mkdir()
+    Image.fromarray(to_uint8(crop)).save(evalset / "crop.png")
+    do_release(run, "0.2", tmp_path / "evaluated", checkpoint="last.pt", eval_dir=evalset)
+    levels = read_config(tmp_path / "evaluated").levels
+    assert [levels[str(q)]["kodak"]["bpp"] for q in range(1, 9)] == pytest.approx([8 * n / (128 * 192) for n in sizes])
+    assert "| 8 |" in (tmp_path / "evaluated" / "README.md").read_text()
 
 
 def test_widen_grows_a_variable_rate_checkpoint_and_keeps_its_reconstruction():

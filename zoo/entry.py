@@ -336,13 +336,28 @@ def codec_from_entry(
     """A ready `zoo.codec.Codec` for an entry folder. `ort_threads`: ONNX Runtime's intra-op threads for the
     onnx backend (default: ONNX Runtime's own choice, one per core). `level`: the operating point of a
     variable-rate entry, in [1, 8]; the codec runs the standard model that level folds into."""
-    from zoo.codec import Codec
 
     if backend not in ("torch", "onnx"):
         raise EntryNotFound(f"unknown backend {backend!r}; backends are torch, onnx")
     if ort_threads is not None and (backend != "onnx" or ort_threads < 1):
         raise InputError(f"ort_threads={ort_threads} needs backend='onnx' and a count of at least 1")
     model, info = load_entry(path, device)
+    return codec_for_model(model, info, backend, ort_threads, level, path=path, **codec_kwargs)
+
+
+def codec_for_model(
+    model: CompressionModel,
+    info: EntryInfo,
+    backend: str = "torch",
+    ort_threads: int | None = None,
+    level: float | None = None,
+    path: str | Path = "",
+    **codec_kwargs,
+):
+    """A `Codec` for an entry already loaded (`load_entry`), at `level` for a variable-rate entry: the folded
+    standard model codes. Loading once and calling this per level costs one read of the weights."""
+    from zoo.codec import Codec
+
     entry = info.entry
     if info.variable_rate:
         if level is None:
@@ -351,7 +366,7 @@ def codec_from_entry(
         model = model.fold(level)  # type: ignore[operator]
         entry = EntryId(entry.arch, entry.quality, entry.metric, entry.version, level)
     elif level is not None and level != entry.quality:
-        raise EntryNotFound(f"{path} is the fixed-rate entry {entry}: it has no level {level}")
+        raise EntryNotFound(f"{path or entry} is the fixed-rate entry {entry}: it has no level {level}")
     if backend == "onnx":
         from zoo.export.ort_backend import to_onnx_backend  # type: ignore[import-not-found]
 
@@ -363,14 +378,13 @@ def _fmt(value: Any, digits: int = 4) -> str:
     return f"{value:.{digits}f}" if isinstance(value, float) and math.isfinite(value) else str(value)
 
 
-def model_card(info: EntryInfo) -> str:
-    """Hub model card: YAML front matter (library, tags, licence, datasets, model-index) and a summary."""
-    if info.variable_rate:
-        return _variable_rate_card(info)
+KODAK_METRICS = (("bpp", "bpp"), ("psnr", "PSNR-RGB (dB)"), ("ms_ssim", "MS-SSIM-RGB"))
+
+
+def _card_head(info: EntryInfo, tags: list[str], name: str) -> list[str]:
+    """A model card's YAML front matter up to its model-index results."""
     e = info.entry
-    spec = get_arch(e.arch)
-    kodak = info.results.get("kodak", {})
-    lines = [
+    return [
         "---",
         "library_name: zoo",
         "license: apache-2.0",
@@ -378,34 +392,46 @@ def model_card(info: EntryInfo) -> str:
         "tags:",
         "- learned-image-compression",
         "- image-compression",
+        *[f"- {t}" for t in tags],
         f"- {e.arch}",
+        *([f"- {get_arch(e.arch).base}"] if info.variable_rate else []),
         f"- {e.metric}",
         "datasets:",
         f"- {info.training.get('dataset', 'unknown')}",
         "model-index:",
-        f"- name: {e.arch}-q{e.quality}-{e.metric}",
+        f"- name: {name}",
         "  results:",
+    ]
+
+
+def _kodak_result(task: str, kodak: dict[str, Any]) -> list[str]:
+    """One model-index result: Kodak figures of one operating point (a null bpp where none were measured)."""
+    lines = [
         "  - task:",
         "      type: image-compression",
-        "      name: Image compression",
+        f"      name: {task}",
         "    dataset:",
         "      type: kodak",
         "      name: Kodak PhotoCD (24 images)",
         "    metrics:",
     ]
-    for key, name in (("bpp", "bpp"), ("psnr", "PSNR-RGB (dB)"), ("ms_ssim", "MS-SSIM-RGB")):
+    for key, name in KODAK_METRICS:
         if key in kodak:
             lines += [f"    - type: {key}", f"      name: {name}", f"      value: {_fmt(kodak[key])}"]
-    if not any(k in kodak for k in ("bpp", "psnr", "ms_ssim")):
+    if not any(k in kodak for k, _ in KODAK_METRICS):
         lines += ["    - type: bpp", "      name: bpp (not evaluated)", "      value: null"]
-    lines += ["---", "", f"# {e.arch} · quality {e.quality} · {e.metric} · v{e.version}", ""]
-    lines += [
-        f"{spec.title}, trained with λ = {info.lmbda} ({'λ·255²·MSE' if e.metric == 'mse' else 'λ·(1−MS-SSIM)'}"
-        " + bpp). Load it with:",
+    return lines
+
+
+def _card_body(info: EntryInfo, summary: str, load_quality: str, load: str = "Load it with:") -> list[str]:
+    """The card's text after the front matter: what it is, how to load it, its widths and training."""
+    e = info.entry
+    lines = [
+        f"{summary} {load}",
         "",
         "```python",
         "import zoo",
-        f'codec = zoo.load("{e.arch}", quality={e.quality}, metric="{e.metric}", version="{e.version}")',
+        f'codec = zoo.load("{e.arch}", quality={load_quality}, metric="{e.metric}", version="{e.version}")',
         "```",
         "",
         f"Widths: {info.widths}. Weights: {info.weights_dtype}; the integer CDF tables were computed from the "
@@ -414,6 +440,23 @@ def model_card(info: EntryInfo) -> str:
     ]
     if info.training:
         lines += ["## Training", ""] + [f"- {k}: {v}" for k, v in sorted(info.training.items())] + [""]
+    return lines
+
+
+def _loss(metric: str) -> str:
+    return "λ·255²·MSE" if metric == "mse" else "λ·(1−MS-SSIM)"
+
+
+def model_card(info: EntryInfo) -> str:
+    """Hub model card: YAML front matter (library, tags, licence, datasets, model-index) and a summary."""
+    if info.variable_rate:
+        return _variable_rate_card(info)
+    e = info.entry
+    spec = get_arch(e.arch)
+    kodak = info.results.get("kodak", {})
+    lines = _card_head(info, [], f"{e.arch}-q{e.quality}-{e.metric}") + _kodak_result("Image compression", kodak)
+    lines += ["---", "", f"# {e.arch} · quality {e.quality} · {e.metric} · v{e.version}", ""]
+    lines += _card_body(info, f"{spec.title}, trained with λ = {info.lmbda} ({_loss(e.metric)} + bpp).", str(e.quality))
     if kodak:
         lines += ["## Kodak results", "", "| bpp | PSNR-RGB (dB) | MS-SSIM-RGB |", "| --- | --- | --- |"]
         lines += [
@@ -429,61 +472,20 @@ def _variable_rate_card(info: EntryInfo) -> str:
     """Model card of a variable-rate entry: one model-index result per level, and a table of them."""
     e = info.entry
     spec = get_arch(e.arch)
-    lines = [
-        "---",
-        "library_name: zoo",
-        "license: apache-2.0",
-        "pipeline_tag: image-to-image",
-        "tags:",
-        "- learned-image-compression",
-        "- image-compression",
-        "- variable-rate",
-        f"- {e.arch}",
-        f"- {spec.base}",
-        f"- {e.metric}",
-        "datasets:",
-        f"- {info.training.get('dataset', 'unknown')}",
-        "model-index:",
-        f"- name: {e.arch}-{e.metric}",
-        "  results:",
-    ]
-    for level, point in sorted(info.levels.items(), key=lambda kv: float(kv[0])):
-        kodak = point.get("kodak", {})
-        if not kodak:
-            continue
-        lines += [
-            "  - task:",
-            "      type: image-compression",
-            f"      name: Image compression at level {level}",
-            "    dataset:",
-            "      type: kodak",
-            "      name: Kodak PhotoCD (24 images)",
-            "    metrics:",
-        ]
-        for key, name in (("bpp", "bpp"), ("psnr", "PSNR-RGB (dB)"), ("ms_ssim", "MS-SSIM-RGB")):
-            if key in kodak:
-                lines += [f"    - type: {key}", f"      name: {name}", f"      value: {_fmt(kodak[key])}"]
-    if not any(p.get("kodak") for p in info.levels.values()):
-        lines += ["  - task:", "      type: image-compression", "    metrics:", "    - type: bpp", "      value: null"]
-    lines += ["---", "", f"# {e.arch} · every quality · {e.metric} · v{e.version}", ""]
-    lines += [
-        f"{spec.title}: one network for every quality level in [1, 8]. Integer levels were trained at the "
-        f"standard λ table ({'λ·255²·MSE' if e.metric == 'mse' else 'λ·(1−MS-SSIM)'} + bpp); fractional "
-        "levels interpolate the per-channel gains in log space. Each level folds exactly into a standard "
-        f"`{spec.base}` model of the same widths, which is what codes the images. Load a level with:",
-        "",
-        "```python",
-        "import zoo",
-        f'codec = zoo.load("{e.arch}", quality=3.5, metric="{e.metric}", version="{e.version}")',
-        "```",
-        "",
-        f"Widths: {info.widths}. Weights: {info.weights_dtype}; the integer CDF tables were computed from the "
-        "weights exactly as stored. Weights fingerprint: " + info.fingerprint.hex() + ".",
-        "",
-    ]
-    if info.training:
-        lines += ["## Training", ""] + [f"- {k}: {v}" for k, v in sorted(info.training.items())] + [""]
     rows = [(lv, p) for lv, p in sorted(info.levels.items(), key=lambda kv: float(kv[0])) if p.get("kodak")]
+    lines = _card_head(info, ["variable-rate"], f"{e.arch}-{e.metric}")
+    for level, point in rows:
+        lines += _kodak_result(f"Image compression at level {level}", point["kodak"])
+    if not rows:
+        lines += _kodak_result("Image compression", {})
+    lines += ["---", "", f"# {e.arch} · every quality · {e.metric} · v{e.version}", ""]
+    summary = (
+        f"{spec.title}: one network for every quality level in [1, 8]. Integer levels were trained at the "
+        f"standard λ table ({_loss(e.metric)} + bpp); fractional levels interpolate the per-channel gains in log "
+        f"space. Each level folds exactly into a standard `{spec.base}` model of the same widths, which is what "
+        "codes the images."
+    )
+    lines += _card_body(info, summary, "3.5", "Load a level with:")
     if rows:
         lines += [
             "## Kodak results per level",

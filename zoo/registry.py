@@ -311,9 +311,15 @@ def infer_widths(arch: str, state_dict: Mapping[str, Tensor]) -> dict[str, Any]:
 
 
 def state_dict_from_checkpoint(path: str | Path) -> dict[str, Tensor]:
-    """The weights in a checkpoint file, the one reader for them: a weights-only `torch.load` (nothing else is
-    unpickled), then the "state_dict" (CompressAI's train.py) or "model" (zoo training runs) entry when there
-    is one, with DataParallel's "module." prefixes removed."""
+    """The weights in a checkpoint file (see `load_checkpoint`)."""
+    return load_checkpoint(path)[0]
+
+
+def load_checkpoint(path: str | Path) -> tuple[dict[str, Tensor], Any]:
+    """The weights in a checkpoint file, the one reader for them, and the whole loaded object (a training run's
+    checkpoint also holds its config): a weights-only `torch.load` (nothing else is unpickled), then the
+    "state_dict" (CompressAI's train.py) or "model" (zoo training runs) entry when there is one, with
+    DataParallel's "module." prefixes removed."""
     import torch
 
     try:
@@ -325,7 +331,7 @@ def state_dict_from_checkpoint(path: str | Path) -> dict[str, Tensor]:
     state = ckpt.get("state_dict", ckpt.get("model", ckpt)) if isinstance(ckpt, dict) else None
     if not isinstance(state, dict) or not state or not all(isinstance(v, Tensor) for v in state.values()):
         raise ArchitectureError(f"{path} holds no state dict")
-    return {str(k).removeprefix("module."): v for k, v in state.items()}
+    return {str(k).removeprefix("module."): v for k, v in state.items()}, ckpt
 
 
 def model_from_state_dict(arch: str, state_dict: Mapping[str, Tensor]) -> CompressionModel:

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from zoo.entry import ENTRY_FILES, EntryInfo, load_entry, read_config, save_entry, sha256_file, version_key
+from zoo.entry import ENTRY_FILES, EntryInfo, codec_for_model, load_entry, save_entry, sha256_file, version_key
 from zoo.errors import EntryNotFound
 from zoo.registry import create_model, get_arch
 
@@ -84,16 +84,14 @@ def release(
 def _release_levels(model, out: str | Path, eval_dir: str | Path, kwargs: dict[str, Any]) -> EntryInfo:
     """A variable-rate entry's card: every integer level evaluated on `eval_dir` with real files, each level
     run as the standard model it folds into (the weights as stored)."""
-    import zoo
     from zoo.evaluation.runner import evaluate_codec
 
-    info = read_config(out)
+    shipped, info = load_entry(out)  # the weights as stored, read once for every level
     levels: dict[str, dict[str, Any]] = {}
     for name, point in sorted(info.levels.items(), key=lambda kv: float(kv[0])):
-        result = evaluate_codec(zoo.load_local(out, quality=float(name)), eval_dir)
+        result = evaluate_codec(codec_for_model(shipped, info, level=float(name)), eval_dir)
         kodak = {"bpp": result.bpp, "psnr": result.psnr, "ms_ssim": result.ms_ssim, "images": result.images}
         levels[name] = {**point, "kodak": {**kodak, "dataset": Path(eval_dir).name}}
-    shipped, _ = load_entry(out)
     return save_entry(shipped, out, **kwargs, levels=levels)
 
 

@@ -113,10 +113,9 @@ def load_init_weights(
         state = src.state_dict()
         source_lambda = info.lmbda
     elif path.is_file():
-        from zoo.registry import state_dict_from_checkpoint
+        from zoo.registry import load_checkpoint
 
-        state = state_dict_from_checkpoint(path)
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        state, ckpt = load_checkpoint(path)
         if isinstance(ckpt, dict) and "config" in ckpt:
             run = json.loads(ckpt["config"])
             if run.get("quality") and not get_arch(run["arch"]).variable_rate:
