@@ -25,13 +25,9 @@ from torch import Tensor, nn
 from zoo.entropy import EntropyBottleneck, GaussianConditional, crc_indexes
 from zoo.layers import (
     MaskedConv2d,
-    ResidualBlock,
-    ResidualBlockUpsample,
-    ResidualBlockWithStride,
-    conv3x3,
-    subpel_conv3x3,
 )
 from zoo.models.base import CompressionModel, ForwardOutput, LatentStreams
+from zoo.models.cheng2020 import cheng_analysis, cheng_hyper_analysis, cheng_hyper_synthesis, cheng_synthesis
 
 CONTEXT_MODEL_DOC = (
     "checkerboard: anchors (row + column even) are coded first with a zero context; context_prediction of the "
@@ -287,47 +283,9 @@ class Cheng2020AnchorCheckerboard(HyperpriorContextModel):
     def __init__(self, N: int = 192):
         super().__init__()
         self.N = self.M = int(N)
-        self.g_a = nn.Sequential(
-            ResidualBlockWithStride(3, N, stride=2),
-            ResidualBlock(N, N),
-            ResidualBlockWithStride(N, N, stride=2),
-            ResidualBlock(N, N),
-            ResidualBlockWithStride(N, N, stride=2),
-            ResidualBlock(N, N),
-            conv3x3(N, N, stride=2),
-        )
-        self.g_s = nn.Sequential(
-            ResidualBlock(N, N),
-            ResidualBlockUpsample(N, N, 2),
-            ResidualBlock(N, N),
-            ResidualBlockUpsample(N, N, 2),
-            ResidualBlock(N, N),
-            ResidualBlockUpsample(N, N, 2),
-            ResidualBlock(N, N),
-            subpel_conv3x3(N, 3, 2),
-        )
-        h_a = nn.Sequential(
-            conv3x3(N, N),
-            nn.LeakyReLU(inplace=True),
-            conv3x3(N, N),
-            nn.LeakyReLU(inplace=True),
-            conv3x3(N, N, stride=2),
-            nn.LeakyReLU(inplace=True),
-            conv3x3(N, N),
-            nn.LeakyReLU(inplace=True),
-            conv3x3(N, N, stride=2),
-        )
-        h_s = nn.Sequential(
-            conv3x3(N, N),
-            nn.LeakyReLU(inplace=True),
-            subpel_conv3x3(N, N, 2),
-            nn.LeakyReLU(inplace=True),
-            conv3x3(N, N * 3 // 2),
-            nn.LeakyReLU(inplace=True),
-            subpel_conv3x3(N * 3 // 2, N * 3 // 2, 2),
-            nn.LeakyReLU(inplace=True),
-            conv3x3(N * 3 // 2, N * 2),
-        )
+        self.g_a = cheng_analysis(N)
+        self.g_s = cheng_synthesis(N)
+        h_a, h_s = cheng_hyper_analysis(N), cheng_hyper_synthesis(N)
         entropy_parameters = nn.Sequential(
             nn.Conv2d(N * 12 // 3, N * 10 // 3, 1),
             nn.LeakyReLU(inplace=True),
