@@ -250,3 +250,35 @@ def test_a_failed_write_leaves_no_partial_file(tmp_path, fixture_entry):
     assert proc.returncode == 2 and proc.stderr.count("cannot write") == 2, proc.stderr
     assert png.read_bytes() == b"previous output" and not (tmp_path / "b.zoo").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "a.zoo", "img.png"]
+
+
+def test_decode_holds_no_float_copy_of_the_image(tmp_path, fixture_entry, monkeypatch):
+    """`zoo decode` rounds each tile to 8 bits as it is decoded, into one preallocated 8-bit image, and writes
+    the PNG straight to the file: no torch allocation comes near the image in float (at the 64-megapixel default
+    limit that copy alone is 768 MB, and rounding it made two more). Here 12 tiles of 64 px: the image in float is
+    576 KB, the largest allocation one tile's decode makes 128 KB."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    import zoo
+
+    h, w = 64, 768
+    yy, xx = torch.meshgrid(torch.linspace(0, 1, h), torch.linspace(0, 1, w), indexing="ij")
+    x = (0.7 * torch.stack([yy, xx, (yy + xx) / 2]) + 0.3 * torch.rand(3, h, w, generator=torch.Generator())).clamp(
+        0, 1
+    )
+    codec = zoo.load_local(fixture_entry, tile_size=64)
+    c = codec.compress(x)
+    assert len(c.tiles) == 12
+    stream, png = tmp_path / "a.zoo", tmp_path / "a.png"
+    stream.write_bytes(bitstream.dumps(c))
+    from zoo.cli import codec_cmds
+
+    monkeypatch.setattr(codec_cmds, "_resolve_codec", lambda *args: codec)  # loading weights is not decoding
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        assert main(["decode", str(stream), str(png), "--model", str(fixture_entry), "--quiet"]) == 0
+    largest = max((e.self_cpu_memory_usage, e.name) for e in prof.events())
+    assert largest[0] < h * w * 3 * 4 // 2, f"{largest} bytes allocated at once"
+    from zoo.imageio import to_uint8
+
+    assert np.array_equal(np.asarray(Image.open(png)), to_uint8(codec.decompress(c)))

@@ -137,6 +137,25 @@ def test_batch_equals_one_by_one():
         assert torch.allclose(got, codec.decompress(c), atol=1e-5)
 
 
+def test_uint8_decode_is_the_rounded_float_decode():
+    """`decompress_uint8` (tile by tile into an 8-bit image) gives exactly `to_uint8(decompress(...))`, tiled or
+    not, alone or batched."""
+    import numpy as np
+
+    from zoo.imageio import to_uint8
+
+    codec = fixture_codec("bmshj2018-hyperprior")
+    tiled = Codec(codec.model, codec.entry, codec.fingerprint, tile_size=64)
+    c = tiled.compress(_image(100, 150))
+    assert len(c.tiles) == 6
+    image = tiled.decompress_uint8(c)
+    assert image.shape == (100, 150, 3) and image.dtype == np.uint8
+    assert np.array_equal(image, to_uint8(tiled.decompress(c)))
+    batch = [c, *codec.compress_batch([_image(64, 80, seed=1), _image(64, 80, seed=2)])]
+    for got, want in zip(codec.decompress_batch_uint8(batch), codec.decompress_batch(batch), strict=True):
+        assert np.array_equal(got, to_uint8(want))
+
+
 def test_foreign_streams_are_refused():
     codec = fixture_codec("bmshj2018-hyperprior")
     c = codec.compress(_image(64, 64))

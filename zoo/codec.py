@@ -9,9 +9,11 @@ from __future__ import annotations
 import math
 import struct
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -26,6 +28,8 @@ DEFAULT_MAX_PIXELS = 64 * 1024 * 1024
 # The decoder's own bound on one tile, whatever a file declares: a tile is decoded in one network pass, so
 # this (not the file) decides the memory a decode needs (benchmarks/decode_limits.py measures it).
 DEFAULT_MAX_TILE_PIXELS = DEFAULT_TILE_SIZE * DEFAULT_TILE_SIZE
+
+_Out = TypeVar("_Out")
 
 
 @dataclass(frozen=True)
@@ -279,30 +283,62 @@ class Codec:
         d = self.downsample
         return (math.ceil(h / d), math.ceil(w / d))
 
-    def decompress(self, c: Compressed) -> Tensor:
-        """Reconstruction as a float (1, 3, H, W) tensor in [0, 1]."""
+    def _checked_grid(self, c: Compressed) -> list[TileRect]:
         self.check_compatible(c)
-        grid = self._expected_layout(c)
-        out = torch.empty((1, 3, c.height, c.width), dtype=torch.float32)
+        return self._expected_layout(c)
+
+    def _decoded_tiles(self, c: Compressed, grid: list[TileRect]) -> Iterator[tuple[TileRect, Tensor]]:
+        """Each tile's reconstruction, float (1, 3, h, w) cropped to its rect, one at a time in raster order;
+        the image's index checksum is compared after the last one, so callers consume the whole iterator
+        before they return anything made from it."""
         checksums = []
         for i, (rect, tile) in enumerate(zip(grid, c.tiles, strict=True)):
             x_hat, (crc,) = self.model.decompress_unchecked([_latents(tile, c.format_version)])
             checksums.append(tile_checksum(c.format_version, i, tile, crc))
-            out[..., rect.top : rect.top + rect.height, rect.left : rect.left + rect.width] = x_hat[
-                ..., : rect.height, : rect.width
-            ].cpu()
+            yield rect, x_hat[..., : rect.height, : rect.width]
         check_index_crc(c.index_checksum, combine_checksums(checksums))
+
+    def decompress(self, c: Compressed) -> Tensor:
+        """Reconstruction as a float (1, 3, H, W) tensor in [0, 1]. For an image to save or send,
+        `decompress_uint8` needs a quarter of the memory."""
+        grid = self._checked_grid(c)  # every check passes before the output is allocated
+        out = torch.empty((1, 3, c.height, c.width), dtype=torch.float32)
+        for rect, x_hat in self._decoded_tiles(c, grid):
+            out[..., rect.top : rect.top + rect.height, rect.left : rect.left + rect.width] = x_hat.cpu()
+        return out
+
+    def decompress_uint8(self, c: Compressed) -> np.ndarray:
+        """Reconstruction as the 8-bit (H, W, 3) image a file stores, equal to
+        `zoo.imageio.to_uint8(self.decompress(c))`, but each tile is rounded to 8 bits as soon as it is decoded
+        and written into one preallocated array: decoding needs the 8-bit image plus one tile, never a float copy
+        of the whole image (4 bytes a sample, and rounding makes more: 2-3 GB at the default 64-megapixel limit)."""
+        from zoo.imageio import to_uint8
+
+        grid = self._checked_grid(c)
+        out = np.empty((c.height, c.width, 3), dtype=np.uint8)
+        for rect, x_hat in self._decoded_tiles(c, grid):
+            out[rect.top : rect.top + rect.height, rect.left : rect.left + rect.width] = to_uint8(x_hat)
         return out
 
     def decompress_batch(self, cs: Sequence[Compressed]) -> list[Tensor]:
         """Decompress several streams; single-tile streams of one latent size share one network pass."""
-        results: list[Tensor | None] = [None] * len(cs)
+        return self._batch(cs, self.decompress, lambda x_hat: x_hat.cpu())
+
+    def decompress_batch_uint8(self, cs: Sequence[Compressed]) -> list[np.ndarray]:
+        """`decompress_batch` giving 8-bit (H, W, 3) images, made as `decompress_uint8` makes them."""
+        from zoo.imageio import to_uint8
+
+        return self._batch(cs, self.decompress_uint8, to_uint8)
+
+    def _batch(
+        self, cs: Sequence[Compressed], one: Callable[[Compressed], _Out], convert: Callable[[Tensor], _Out]
+    ) -> list[_Out]:
+        results: list[_Out | None] = [None] * len(cs)
         groups: dict[tuple[tuple[int, int], int], list[int]] = {}
         for i, c in enumerate(cs):
-            self.check_compatible(c)
-            self._expected_layout(c)
+            self._checked_grid(c)
             if len(c.tiles) > 1:
-                results[i] = self.decompress(c)
+                results[i] = one(c)
             else:
                 groups.setdefault((c.tiles[0].latent_hw, c.format_version), []).append(i)
         for _, members in groups.items():
@@ -311,5 +347,5 @@ class Codec:
             for j, i in enumerate(members):
                 crc = tile_checksum(cs[i].format_version, 0, cs[i].tiles[0], checksums[j])
                 check_index_crc(cs[i].index_checksum, combine_checksums([crc]))
-                results[i] = x_hat[j : j + 1, :, : cs[i].height, : cs[i].width].cpu()
+                results[i] = convert(x_hat[j : j + 1, :, : cs[i].height, : cs[i].width])
         return [r for r in results if r is not None]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import warnings
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -104,11 +105,17 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
     return x.detach().clamp(0, 1).mul(255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
 
 
-def write_png(x: torch.Tensor, path: str | Path) -> None:
-    Image.fromarray(to_uint8(x)).save(path, format="PNG")
+def _pil(image: torch.Tensor | np.ndarray) -> Image.Image:
+    """An 8-bit (H, W, 3) array as is (what `Codec.decompress_uint8` gives), or a float tensor via `to_uint8`."""
+    return Image.fromarray(image if isinstance(image, np.ndarray) else to_uint8(image))
 
 
-def png_bytes(x: torch.Tensor) -> bytes:
+def write_png(image: torch.Tensor | np.ndarray, path: str | Path | BinaryIO) -> None:
+    """Save as PNG to a path or an open binary file (written in chunks as it is compressed)."""
+    _pil(image).save(path, format="PNG")
+
+
+def png_bytes(image: torch.Tensor | np.ndarray) -> bytes:
     buf = io.BytesIO()
-    Image.fromarray(to_uint8(x)).save(buf, format="PNG")
+    write_png(image, buf)
     return buf.getvalue()

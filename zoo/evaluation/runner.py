@@ -89,14 +89,13 @@ def _learned_one(codec, path: Path) -> ImageResult:
     import torch
 
     from zoo import bitstream
-    from zoo.imageio import to_uint8
 
     ref = _rgb8(path)
     x = torch.from_numpy(ref.copy()).permute(2, 0, 1).float() / 255.0
     t0 = time.perf_counter()
     data = bitstream.dumps(codec.compress(x))
     t1 = time.perf_counter()
-    out = to_uint8(codec.decompress(bitstream.loads(data)))
+    out = codec.decompress_uint8(bitstream.loads(data))
     t2 = time.perf_counter()
     h, w = ref.shape[:2]
     return ImageResult(

@@ -123,7 +123,7 @@ class ZooHandler(BaseHandler):
     def _run(self, items: list[Any]) -> list[Any]:
         if self.op == "encode":
             return self.codec.compress_batch(items)
-        return self.codec.decompress_batch(items)
+        return self.codec.decompress_batch_uint8(items)
 
     def _run_one(self, item: Any) -> Any:
         try:
