@@ -12,7 +12,7 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from zoo.compressed import Compressed, EntryId, TileLayout, TileStreams, format_level
+from zoo.compressed import Compressed, EntryId, TileStreams, format_level
 from zoo.errors import BitstreamError
 
 MAGIC = b"\x89ZOO"
@@ -37,7 +37,8 @@ LEVEL_KEY = "zoo.level"
 
 @dataclass(frozen=True)
 class Header:
-    """What `zoo info` shows: everything but the payload."""
+    """A parsed file as `zoo info` shows it: the header's fields, and the tiles with their streams (whose
+    checksum `peek_header` does not verify)."""
 
     format_version: int
     entry: EntryId
@@ -48,7 +49,7 @@ class Header:
     bit_depth: int
     tile_size: int
     index_checksum: int
-    tiles: tuple[TileLayout, ...]
+    tiles: tuple[TileStreams, ...]
     extra: tuple[tuple[str, str], ...]
     header_bytes: int
     total_bytes: int
@@ -144,7 +145,7 @@ def dumps(c: Compressed) -> bytes:
     body += c.fingerprint
     body += struct.pack("<IIBBII", c.height, c.width, c.channels, c.bit_depth, c.tile_size, c.index_checksum)
     body += struct.pack("<HB", len(c.tiles), len(names)) + b"".join(_str(n) for n in names)
-    for t in (tile.layout for tile in c.tiles):
+    for t in c.tiles:
         body += struct.pack("<IIIIHH", *t.rect, *t.latent_hw)
         body += b"".join(struct.pack("<I", n) for _, n in t.lengths)
     body += struct.pack("<B", len(extra)) + b"".join(_str(k) + _str(v) for k, v in extra)
@@ -236,14 +237,14 @@ def _parse_header(data: bytes) -> Header:
     names = tuple(r.string("stream name") for _ in range(n_streams))
     if len(set(names)) != len(names):
         raise BitstreamError("duplicate stream names")
-    tiles = []
+    table = []
     for i in range(n_tiles):
         top, left, h, w, lh, lw = r.unpack("<IIIIHH", f"tile {i}")
         expected = grid_rect(height, width, tile_size if n_tiles > 1 else 0, i)
         if (top, left, h, w) != expected:
             raise BitstreamError(f"tile {i} is ({top},{left},{h},{w}) where the tile grid has {expected}")
         lengths = r.unpack(f"<{n_streams}I", f"tile {i} stream lengths")
-        tiles.append(TileLayout((top, left, h, w), (lh, lw), tuple(zip(names, lengths, strict=True))))
+        table.append(((top, left, h, w), (lh, lw), lengths))
     (n_extra,) = r.unpack("<B", "extra count")
     if n_extra > MAX_EXTRA:
         raise BitstreamError(f"{n_extra} extra fields is out of range")
@@ -252,11 +253,18 @@ def _parse_header(data: bytes) -> Header:
     if r.pos != body_end:
         raise BitstreamError("header has trailing bytes")
     header_bytes = body_end + 4
-    payload = sum(t.num_bytes for t in tiles)
+    payload = sum(sum(lengths) for _, _, lengths in table)
     if header_bytes + payload + 4 != len(data):
         raise BitstreamError(
             f"file is {len(data)} bytes but its header describes {header_bytes + payload + 4} (truncated or padded)"
         )
+    tiles, pos = [], header_bytes
+    for rect, latent_hw, lengths in table:
+        streams = []
+        for name, n in zip(names, lengths, strict=True):
+            streams.append((name, data[pos : pos + n]))
+            pos += n
+        tiles.append(TileStreams(rect, latent_hw, tuple(streams)))
     return Header(
         version,
         EntryId(arch, quality, metric, entry_version, level),
@@ -300,20 +308,12 @@ def loads(data: bytes) -> Compressed:
     (stored,) = struct.unpack("<I", data[-4:])
     if zlib.crc32(data[:-4]) != stored:
         raise BitstreamError("payload checksum mismatch: the file is corrupt")
-    pos = header.header_bytes
-    tiles = []
-    for layout in header.tiles:
-        named = []
-        for name, n in layout.lengths:
-            named.append((name, bytes(data[pos : pos + n])))
-            pos += n
-        tiles.append(TileStreams(layout.rect, layout.latent_hw, tuple(named)))
     return Compressed(
         entry=header.entry,
         fingerprint=header.fingerprint,
         height=header.height,
         width=header.width,
-        tiles=tuple(tiles),
+        tiles=header.tiles,
         index_checksum=header.index_checksum,
         tile_size=header.tile_size,
         channels=header.channels,

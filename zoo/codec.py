@@ -6,6 +6,7 @@ the server and the evaluation tools call these methods.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import struct
 import zlib
@@ -18,10 +19,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from zoo.bitstream import FORMAT_VERSION, READABLE_VERSIONS, grid_rect, grid_size
+from zoo.bitstream import FORMAT_VERSION, READABLE_VERSIONS, grid_rect, grid_size, symbol_order
 from zoo.compressed import Compressed, EntryId, TileStreams
 from zoo.errors import BitstreamError, ImageTooLarge, InputError
-from zoo.models.base import CompressionModel, LatentStreams, check_index_crc
+from zoo.models.base import CompressionModel, check_index_crc
 
 DEFAULT_TILE_SIZE = 1024  # bounds peak memory: a 1024^2 tile needs well under 1 GB at the largest widths
 DEFAULT_MAX_PIXELS = 64 * 1024 * 1024
@@ -65,11 +66,6 @@ def tile_checksum(format_version: int, index: int, tile: TileStreams, index_crc:
     for name, data in tile.streams:
         crc = zlib.crc32(data, zlib.crc32(name.encode() + struct.pack("<I", len(data)), crc))
     return zlib.crc32(struct.pack("<I", index_crc & 0xFFFFFFFF), crc)
-
-
-def _latents(tile: TileStreams, format_version: int) -> LatentStreams:
-    # The checksum is compared per image by the Codec, not per tile by the model.
-    return LatentStreams(tile.streams, tile.latent_hw, 0, format_version)
 
 
 class Codec:
@@ -168,10 +164,10 @@ class Codec:
         x = self._as_image(x)
         tiles, checksums = [], []
         for i, (rect, crop) in enumerate(self._tiles(x)):
-            (latents,) = self.model.compress(self._pad(crop.unsqueeze(0).to(self.device, torch.float32)))
-            tile = TileStreams(rect.as_tuple(), latents.latent_hw, latents.streams)
+            (coded,) = self.model.compress(self._pad(crop.unsqueeze(0).to(self.device, torch.float32)))
+            tile = self._placed(coded, rect.as_tuple())
             tiles.append(tile)
-            checksums.append(tile_checksum(FORMAT_VERSION, i, tile, latents.index_checksum))
+            checksums.append(tile_checksum(FORMAT_VERSION, i, tile, coded.index_checksum))
         return self._compressed(int(x.shape[1]), int(x.shape[2]), tiles, checksums)
 
     def compress_batch(self, x: Tensor | Sequence[Tensor]) -> list[Compressed]:
@@ -188,11 +184,17 @@ class Codec:
         for (h, w), members in groups.items():
             self._check_tile(h, w, declared=False)
             batch = self._pad(torch.stack([images[i] for i in members]).to(self.device, torch.float32))
-            for i, latents in zip(members, self.model.compress(batch), strict=True):
-                tile = TileStreams((0, 0, h, w), latents.latent_hw, latents.streams)
-                crc = tile_checksum(FORMAT_VERSION, 0, tile, latents.index_checksum)
+            for i, coded in zip(members, self.model.compress(batch), strict=True):
+                tile = self._placed(coded, (0, 0, h, w))
+                crc = tile_checksum(FORMAT_VERSION, 0, tile, coded.index_checksum)
                 results[i] = self._compressed(h, w, [tile], [crc])
         return [r for r in results if r is not None]
+
+    @staticmethod
+    def _placed(coded: TileStreams, rect: tuple[int, int, int, int]) -> TileStreams:
+        """A model's output as a tile of the image: at its place, without its own index checksum (a file has
+        one per image, which `tile_checksum` folds these into)."""
+        return dataclasses.replace(coded, rect=rect, index_checksum=0)
 
     def _compressed(self, h: int, w: int, tiles: list[TileStreams], checksums: list[int]) -> Compressed:
         return Compressed(
@@ -293,7 +295,8 @@ class Codec:
         before they return anything made from it."""
         checksums = []
         for i, (rect, tile) in enumerate(zip(grid, c.tiles, strict=True)):
-            x_hat, (crc,) = self.model.decompress_unchecked([_latents(tile, c.format_version)])
+            # The checksum is compared per image, once every tile is decoded, not per tile by the model.
+            x_hat, (crc,) = self.model.decompress_unchecked([tile], order=symbol_order(c.format_version))
             checksums.append(tile_checksum(c.format_version, i, tile, crc))
             yield rect, x_hat[..., : rect.height, : rect.width]
         check_index_crc(c.index_checksum, combine_checksums(checksums))
@@ -341,9 +344,9 @@ class Codec:
                 results[i] = one(c)
             else:
                 groups.setdefault((c.tiles[0].latent_hw, c.format_version), []).append(i)
-        for _, members in groups.items():
-            latents = [_latents(cs[i].tiles[0], cs[i].format_version) for i in members]
-            x_hat, checksums = self.model.decompress_unchecked(latents)
+        for (_, version), members in groups.items():
+            tiles = [cs[i].tiles[0] for i in members]
+            x_hat, checksums = self.model.decompress_unchecked(tiles, order=symbol_order(version))
             for j, i in enumerate(members):
                 crc = tile_checksum(cs[i].format_version, 0, cs[i].tiles[0], checksums[j])
                 check_index_crc(cs[i].index_checksum, combine_checksums([crc]))

@@ -38,27 +38,21 @@ def format_level(level: float) -> str:
 
 
 @dataclass(frozen=True)
-class TileLayout:
-    """A tile as a file's header describes it: its place, its deepest latent's size and its streams' lengths.
-    `TileStreams.layout` gives it for a coded tile; the header's tile table is a tuple of these."""
-
-    rect: tuple[int, int, int, int]
-    latent_hw: tuple[int, int]
-    lengths: tuple[tuple[str, int], ...]
-
-    @property
-    def num_bytes(self) -> int:
-        return sum(n for _, n in self.lengths)
-
-
-@dataclass(frozen=True)
 class TileStreams:
-    """The coded streams of one tile. `rect` is (top, left, height, width) in image pixels;
-    `latent_hw` is the spatial size of the deepest latent, which the decoder needs to start."""
+    """One tile's entropy-coded streams: the one form a tile has, everywhere. A model's `compress` returns one
+    per image of its batch and its `decompress` takes them; `Compressed.tiles` holds them; the bitstream's tile
+    table stores their `rect`, `latent_hw` and the length of each stream, whose bytes follow the header.
+
+    `rect` is (top, left, height, width) in image pixels: the Codec places each tile in its image, and a model,
+    which codes its whole (padded) input, gives (0, 0, height, width) of that input. `latent_hw` is the spatial
+    size of the deepest latent, which the decoder needs to start. `index_checksum` is the CRC32 of the table
+    indexes the encoder used, as a model's `compress` computed it; files store one checksum for the whole image
+    (`Compressed.index_checksum`, which the Codec derives from these), so the tiles of a `Compressed` carry 0."""
 
     rect: tuple[int, int, int, int]
     latent_hw: tuple[int, int]
     streams: tuple[tuple[str, bytes], ...]
+    index_checksum: int = 0
 
     def stream(self, name: str) -> bytes:
         for key, data in self.streams:
@@ -67,12 +61,13 @@ class TileStreams:
         raise KeyError(name)
 
     @property
-    def num_bytes(self) -> int:
-        return sum(len(data) for _, data in self.streams)
+    def lengths(self) -> tuple[tuple[str, int], ...]:
+        """(name, length in bytes) of each stream, in order: what the file's tile table records."""
+        return tuple((name, len(data)) for name, data in self.streams)
 
     @property
-    def layout(self) -> TileLayout:
-        return TileLayout(self.rect, self.latent_hw, tuple((name, len(data)) for name, data in self.streams))
+    def num_bytes(self) -> int:
+        return sum(len(data) for _, data in self.streams)
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Compression networks. Build them through `zoo.registry.create_model`, the one list of names."""
 
-from zoo.models.base import CompressionModel, ForwardOutput, LatentStreams
+from zoo.models.base import CompressionModel, ForwardOutput
 from zoo.models.checkerboard import Cheng2020AnchorCheckerboard
 from zoo.models.cheng2020 import Cheng2020Anchor, Cheng2020Attention
 from zoo.models.elic import Elic2022Chandelier, Elic2022Official
@@ -28,7 +28,6 @@ __all__ = [
     "FactorizedPriorReLU",
     "ForwardOutput",
     "JointAutoregressiveHierarchicalPriors",
-    "LatentStreams",
     "MeanScaleHyperprior",
     "ScaleHyperprior",
     "VariableRateJointAutoregressive",

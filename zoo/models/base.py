@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from zoo.bitstream import FORMAT_VERSION, symbol_order
+from zoo.compressed import TileStreams
 from zoo.entropy import EntropyBottleneck, GaussianConditional, default_scale_table
 from zoo.errors import BitstreamError
 
@@ -27,19 +28,10 @@ class ForwardOutput:
     likelihoods: dict[str, Tensor]
 
 
-@dataclass(frozen=True)
-class LatentStreams:
-    """Entropy-coded latents of one image: named streams, the deepest latent's size, and the CRC32 of
-    the table indexes the encoder used."""
-
-    streams: tuple[tuple[str, bytes], ...]
-    latent_hw: tuple[int, int]
-    index_checksum: int
-    # The bitstream format version the streams follow (docs/bitstream.md): a decoder applies its rules.
-    format_version: int = FORMAT_VERSION
-
-    def stream(self, name: str) -> bytes:
-        return dict(self.streams)[name]
+def coded(x: Tensor, streams: Sequence[tuple[str, bytes]], latent_hw: tuple[int, int], crc: int) -> TileStreams:
+    """What a model's `compress` returns for one image of its padded batch `x`: the named streams, placed at
+    the whole input (the Codec places them in the image), and the CRC32 of the table indexes used."""
+    return TileStreams((0, 0, int(x.shape[-2]), int(x.shape[-1])), latent_hw, tuple(streams), crc)
 
 
 class CompressionModel(nn.Module):
@@ -122,14 +114,14 @@ class CompressionModel(nn.Module):
             raise ValueError(f"input {h}x{w} is not a multiple of {self.downsample}: pad it (zoo.codec does)")
 
     @torch.no_grad()
-    def compress(self, x: Tensor, *, order: str = "wavefront") -> list[LatentStreams]:
-        """Entropy-code a padded batch; one LatentStreams per batch item. `order`: see SYMBOL_ORDERS."""
+    def compress(self, x: Tensor, *, order: str = "wavefront") -> list[TileStreams]:
+        """Entropy-code a padded batch; one TileStreams per batch item (see `coded`). `order`: see SYMBOL_ORDERS."""
         check_order(order)
         self.check_input(x)
         return self._compress_in_order(x, order)
 
     @torch.no_grad()
-    def decompress(self, streams: Sequence[LatentStreams], *, order: str | None = None) -> Tensor:
+    def decompress(self, streams: Sequence[TileStreams], *, order: str | None = None) -> Tensor:
         """Decode a batch of streams that share one latent size; returns the padded reconstruction."""
         if not streams:
             raise ValueError("nothing to decompress")
@@ -140,18 +132,15 @@ class CompressionModel(nn.Module):
 
     @torch.no_grad()
     def decompress_unchecked(
-        self, streams: Sequence[LatentStreams], *, order: str | None = None
+        self, streams: Sequence[TileStreams], *, order: str | None = None
     ) -> tuple[Tensor, list[int]]:
         """Decode and return the index checksums the decoder computed, for the caller to compare
-        (`zoo.codec` compares one checksum over all tiles of an image). `order` (SYMBOL_ORDERS) defaults to
-        the one the streams' format version fixes."""
+        (`zoo.codec` compares one checksum over all tiles of an image). `order` (SYMBOL_ORDERS) is the one the
+        streams were coded in: `zoo.bitstream.symbol_order` of their file's format version; by default this
+        zoo's (`FORMAT_VERSION`), which `compress` uses by default."""
         if not streams:
             raise ValueError("nothing to decompress")
-        if order is None:
-            versions = {s.format_version for s in streams}
-            if len(versions) != 1:
-                raise ValueError("streams of one decompress call must share their format version")
-            order = symbol_order(versions.pop())
+        order = symbol_order(FORMAT_VERSION) if order is None else order
         check_order(order)
         hw = streams[0].latent_hw
         if any(s.latent_hw != hw for s in streams):
@@ -159,18 +148,18 @@ class CompressionModel(nn.Module):
         return self._decompress_in_order(streams, hw, order)
 
     # Context models override these two: their symbol order is part of the stream. Others have one order.
-    def _compress_in_order(self, x: Tensor, order: str) -> list[LatentStreams]:
+    def _compress_in_order(self, x: Tensor, order: str) -> list[TileStreams]:
         return self._compress(x)
 
     def _decompress_in_order(
-        self, streams: Sequence[LatentStreams], latent_hw: tuple[int, int], order: str
+        self, streams: Sequence[TileStreams], latent_hw: tuple[int, int], order: str
     ) -> tuple[Tensor, list[int]]:
         return self._decompress(streams, latent_hw)
 
-    def _compress(self, x: Tensor) -> list[LatentStreams]:
+    def _compress(self, x: Tensor) -> list[TileStreams]:
         raise NotImplementedError
 
-    def _decompress(self, streams: Sequence[LatentStreams], latent_hw: tuple[int, int]) -> tuple[Tensor, list[int]]:
+    def _decompress(self, streams: Sequence[TileStreams], latent_hw: tuple[int, int]) -> tuple[Tensor, list[int]]:
         raise NotImplementedError
 
 

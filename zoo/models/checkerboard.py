@@ -22,11 +22,12 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
+from zoo.compressed import TileStreams
 from zoo.entropy import EntropyBottleneck, GaussianConditional, crc_indexes
 from zoo.layers import (
     MaskedConv2d,
 )
-from zoo.models.base import CompressionModel, ForwardOutput, LatentStreams
+from zoo.models.base import CompressionModel, ForwardOutput, coded
 from zoo.models.cheng2020 import cheng_analysis, cheng_hyper_analysis, cheng_hyper_synthesis, cheng_synthesis
 
 CONTEXT_MODEL_DOC = (
@@ -195,7 +196,7 @@ class _Encoding:
 class _Decoding:
     """Decodes each pass of a batch from the images' streams, keeping the same running index CRCs."""
 
-    def __init__(self, streams: Sequence[LatentStreams], crc: int):
+    def __init__(self, streams: Sequence[TileStreams], crc: int):
         self.streams = streams
         self.crcs = [crc] * len(streams)
 
@@ -241,7 +242,7 @@ class HyperpriorContextModel(CompressionModel):
         """name -> (module, example inputs, input names) of the context networks, for export."""
         raise NotImplementedError
 
-    def _compress(self, x: Tensor) -> list[LatentStreams]:
+    def _compress(self, x: Tensor) -> list[TileStreams]:
         y = self.g_a(x)
         eb = self.latent_codec.hyper.entropy_bottleneck
         z = self.latent_codec.hyper.h_a(y)
@@ -251,11 +252,11 @@ class HyperpriorContextModel(CompressionModel):
         self._code_y(self.entropy_params(z_hat), y.double(), coder)
         hw = (int(z.shape[-2]), int(z.shape[-1]))
         return [
-            LatentStreams((("z", z_strings[i]), *((n, s[i]) for n, s in coder.streams.items())), hw, coder.crcs[i])
+            coded(x, (("z", z_strings[i]), *((n, s[i]) for n, s in coder.streams.items())), hw, coder.crcs[i])
             for i in range(x.shape[0])
         ]
 
-    def _decompress(self, streams: Sequence[LatentStreams], latent_hw: tuple[int, int]) -> tuple[Tensor, list[int]]:
+    def _decompress(self, streams: Sequence[TileStreams], latent_hw: tuple[int, int]) -> tuple[Tensor, list[int]]:
         eb = self.latent_codec.hyper.entropy_bottleneck
         z_hat = eb.decompress([s.stream("z") for s in streams], latent_hw)
         coder = _Decoding(streams, eb.index_crc(latent_hw))

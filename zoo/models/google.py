@@ -17,11 +17,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from zoo.bitstream import FORMAT_VERSION
+from zoo.compressed import TileStreams
 from zoo.entropy import EntropyBottleneck, GaussianConditional, crc_indexes
 from zoo.errors import BitstreamError
 from zoo.layers import GDN, MaskedConv2d, conv, deconv
-from zoo.models.base import CompressionModel, ForwardOutput, LatentStreams, check_order
+from zoo.models.base import CompressionModel, ForwardOutput, check_order, coded
 
 if TYPE_CHECKING:
     from zoo.coder import Decoder
@@ -71,13 +71,13 @@ class FactorizedPrior(CompressionModel):
         y_hat, y_lik = self.entropy_bottleneck(y)
         return ForwardOutput(self.g_s(y_hat), {"y": y_lik})
 
-    def _compress(self, x: Tensor) -> list[LatentStreams]:
+    def _compress(self, x: Tensor) -> list[TileStreams]:
         y = self.g_a(x)
         strings, crc = self.entropy_bottleneck.compress(y)
         hw = (int(y.shape[-2]), int(y.shape[-1]))
-        return [LatentStreams((("y", s),), hw, crc) for s in strings]
+        return [coded(x, (("y", s),), hw, crc) for s in strings]
 
-    def _decompress(self, streams: Sequence[LatentStreams], latent_hw: tuple[int, int]) -> tuple[Tensor, list[int]]:
+    def _decompress(self, streams: Sequence[TileStreams], latent_hw: tuple[int, int]) -> tuple[Tensor, list[int]]:
         y_hat = self.entropy_bottleneck.decompress([s.stream("y") for s in streams], latent_hw)
         crc = self.entropy_bottleneck.index_crc(latent_hw)
         return self.g_s(y_hat).clamp_(0, 1), [crc] * len(streams)
@@ -131,7 +131,7 @@ class ScaleHyperprior(CompressionModel):
         z_hat = self.entropy_bottleneck.decompress(z_strings, z.shape[-2:])
         return z_strings, z_crc, z_hat
 
-    def _compress(self, x: Tensor) -> list[LatentStreams]:
+    def _compress(self, x: Tensor) -> list[TileStreams]:
         y = self.g_a(x)
         z_strings, z_crc, z_hat = self._code_z(y)
         scales = self.entropy_params(z_hat)
@@ -139,11 +139,11 @@ class ScaleHyperprior(CompressionModel):
         y_strings = self.gaussian_conditional.compress(y, indexes)
         hw = (int(z_hat.shape[-2]), int(z_hat.shape[-1]))
         return [
-            LatentStreams((("z", z_strings[i]), ("y", y_strings[i])), hw, crc_indexes(indexes[i], z_crc))
+            coded(x, (("z", z_strings[i]), ("y", y_strings[i])), hw, crc_indexes(indexes[i], z_crc))
             for i in range(x.shape[0])
         ]
 
-    def _decompress(self, streams: Sequence[LatentStreams], latent_hw: tuple[int, int]) -> tuple[Tensor, list[int]]:
+    def _decompress(self, streams: Sequence[TileStreams], latent_hw: tuple[int, int]) -> tuple[Tensor, list[int]]:
         z_hat = self.entropy_bottleneck.decompress([s.stream("z") for s in streams], latent_hw)
         scales = self.entropy_params(z_hat)
         indexes = self.gaussian_conditional.build_indexes(scales)
@@ -182,7 +182,7 @@ class MeanScaleHyperprior(ScaleHyperprior):
         y_hat, y_lik = self.gaussian_conditional(y, scales, means=means)
         return ForwardOutput(self.g_s(y_hat), {"y": y_lik, "z": z_lik})
 
-    def _compress(self, x: Tensor) -> list[LatentStreams]:
+    def _compress(self, x: Tensor) -> list[TileStreams]:
         y = self.g_a(x)
         z_strings, z_crc, z_hat = self._code_z(y)
         scales, means = self.entropy_params(z_hat).chunk(2, 1)
@@ -190,11 +190,11 @@ class MeanScaleHyperprior(ScaleHyperprior):
         y_strings = self.gaussian_conditional.compress(y, indexes, means=means)
         hw = (int(z_hat.shape[-2]), int(z_hat.shape[-1]))
         return [
-            LatentStreams((("z", z_strings[i]), ("y", y_strings[i])), hw, crc_indexes(indexes[i], z_crc))
+            coded(x, (("z", z_strings[i]), ("y", y_strings[i])), hw, crc_indexes(indexes[i], z_crc))
             for i in range(x.shape[0])
         ]
 
-    def _decompress(self, streams: Sequence[LatentStreams], latent_hw: tuple[int, int]) -> tuple[Tensor, list[int]]:
+    def _decompress(self, streams: Sequence[TileStreams], latent_hw: tuple[int, int]) -> tuple[Tensor, list[int]]:
         z_hat = self.entropy_bottleneck.decompress([s.stream("z") for s in streams], latent_hw)
         scales, means = self.entropy_params(z_hat).chunk(2, 1)
         indexes = self.gaussian_conditional.build_indexes(scales)
@@ -308,10 +308,10 @@ class JointAutoregressiveHierarchicalPriors(MeanScaleHyperprior):
         check_order(order)
         return self._wavefront_coder(params).quantize(y)
 
-    def _compress(self, x: Tensor) -> list[LatentStreams]:
+    def _compress(self, x: Tensor) -> list[TileStreams]:
         return self._compress_ordered(x, "wavefront")
 
-    def _compress_ordered(self, x: Tensor, order: str) -> list[LatentStreams]:
+    def _compress_ordered(self, x: Tensor, order: str) -> list[TileStreams]:
         from zoo.coder import Encoder
 
         y = self.g_a(x)
@@ -325,8 +325,7 @@ class JointAutoregressiveHierarchicalPriors(MeanScaleHyperprior):
                 encoder.push(symbols, idx, tables)
                 crc = crc_indexes(idx, crc)
             hw = (int(z_hat.shape[-2]), int(z_hat.shape[-1]))
-            version = 1 if order == "raster" else FORMAT_VERSION  # the format whose order the stream has
-            out.append(LatentStreams((("z", z_strings[i]), ("y", encoder.flush())), hw, crc, version))
+            out.append(coded(x, (("z", z_strings[i]), ("y", encoder.flush())), hw, crc))
         return out
 
     @torch.no_grad()
@@ -347,7 +346,7 @@ class JointAutoregressiveHierarchicalPriors(MeanScaleHyperprior):
         return float(-(torch.log2(y_lik).sum() + torch.log2(z_lik).sum()))
 
     def _decompress(
-        self, streams: Sequence[LatentStreams], latent_hw: tuple[int, int], order: str = "wavefront"
+        self, streams: Sequence[TileStreams], latent_hw: tuple[int, int], order: str = "wavefront"
     ) -> tuple[Tensor, list[int]]:
         check_order(order)
         z_hat = self.entropy_bottleneck.decompress([s.stream("z") for s in streams], latent_hw)
@@ -364,11 +363,11 @@ class JointAutoregressiveHierarchicalPriors(MeanScaleHyperprior):
         return self.g_s(torch.cat(y_hats).to(z_hat.dtype)).clamp_(0, 1), checksums
 
     def _decompress_in_order(
-        self, streams: Sequence[LatentStreams], latent_hw: tuple[int, int], order: str
+        self, streams: Sequence[TileStreams], latent_hw: tuple[int, int], order: str
     ) -> tuple[Tensor, list[int]]:
         return self._decompress(streams, latent_hw, order)
 
-    def _compress_in_order(self, x: Tensor, order: str) -> list[LatentStreams]:
+    def _compress_in_order(self, x: Tensor, order: str) -> list[TileStreams]:
         # The default order through the plain signature, which subclasses may override (variable-rate guards)
         return self._compress(x) if order == "wavefront" else self._compress_ordered(x, order)
 
