@@ -83,18 +83,16 @@ def _train(name: str, settings: dict, train: Path, val: Path, out: Path, minutes
 
 def _kodak_crop(out: Path, name: str, arch: str) -> tuple[float, float]:
     """bpp and PSNR of the final model on kodim23's centre 512x512, at quality/level 3."""
-    import torch
 
     from zoo import bitstream
     from zoo.codec import Codec
     from zoo.compressed import EntryId
     from zoo.evaluation.metrics import psnr_rgb
     from zoo.imageio import read_image, to_uint8
-    from zoo.registry import create_model, get_arch
+    from zoo.registry import create_model, get_arch, load_checkpoint
 
-    ckpt = torch.load(out / name / "last.pt", map_location="cpu", weights_only=True)
     model = create_model(arch, N=128, M=192)
-    model.load_state_dict(ckpt["model"])
+    model.load_state_dict(load_checkpoint(out / name / "last.pt")[0])
     model.update(force=True)
     level = None
     if get_arch(arch).variable_rate:

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from tests.support import REPO, photo_path
+from zoo.procs import free_port
 from zoo.train.trainer import TrainConfig, train
 
 SMALL = {"N": 16, "M": 24}
@@ -194,14 +195,6 @@ def test_entropy_lr_gives_the_bottleneck_density_its_own_group():
     assert [names[id(p)] for p in aux.param_groups[0]["params"]] == ["entropy_bottleneck.quantiles"]
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_ddp_gloo_two_processes(folders, tmp_path):
     out = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
@@ -212,7 +205,7 @@ def test_ddp_gloo_two_processes(folders, tmp_path):
         "--nproc-per-node",
         "2",
         "--master-port",
-        str(_free_port()),
+        str(free_port()),
         "-m",
         "zoo.train",
         "--arch",

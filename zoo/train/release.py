@@ -6,11 +6,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from zoo.entry import ENTRY_FILES, EntryInfo, codec_for_model, load_entry, save_entry, sha256_file, version_key
 from zoo.errors import EntryNotFound
-from zoo.registry import create_model, get_arch
+from zoo.registry import create_model, get_arch, load_checkpoint
 
 
 def _run_model(run: Path, checkpoint: str):
@@ -18,9 +16,9 @@ def _run_model(run: Path, checkpoint: str):
     if not cfg_path.exists() or not ckpt_path.exists():
         raise EntryNotFound(f"{run} is not a finished training run (needs config.json and {checkpoint})")
     cfg = json.loads(cfg_path.read_text())
-    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    state, ckpt = load_checkpoint(ckpt_path)
     model = create_model(cfg["arch"], cfg["quality"], **cfg.get("widths", {}))
-    model.load_state_dict(ckpt["model"])
+    model.load_state_dict(state)
     summary_path = run / "summary.json"
     summary: dict[str, Any] = {k: cfg.get(k) for k in ("batch_size", "patch", "lr", "scheduler", "init", "amp")}
     summary.update(

@@ -295,8 +295,10 @@ class Trainer:
         os.replace(tmp, self.out / name)  # a run cut off mid-save keeps the previous checkpoint
 
     def _load_checkpoint(self, path: Path) -> None:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        self.model.load_state_dict(ckpt["model"])
+        from zoo.registry import load_checkpoint
+
+        state, ckpt = load_checkpoint(path)  # the one checkpoint reader: weights only, typed errors
+        self.model.load_state_dict(state)
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.aux_optimizer.load_state_dict(ckpt["aux_optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
