@@ -1,6 +1,6 @@
 """What a forged file can make a decoder spend at the default limits: peak memory and time to refusal.
 
-    python benchmarks/decode_limits.py [--entry DIR] [--factorized DIR] [--skip-handler]
+    python benchmarks/decode_limits.py [--entry DIR] [--factorized DIR] [--skip-handler] [--skip-legal-max]
 
 Each decode runs in a fresh process (so its peak RSS is its own), through `zoo.codec.Codec` and, for the
 TorchServe case, through zoo/handlers/zoo_handler.py's decode handler with a stub context. The forged files are valid
@@ -11,6 +11,13 @@ zoo files made here from all-zero latents by a codec whose limits are raised (wh
     one-tile-2048x2048     one 2048x2048 tile, largest-width hyperprior entry (also through the handler)
     one-tile-1024x1024     one tile at the default per-tile limit, largest-width entry: decodes (the worst legal tile)
     two-tiles-1024x2048    two such tiles: decodes; the second adds its share of the output, not another tile's peak
+    legal-max-8192x8192    the largest image the default limits allow (Codec DEFAULT_MAX_PIXELS, 64 megapixels, in
+                           64 tiles of 1024), really encoded from a synthetic image: decodes. Encoding it takes
+                           minutes, so the file is kept in $TMPDIR/zoo-decode-limits/ and reused (its encode time
+                           and peak RSS are printed from that first run)
+
+Every decode is what `zoo decode` does (`Codec.decompress_uint8`, then the PNG written to a file); the
+TorchServe case is the handler's own decode.
 
 Prints one line per case, then `max_peak_rss_mb=<a> max_refusal_s=<b>`; targets: peak RSS <= 1536 MB and every
 refusal in < 1 s.
@@ -20,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import resource
 import struct
@@ -93,6 +101,51 @@ def grid_bomb(entry: Path) -> bytes:
     return reseal(data)
 
 
+def legal_max_file(entry: Path) -> tuple[Path, dict]:
+    """The largest image the default limits allow, encoded by `entry` with the default tiles, made once in a
+    child process and cached; returns the file and its encode figures."""
+    from zoo.codec import DEFAULT_MAX_PIXELS
+
+    side = math.isqrt(DEFAULT_MAX_PIXELS)
+    fingerprint = json.loads((entry / "config.json").read_text())["weights_fingerprint"]
+    folder = Path(tempfile.gettempdir()) / "zoo-decode-limits"
+    folder.mkdir(exist_ok=True)
+    path = folder / f"{fingerprint}-{side}x{side}.zoo"
+    stats = path.with_suffix(".json")
+    if not (path.exists() and stats.exists()):
+        cmd = [sys.executable, __file__, "--encode-child", str(entry), str(path), str(side)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+        if proc.returncode != 0:
+            sys.exit(f"encoding the legal maximum failed:\n{proc.stderr.strip()}")
+        stats.write_text(proc.stdout.strip().splitlines()[-1])
+    return path, json.loads(stats.read_text())
+
+
+def encode_child(entry: str, path: str, side: int) -> None:
+    """Encode a synthetic side x side image (smooth gradients with fine texture, like a photo's mix of flat areas
+    and detail) with the default tile size, as `zoo encode` does."""
+    import torch
+
+    import zoo
+    from zoo import bitstream
+
+    codec = zoo.load_local(entry)
+    g = torch.Generator().manual_seed(0)
+    ramp = torch.linspace(0, 1, side)
+    x = torch.empty(3, side, side)
+    x[0] = ramp[:, None] * 0.7
+    x[1] = ramp[None, :] * 0.7
+    x[2] = (x[0] + x[1]) / 2
+    texture = torch.rand(3, 1, 64, 1, 64, generator=g).mul_(0.3)
+    x.view(3, side // 64, 64, side // 64, 64).add_(texture)  # broadcast: no second copy of the image
+    t0 = time.perf_counter()
+    c = codec.compress(x)
+    data = bitstream.dumps(c)
+    seconds = time.perf_counter() - t0
+    Path(path).write_bytes(data)
+    print(json.dumps({"encode_s": seconds, "encode_peak_mb": peak_rss_mb(), "bytes": len(data), "tiles": len(c.tiles)}))
+
+
 # -- decoding (child process) --------------------------------------------------------------------
 
 
@@ -136,32 +189,39 @@ def child(entry: str, path: str, handler: bool) -> None:
         outcome = "decoded" if code == 200 else f"refused {code}: {json.loads(out)['error']}"
     else:
         import zoo
+        from zoo.imageio import write_png
 
         codec = zoo.load_local(entry)
         loaded = peak_rss_mb()
         t0 = time.perf_counter()
         try:
-            x = codec.decompress(bitstream.loads(data))
-            from zoo.imageio import to_uint8
-
-            to_uint8(x)
-            outcome = "decoded"
+            # what `zoo decode` does: the 8-bit image tile by tile, then the PNG written to a file
+            image = codec.decompress_uint8(bitstream.loads(data))
+            with tempfile.TemporaryFile() as f:
+                write_png(image, f)
+                png_mb = f.tell() / 2**20
+            outcome = f"decoded ({png_mb:.0f} MB PNG)"
         except ZooError as exc:
             outcome = f"refused ({type(exc).__name__}): {exc}"
         seconds = time.perf_counter() - t0
     print(json.dumps({"outcome": outcome, "seconds": seconds, "loaded_mb": loaded, "peak_mb": peak_rss_mb()}))
 
 
-def run_case(entry: Path, data: bytes, handler: bool = False) -> dict:
-    with tempfile.NamedTemporaryFile(suffix=".zoo", delete=False) as f:
-        f.write(data)
+def run_case(entry: Path, data: bytes | Path, handler: bool = False) -> dict:
+    if isinstance(data, Path):
+        name, keep = str(data), True
+    else:
+        with tempfile.NamedTemporaryFile(suffix=".zoo", delete=False) as f:
+            f.write(data)
+        name, keep = f.name, False
     try:
-        cmd = [sys.executable, __file__, "--child", str(entry), f.name] + (["--handler"] if handler else [])
+        cmd = [sys.executable, __file__, "--child", str(entry), name] + (["--handler"] if handler else [])
         proc = subprocess.run(
-            cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(REPO)}
+            cmd, capture_output=True, text=True, timeout=3600, env={**os.environ, "PYTHONPATH": str(REPO)}
         )
     finally:
-        os.unlink(f.name)
+        if not keep:
+            os.unlink(name)
     if proc.returncode != 0:
         return {
             "outcome": f"CRASHED rc={proc.returncode}: {proc.stderr.strip().splitlines()[-1:]}",
@@ -177,11 +237,16 @@ def main() -> None:
     ap.add_argument("--entry", default=str(DEFAULT_ENTRY))
     ap.add_argument("--factorized", default=str(DEFAULT_FACTORIZED))
     ap.add_argument("--skip-handler", action="store_true")
+    ap.add_argument("--skip-legal-max", action="store_true", help="skip the 64-megapixel decode (minutes)")
     ap.add_argument("--child", nargs=2, metavar=("ENTRY", "FILE"), help=argparse.SUPPRESS)
+    ap.add_argument("--encode-child", nargs=3, metavar=("ENTRY", "FILE", "SIDE"), help=argparse.SUPPRESS)
     ap.add_argument("--handler", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         child(*args.child, handler=args.handler)
+        return
+    if args.encode_child:
+        encode_child(args.encode_child[0], args.encode_child[1], int(args.encode_child[2]))
         return
     entry, factorized = Path(args.entry), Path(args.factorized)
     cases = [
@@ -194,15 +259,24 @@ def main() -> None:
     cases.append(("one-tile-1024x1024", entry, forge(entry, 1024, 1024, 0), False))
     # Tiles are decoded one after another: a second tile adds its share of the output image, not a tile's peak.
     cases.append(("two-tiles-1024x2048", entry, forge(entry, 1024, 2048, 1024), False))
+    if not args.skip_legal_max:
+        path, stats = legal_max_file(entry)
+        print(
+            f"legal maximum: {path} ({stats['bytes']:,d} B, {stats['tiles']} tiles), "
+            f"encoded in {stats['encode_s']:.0f} s at {stats['encode_peak_mb']:.0f} MB peak RSS"
+        )
+        side = path.stem.rsplit("-", 1)[1]
+        cases.append((f"legal-max-{side}", entry, path, False))
     peaks, refusals = [], []
     print(f"entries: {entry.relative_to(REPO) if entry.is_relative_to(REPO) else entry}, factorized {factorized.name}")
     for name, e, data, handler in cases:
         r = run_case(e, data, handler)
+        size = data.stat().st_size if isinstance(data, Path) else len(data)
         peaks.append(r["peak_mb"])
         if not r["outcome"].startswith("decoded"):
             refusals.append(r["seconds"])
         print(
-            f"{name:30s} {len(data):>9,d} B  {r['seconds']:7.3f} s  peak RSS {r['peak_mb']:7.0f} MB "
+            f"{name:30s} {size:>11,d} B  {r['seconds']:7.3f} s  peak RSS {r['peak_mb']:7.0f} MB "
             f"(model loaded: {r['loaded_mb']:.0f} MB)  {r['outcome'][:110]}"
         )
     print(f"max_peak_rss_mb={max(peaks):.0f} max_refusal_s={max(refusals, default=0.0):.3f}")
