@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import DataLoader
 
 from zoo.errors import InputError
@@ -304,7 +305,16 @@ class Trainer:
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.aux_optimizer.load_state_dict(ckpt["aux_optimizer"])
+        configured = list(getattr(self.scheduler, "base_lrs", []))
         self.scheduler.load_state_dict(ckpt["scheduler"])
+        if isinstance(self.scheduler, LambdaLR) and configured != list(self.scheduler.base_lrs):
+            # a resume with another --lr (or --entropy-lr) takes it: the schedule goes on at the new scale
+            old = list(self.scheduler.base_lrs)
+            self.scheduler.base_lrs = configured
+            for group, base, before in zip(self.optimizer.param_groups, configured, old, strict=True):
+                group["initial_lr"], group["lr"] = base, group["lr"] * base / before
+            if self.is_main and not self.cfg.quiet:
+                print(f"resumed with learning rate {configured[0]:g} instead of {old[0]:g}")
         self.sampler.load_state_dict(ckpt["sampler"])
         torch.set_rng_state(ckpt["torch_rng"])
         self.step, self.best, self.wall = int(ckpt["step"]), float(ckpt["best"]), float(ckpt["wall"])
