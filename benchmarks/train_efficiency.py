@@ -11,9 +11,10 @@ ours:     the zoo recipe. bmshj2018-hyperprior-vr with λ sampled per example ov
 
 Both start from the same random initialisation (seed 0, N=128, M=192), train on the same data
 (wallpapers + photos 001-035), and run as two processes at the same time with one thread each, so a busy
-machine slows both alike (`--clock cpu` makes the budget each process's own CPU time instead, so a
-busy machine does not shrink it; data loading runs in-process and counts). Then both are validated at quality 3's λ on photos 036-039 with real bitstreams
-(λ·255²·MSE + bpp), and both are coded on a Kodak crop. The last line is
+machine slows both alike (`--clock cpu` makes the budget each process's own CPU time instead, so a busy
+machine does not shrink it; data loading runs in-process and counts). Then both are validated at quality
+3's λ on photos 036-039 with real bitstreams (λ·255²·MSE + bpp), and both are coded on a Kodak crop. The
+last line is
 `baseline_loss=<x> ours_loss=<y> ratio=<y/x>`.
 """
 
