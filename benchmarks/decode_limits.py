@@ -21,6 +21,14 @@ TorchServe case is the handler's own decode.
 
 Prints one line per case, then `max_peak_rss_mb=<a> max_refusal_s=<b>`; targets: peak RSS <= 1536 MB and every
 refusal in < 1 s.
+
+Measured 2026-11-26 on the project's 2-core machine at load 12-22 (so times are upper bounds), hyperprior q7 v1.0:
+refusals in <= 0.2 s at <= 369 MB; one 1024^2 tile 1180 MB, two 1218 MB. The legal maximum (7.4 MB file) took
+3189 s and 2397 MB to encode; a full decode of its 64 tiles needs about 64 x 5 CPU-seconds, which that machine could
+not give in the time, so its figure is the bound `--only-legal-max --legal-max-tiles 1`: 1381 MB (the model 359 MB,
+the resident 8-bit output 192 MB, one tile's decode, then the 64-megapixel PNG written). The same bound for the
+decode path before `decompress_uint8` (float output, `to_uint8` of the whole image, then `png_bytes`), measured with a
+one-off script on the same file: 1908 MB after the tile, 2702 MB peak.
 """
 
 from __future__ import annotations
@@ -220,7 +228,7 @@ def bound(codec, c, tiles: int):
     from zoo.imageio import to_uint8
 
     grid = codec._checked_grid(c)
-    image = np.zeros((c.height, c.width, 3), dtype=np.uint8)
+    image = np.full((c.height, c.width, 3), 128, dtype=np.uint8)  # written, so resident (np.zeros would not be)
     for _, (rect, x_hat) in zip(range(tiles), codec._decoded_tiles(c, grid), strict=False):
         image[rect.top : rect.top + rect.height, rect.left : rect.left + rect.width] = to_uint8(x_hat)
     first = grid[0]
