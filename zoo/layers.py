@@ -13,8 +13,8 @@ from torch import Tensor, nn
 def reuse_buffers() -> bool:
     """True in plain eager inference, where a layer may compute into its own temporaries rather than allocate
     new ones: the values are the same, and at Kodak sizes each new 75 MB tensor costs tens of milliseconds of
-    page faults (about a fifth of cheng2020's synthesis time). Off when autograd, tracing or export could see
-    the in-place ops."""
+    page faults (they took about a sixth of cheng2020's synthesis time). Off when autograd, tracing or export
+    could see the in-place ops."""
     return not (
         torch.is_grad_enabled()
         or torch.jit.is_scripting()

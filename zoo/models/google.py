@@ -382,6 +382,9 @@ class _Wavefronts:
     parameters are 1x1 convolutions, i.e. matrix products over the same rows; the hyperprior's share of
     the first (its input columns) is computed once for every position before the loop. All in float64,
     with the weights stored (in, out) so each step is a plain product (about a third faster for a few rows).
+    These sum in another order than one product over cat(params, ctx) would: the last bits of a mean may
+    differ from earlier versions, which the float64 margin absorbs (streams and pixels on Kodak are
+    byte-identical to those of the version before); encoder and decoder run the same steps.
     """
 
     def __init__(self, model: JointAutoregressiveHierarchicalPriors, params: Tensor):
