@@ -495,6 +495,12 @@ class Trainer:
             return None
         path = self.out / "log.csv"
         new = not path.exists() or not self.cfg.resume
+        if not new:
+            # rows logged after the checkpoint we resume from are about to be trained again: drop them
+            lines = path.read_text().splitlines(keepends=True)
+            kept = lines[:1] + [row for row in lines[1:] if int(row.split(",", 1)[0]) <= self.step]
+            if len(kept) < len(lines):
+                path.write_text("".join(kept))
         f = open(path, "w" if new else "a", newline="")  # noqa: SIM115
         if new:
             f.write("step,phase,loss,bpp,psnr,ms_ssim,aux,grad_norm,lr\n")
