@@ -229,3 +229,43 @@ def test_context_loop_runs_on_one_thread_and_restores_the_setting():
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("arch", ["cheng2020-anchor", "cheng2020-attn", "bmshj2018-hyperprior"])
+def test_inference_paths_equal_the_autograd_forward(arch):
+    """Without autograd the residual blocks and GDN compute into their own temporaries, and the upsampling
+    block runs its two subpixel convolutions as one: the transforms' outputs are those of the autograd path
+    bit for bit, and their inputs are left alone."""
+    from zoo.layers import reuse_buffers
+
+    torch.manual_seed(0)
+    model = create_model(arch, N=32, M=32) if arch.startswith("bmshj") else create_model(arch, N=32)
+    x = torch.rand(2, 3, 64, 96)
+    with torch.enable_grad():
+        assert not reuse_buffers()
+        y_ref = model.g_a(x)
+        x_ref = model.g_s(y_ref.detach())
+    y_in = torch.round(y_ref.detach())
+    inputs = (x.clone(), y_in.clone())
+    for mode in (torch.no_grad, torch.inference_mode):
+        with mode():
+            assert reuse_buffers()
+            assert torch.equal(model.g_a(x), y_ref)
+            assert torch.equal(model.g_s(y_ref.detach()), x_ref)
+        assert torch.equal(x, inputs[0]) and torch.equal(y_in, inputs[1])
+
+
+def test_wavefront_weights_follow_the_model_weights():
+    """The context loop keeps its matrices with the float64 copies of the networks; a weight update must reach
+    them: the latent it quantizes stays the one raster order (which runs the networks) makes."""
+    model = fixture_model("mbt2018")
+    torch.manual_seed(0)
+    y = torch.randn(1, model.M, 3, 5) * 4
+    params = torch.randn(1, 2 * model.M, 3, 5, dtype=torch.float64)
+    for _ in range(2):
+        wavefront = model._quantize(y, params, "wavefront")[0]
+        assert torch.equal(wavefront.float(), model._quantize(y, params, "raster")[0].float())
+        with torch.no_grad():
+            model.entropy_parameters[0].weight.mul_(0.5)
+            model.context_prediction.weight.mul_(0.5)
+    assert not torch.equal(wavefront, model._quantize(y, params, "wavefront")[0])

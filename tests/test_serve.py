@@ -1,4 +1,5 @@
-"""A real TorchServe on loopback ports: HTTP encode/decode equal the in-process codec, errors are 4xx JSON,
+"""A real TorchServe on loopback ports: HTTP encode/decode equal the in-process codec
+(a checkerboard context model too), errors are 4xx JSON,
 a bad request does not spoil the others in its batch, concurrent clients get their own answers, onnx archives
 carry their graphs, and a killed worker comes back."""
 
@@ -75,10 +76,16 @@ def vr_entry(tmp_path_factory) -> Path:
     return out
 
 
+# Context models served over HTTP, by archive name. ELIC runs through the same handler in-process
+# (test_elic_handler_round_trip): two more workers here would add about 20 s to the server's start on a busy
+# 2-core machine.
+HTTP_CONTEXT_MODELS = {"cb": "cheng2020-anchor-checkerboard"}
+
+
 @pytest.fixture(scope="module")
-def store(tmp_path_factory, fixture_entry, vr_entry):
-    """Torch and onnx archives of the fixture entry, and level 2.5 of a variable-rate entry: building them
-    needs no Java."""
+def store(tmp_path_factory, fixture_entry, vr_entry, arch_entry):
+    """Torch and onnx archives of the fixture entry, level 2.5 of a variable-rate entry, and the two-pass
+    context models (CompressAI's fixtures): building them needs no Java."""
     from zoo.serve import build_archives
 
     store = tmp_path_factory.mktemp("ts") / "store"
@@ -87,6 +94,8 @@ def store(tmp_path_factory, fixture_entry, vr_entry):
             fixture_entry, store, name=name, backend=backend, batch_size=4, max_batch_delay_ms=50, max_pixels=200_000
         )
     build_archives(vr_entry, store, name="hpvr", level=2.5, batch_size=4, max_batch_delay_ms=50, max_pixels=200_000)
+    for name, arch in HTTP_CONTEXT_MODELS.items():
+        build_archives(arch_entry(arch), store, name=name, max_pixels=200_000)
     return store
 
 
@@ -140,6 +149,26 @@ def test_http_round_trip_equals_in_process(server, fixture_entry):
     status, headers, png = _post(f"{server['inference']}/predictions/hp-decode", data)
     assert status == 200 and headers["content-type"].startswith("image/png")
     expected = to_uint8(codec.decompress(bitstream.loads(data)))
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(png))), expected)
+
+
+@pytest.mark.parametrize("name", list(HTTP_CONTEXT_MODELS))
+def test_context_model_round_trip_over_http(server, arch_entry, name):
+    """Two-pass context models served over HTTP: the file and the pixels are those of the in-process codec, to
+    the byte."""
+    import zoo
+    from zoo.imageio import read_image, to_uint8
+
+    codec = zoo.load_local(arch_entry(HTTP_CONTEXT_MODELS[name]))
+    body = _png(112, 80)
+    status, headers, data = _post(f"{server['inference']}/predictions/{name}-encode", body)
+    assert status == 200, data
+    assert headers["x-zoo-entry"] == str(codec.entry) and codec.entry.arch == HTTP_CONTEXT_MODELS[name]
+    with _worker_threads():
+        assert data == bitstream.dumps(codec.compress(read_image(body)[0]))
+        expected = to_uint8(codec.decompress(bitstream.loads(data)))
+    status, headers, png = _post(f"{server['inference']}/predictions/{name}-decode", data)
+    assert status == 200 and headers["content-type"].startswith("image/png"), png[:200]
     assert np.array_equal(np.asarray(Image.open(io.BytesIO(png))), expected)
 
 

@@ -378,7 +378,12 @@ class _Wavefronts:
     y_hat is kept position-major, (H + 4) * (W + 4) rows of M channels (zero padding around it), so a
     wavefront's contexts are one row gather of the 12 causal taps, and the context model is one matrix
     product over them: the masked convolution restricted to the positions being coded. The entropy
-    parameters are 1x1 convolutions, i.e. matrix products over the same rows. All in float64.
+    parameters are 1x1 convolutions, i.e. matrix products over the same rows; the hyperprior's share of
+    the first (its input columns) is computed once for every position before the loop. All in float64,
+    with the weights stored (in, out) so each step is a plain product (about a third faster for a few rows).
+    These sum in another order than one product over cat(params, ctx) would: the last bits of a mean may
+    differ from earlier versions, which the float64 margin absorbs (streams and pixels on Kodak are
+    byte-identical to those of the version before); encoder and decoder run the same steps.
     """
 
     def __init__(self, model: JointAutoregressiveHierarchicalPriors, params: Tensor):
@@ -394,13 +399,13 @@ class _Wavefronts:
         taps = [(dy, dx) for dy in range(k) for dx in range(k) if mask[dy, dx] != 0]
         if any(dy > p or (dy == p and dx >= p) for dy, dx in taps):
             raise ValueError("wavefront coding needs a causal (type A) context mask")
-        weight = cp.weight.detach()
-        # (2M, taps * M): tap-major, matching the gathered rows
-        self.ctx_weight = torch.stack([weight[:, :, dy, dx] for dy, dx in taps], 1).reshape(weight.shape[0], -1)
-        self.ctx_bias = cp.bias.detach()
+        self.ctx_weight, self.ctx_bias = _context_weights(cp, taps)
         self.tap_offsets = torch.tensor([dy * self.padded_width + dx for dy, dx in taps], device=self.device)
-        self.layers = _pointwise_layers(model.f64("entropy_parameters"))
-        self.params = params[0].double().flatten(1).t().contiguous()  # (H * W, 2M)
+        hyper = params[0].double().flatten(1).t()  # (H * W, 2M)
+        (first, first_bias, self.first_slope), *self.layers = _entropy_layers(model.f64("entropy_parameters"))
+        # The first layer takes cat(params, ctx): its params rows, for all positions at once
+        self.hyper = _affine(hyper, first[: hyper.shape[1]], first_bias)
+        self.first_ctx_weight = first[hyper.shape[1] :]
         self.y_hat = params.new_zeros(((self.height + 2 * p) * self.padded_width, self.M), dtype=torch.float64)
         self.fronts = _wavefront_positions(self.height, self.width, slope=p + 1)
 
@@ -414,12 +419,14 @@ class _Wavefronts:
 
     def _scales_means(self, gather: Tensor, param_rows: Tensor) -> tuple[Tensor, Tensor]:
         ctx = self.y_hat.index_select(0, gather).reshape(param_rows.numel(), -1)
-        ctx = F.linear(ctx, self.ctx_weight, self.ctx_bias)
-        out = torch.cat((self.params.index_select(0, param_rows), ctx), dim=1)
+        ctx = torch.addmm(self.ctx_bias, ctx, self.ctx_weight)
+        out = torch.addmm(self.hyper.index_select(0, param_rows), ctx, self.first_ctx_weight)
+        if self.first_slope is not None:
+            out = F.leaky_relu_(out, self.first_slope)
         for weight, bias, slope in self.layers:
-            out = F.linear(out, weight, bias)
+            out = _affine(out, weight, bias)
             if slope is not None:
-                out = F.leaky_relu(out, slope)
+                out = F.leaky_relu_(out, slope)
         scales, means = out.chunk(2, 1)
         return scales, means
 
@@ -492,6 +499,32 @@ def _wavefront_positions(height: int, width: int, slope: int) -> list[tuple[np.n
     order = np.lexsort((hs, t))
     bounds = np.flatnonzero(np.diff(t[order])) + 1
     return [(hs[i], ws[i]) for i in np.split(order, bounds)]
+
+
+def _context_weights(cp: MaskedConv2d, taps: list[tuple[int, int]]) -> tuple[Tensor, Tensor]:
+    """The masked convolution's weight as a (taps * M, 2M) matrix, tap-major like the gathered rows, and
+    its bias. Kept on `cp` (a float64 copy that `f64` replaces when the weights change)."""
+    hit = cp.__dict__.get("_wavefront_weights")
+    if hit is None or hit[0] != taps:
+        weight, bias = cp.weight.detach(), cp.bias
+        assert bias is not None
+        matrix = torch.cat([weight[:, :, dy, dx].t() for dy, dx in taps]).contiguous()
+        hit = cp.__dict__["_wavefront_weights"] = (taps, matrix, bias.detach())
+    return hit[1], hit[2]
+
+
+def _entropy_layers(net: nn.Module) -> list[tuple[Tensor, Tensor | None, float | None]]:
+    """`_pointwise_layers` with each weight stored (in, out), kept on `net` (a float64 copy, see above)."""
+    hit = net.__dict__.get("_wavefront_layers")
+    if hit is None:
+        hit = [(w.t().contiguous(), b, slope) for w, b, slope in _pointwise_layers(net)]
+        net.__dict__["_wavefront_layers"] = hit
+    return hit
+
+
+def _affine(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """x @ weight (+ bias), weight stored (in, out)."""
+    return torch.mm(x, weight) if bias is None else torch.addmm(bias, x, weight)
 
 
 def _pointwise_layers(net: nn.Module) -> list[tuple[Tensor, Tensor | None, float | None]]:
