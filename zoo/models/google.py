@@ -8,7 +8,7 @@ bmshj2018-factorized stops at y with a factorized prior (EB); mbt2018 adds a cau
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
@@ -25,6 +25,8 @@ from zoo.models.base import CompressionModel, ForwardOutput, LatentStreams, chec
 
 if TYPE_CHECKING:
     from zoo.coder import Decoder
+
+WavefrontGraphs = tuple[Callable[[Tensor], Tensor], Callable[[Tensor, Tensor], Tensor]]
 
 
 def analysis(n: int, m: int, act: type[nn.Module] | None = None) -> nn.Sequential:
@@ -219,6 +221,11 @@ class JointAutoregressiveHierarchicalPriors(MeanScaleHyperprior):
     """
 
     context_size = 5
+    # Where another backend runs the context networks as graphs (`zoo.export.ort_backend.onnx_everywhere`), it
+    # sets (context, entropy parameters) here: context maps a wavefront's k x k neighbourhoods of y_hat
+    # (K, M, k, k) to ctx (K, 2M, 1, 1), entropy parameters maps (params, ctx) to scales then means, (K, 4M, 1, 1).
+    # None: the wavefront coder computes them as products of the float64 weights.
+    wavefront_graphs: WavefrontGraphs | None = None
 
     def __init__(self, N: int = 192, M: int = 192):
         super().__init__(N, M)  # transforms and hyperprior as mbt2018-mean
@@ -395,6 +402,9 @@ class _Wavefronts:
         taps = [(dy, dx) for dy in range(k) for dx in range(k) if mask[dy, dx] != 0]
         if any(dy > p or (dy == p and dx >= p) for dy, dx in taps):
             raise ValueError("wavefront coding needs a causal (type A) context mask")
+        self.graphs, self.context_size = model.wavefront_graphs, k
+        if self.graphs is not None:  # the graphs take whole k x k neighbourhoods (their mask is in the weights)
+            taps = [(dy, dx) for dy in range(k) for dx in range(k)]
         weight = cp.weight.detach()
         # (2M, taps * M): tap-major, matching the gathered rows
         self.ctx_weight = torch.stack([weight[:, :, dy, dx] for dy, dx in taps], 1).reshape(weight.shape[0], -1)
@@ -415,6 +425,13 @@ class _Wavefronts:
 
     def _scales_means(self, gather: Tensor, param_rows: Tensor) -> tuple[Tensor, Tensor]:
         ctx = self.y_hat.index_select(0, gather).reshape(param_rows.numel(), -1)
+        if self.graphs is not None:
+            context, entropy_parameters = self.graphs
+            k = self.context_size
+            neighbourhoods = ctx.reshape(-1, k, k, self.M).permute(0, 3, 1, 2)
+            params = self.params.index_select(0, param_rows)[:, :, None, None]
+            scales, means = entropy_parameters(params, context(neighbourhoods)).flatten(1).chunk(2, 1)
+            return scales, means
         ctx = F.linear(ctx, self.ctx_weight, self.ctx_bias)
         out = torch.cat((self.params.index_select(0, param_rows), ctx), dim=1)
         for weight, bias, slope in self.layers:
