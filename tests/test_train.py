@@ -86,6 +86,41 @@ def test_resume_is_exact(folders, tmp_path):
             assert torch.allclose(v, b[k], atol=1e-6, rtol=0), k
 
 
+def test_a_cpu_budget_counts_the_process_cpu_time(folders, tmp_path):
+    """--max-minutes with --budget-clock cpu: the run ends once its own process has used the budget, however
+    long the wall clock took, and the budget is recorded in the checkpoint's CPU seconds."""
+    import time
+
+    from zoo.errors import InputError
+    from zoo.train.trainer import Trainer
+
+    torch.set_num_threads(1)
+    out = tmp_path / "budget"
+    t0 = time.process_time()
+    train(_cfg(folders, out, None, max_minutes=0.05, budget_clock="cpu", val_every=10**6))
+    used = time.process_time() - t0
+    ckpt = torch.load(out / "last.pt", weights_only=True)
+    assert 3.0 <= ckpt["cpu_s"] <= used and 0 < ckpt["step"] < 10**9
+    with pytest.raises(InputError, match="budget_clock"):
+        Trainer(_cfg(folders, tmp_path / "x", 5, budget_clock="gpu"))
+
+
+def test_resume_with_another_learning_rate_takes_it(folders, tmp_path):
+    """A recipe change mid-run: resuming with a new --lr continues the schedule at the new scale."""
+    torch.set_num_threads(1)
+    out = tmp_path / "lr"
+    train(_cfg(folders, out, 6, scheduler="cosine", lr=1e-3))
+    before = torch.load(out / "last.pt", weights_only=True)["optimizer"]["param_groups"][0]["lr"]
+    from zoo.train.trainer import Trainer
+
+    resumed = Trainer(_cfg(folders, out, 6, scheduler="cosine", lr=3e-3, resume=True))
+    assert resumed.step == 6 and resumed.scheduler.base_lrs == [3e-3]
+    assert resumed.optimizer.param_groups[0]["lr"] == pytest.approx(3 * before)
+    assert Trainer(_cfg(folders, out, 6, scheduler="cosine", lr=1e-3, resume=True)).optimizer.param_groups[0][
+        "lr"
+    ] == pytest.approx(before)
+
+
 def test_hard_sample_mode_and_warm_start(folders, tmp_path):
     torch.set_num_threads(1)
     first = tmp_path / "a"

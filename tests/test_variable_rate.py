@@ -219,6 +219,31 @@ def test_manifest_current_entry_serves_the_base_architecture():
         resolve_point("bmshj2018-hyperprior", 2.5, manifest=manifest)
 
 
+def test_release_chooses_the_qualities_a_variable_rate_entry_serves():
+    """--current-for auto: a level serves its quality where no fixed-rate entry exists, or where it is at least
+    as good as the fixed-rate ladder at its own rate; a level below the ladder does not."""
+    from zoo.hub import ManifestEntry
+    from zoo.train.release import choose_current_for
+
+    def fixed(quality, bpp, psnr, version="1.0"):
+        return ManifestEntry(
+            "bmshj2018-hyperprior", quality, "mse", version, "o/r", "v", {}, kodak={"bpp": bpp, "psnr": psnr}
+        )
+
+    ladder = [fixed(1, 0.2, 26.0), fixed(2, 0.3, 27.0), fixed(2, 0.3, 26.5, "0.9"), fixed(3, 0.4, 28.0)]
+    levels = {
+        "1": {"bpp": 0.25, "psnr": 26.6},  # above the ladder between q1 and q2 (26.55 at 0.25 bpp)
+        "2": {"bpp": 0.30, "psnr": 26.9},  # below the newest q2 (27.0), above the older one: not current
+        "3": {"bpp": 0.45, "psnr": 27.9},  # beyond the ladder and not dominating q3: not current
+        "4": {"bpp": 0.60, "psnr": 28.5},  # no fixed-rate q4: current
+        "5": {"bpp": 0.80, "psnr": 29.0},
+    }
+    assert choose_current_for("bmshj2018-hyperprior-vr", "mse", levels, ladder) == [1, 4, 5]
+    levels["3"] = {"bpp": 0.39, "psnr": 28.1}  # dominates q3
+    assert choose_current_for("bmshj2018-hyperprior-vr", "mse", levels, ladder) == [1, 3, 4, 5]
+    assert choose_current_for("bmshj2018-hyperprior-vr", "mse", levels, []) == [1, 2, 3, 4, 5]
+
+
 def test_warm_start_from_a_fixed_rate_entry_reproduces_it_at_its_level(fixture_entry):
     """--init from a fixed-rate entry of the base architecture: every weight taken, and the source's own
     quality (1 here) folds back into exactly the source model."""

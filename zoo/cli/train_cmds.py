@@ -45,6 +45,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         log_every=args.log_every,
         integer_share=args.integer_share,
         max_minutes=args.max_minutes,
+        budget_clock=args.budget_clock,
         warmup_steps=args.warmup,
     )
     train(cfg)
@@ -66,14 +67,22 @@ def cmd_release(args: argparse.Namespace) -> int:
     if args.manifest:
         from zoo.hub import manifest_path
 
-        add_to_manifest(
-            manifest_line(info, Path(args.out), Path(args.repo_root).resolve(), current_for=args.current_for),
-            Path(args.manifest) if args.manifest != "package" else manifest_path(),
+        auto = args.current_for == "auto"
+        line = manifest_line(
+            info, Path(args.out), Path(args.repo_root).resolve(), current_for=None if auto else args.current_for
         )
+        if auto and info.variable_rate:
+            from zoo.train.release import choose_current_for
+
+            line["current_for"] = choose_current_for(info.entry.arch, info.entry.metric, line["levels"])
+            print(f"current for qualities: {', '.join(map(str, line['current_for'])) or 'none'}")
+        add_to_manifest(line, Path(args.manifest) if args.manifest != "package" else manifest_path())
     return 0
 
 
-def _qualities(text: str) -> list[int]:
+def _qualities(text: str) -> list[int] | str:
+    if text == "auto":
+        return text
     from zoo.cli.eval_cmds import parse_qualities
 
     values = [q for q in parse_qualities(text) if q is not None]
@@ -95,6 +104,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--epochs", type=int)
     g.add_argument(
         "--max-minutes", type=float, help="a wall-clock budget: train this long (schedules follow the clock)"
+    )
+    p.add_argument(
+        "--budget-clock",
+        choices=["wall", "cpu"],
+        default="wall",
+        help="what --max-minutes counts: the wall clock, or this process's CPU time (fair beside other work)",
     )
     p.add_argument("--warmup", type=int, default=0, help="linear learning-rate warm-up over this many steps")
     p.add_argument("--batch-size", type=int, default=8)
@@ -145,6 +160,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--current-for",
         type=_qualities,
-        help="variable-rate: the base architecture's qualities zoo.load serves from this entry (e.g. 1-8)",
+        help="variable-rate: the base architecture's qualities zoo.load serves from this entry (e.g. 1-8), or "
+        "'auto': those with no fixed-rate entry and those where it is at least as good as the fixed-rate ladder",
     )
     p.set_defaults(func=cmd_release)

@@ -125,6 +125,52 @@ def manifest_line(
     return line
 
 
+def choose_current_for(
+    arch: str, metric: str, levels: dict[str, dict[str, float]], entries: list | None = None
+) -> list[int]:
+    """The base architecture's qualities a variable-rate entry should serve, from Kodak figures: every quality
+    that has no fixed-rate entry (so `zoo.load` answers for all eight), and every quality whose level is at least
+    as good as the fixed-rate ladder at the same rate: its PSNR (MS-SSIM for ms-ssim entries) is no lower than
+    the ladder's, interpolated linearly in log-bpp between its neighbouring points; a level outside the ladder's
+    range must dominate the fixed entry of its quality (no more bits, no less quality)."""
+    import math
+
+    from zoo.hub import load_manifest
+
+    base = get_arch(arch).base
+    key = "psnr" if metric == "mse" else "ms_ssim"
+    newest: dict[int, Any] = {}
+    for e in entries if entries is not None else load_manifest():
+        if e.arch == base and e.metric == metric and e.kodak.get(key) is not None:
+            if e.quality not in newest or version_key(e.version) > version_key(newest[e.quality].version):
+                newest[e.quality] = e
+    ladder = sorted((math.log(e.kodak["bpp"]), e.kodak[key]) for e in newest.values())
+
+    def ladder_at(log_bpp: float) -> float | None:
+        for (x0, y0), (x1, y1) in zip(ladder, ladder[1:], strict=False):
+            if x0 <= log_bpp <= x1:
+                return y0 + (y1 - y0) * (log_bpp - x0) / (x1 - x0) if x1 > x0 else max(y0, y1)
+        return None
+
+    chosen = []
+    for q in range(1, 9):
+        point = levels.get(str(q)) or levels.get(f"{q:.1f}")
+        if point is None:
+            continue
+        fixed = newest.get(q)
+        if fixed is None:
+            chosen.append(q)
+            continue
+        reference = ladder_at(math.log(point["bpp"]))
+        if reference is not None:
+            better = point[key] >= reference
+        else:
+            better = point["bpp"] <= fixed.kodak["bpp"] and point[key] >= fixed.kodak[key]
+        if better:
+            chosen.append(q)
+    return chosen
+
+
 def add_to_manifest(line: dict[str, Any], manifest: Path) -> None:
     data = json.loads(manifest.read_text())
     key = (line["arch"], line["quality"], line["metric"], line["version"])

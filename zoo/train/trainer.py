@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import DataLoader
 
 from zoo.errors import InputError
@@ -69,6 +70,9 @@ class TrainConfig:
     # a wall-clock budget instead of a step count: the run stops after this many minutes of training, and
     # the cosine/poly schedules follow the elapsed share of the budget instead of the step
     max_minutes: float | None = None
+    # what max_minutes counts: "wall" (the clock) or "cpu" (the training process's CPU time, all its threads:
+    # a budget that a busy machine does not shrink, for comparing recipes fairly beside other work)
+    budget_clock: str = "wall"
     warmup_steps: int = 0  # linear learning-rate warm-up from 1% over this many steps
     val_levels: tuple[float, ...] = (1, 2, 3, 4, 5, 6, 7, 8)
 
@@ -203,6 +207,8 @@ def level_lambdas(levels: torch.Tensor, metric: str) -> torch.Tensor:
 
 class Trainer:
     def __init__(self, cfg: TrainConfig):
+        if cfg.budget_clock not in ("wall", "cpu"):
+            raise InputError(f"budget_clock is 'wall' or 'cpu', not {cfg.budget_clock!r}")
         self.cfg = cfg
         self.rank, self.world, self.local_rank = _dist_info()
         self.is_main = self.rank == 0
@@ -299,7 +305,16 @@ class Trainer:
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.aux_optimizer.load_state_dict(ckpt["aux_optimizer"])
+        configured = list(getattr(self.scheduler, "base_lrs", []))
         self.scheduler.load_state_dict(ckpt["scheduler"])
+        if isinstance(self.scheduler, LambdaLR) and configured != list(self.scheduler.base_lrs):
+            # a resume with another --lr (or --entropy-lr) takes it: the schedule goes on at the new scale
+            old = list(self.scheduler.base_lrs)
+            self.scheduler.base_lrs = configured
+            for group, base, before in zip(self.optimizer.param_groups, configured, old, strict=True):
+                group["initial_lr"], group["lr"] = base, group["lr"] * base / before
+            if self.is_main and not self.cfg.quiet:
+                print(f"resumed with learning rate {configured[0]:g} instead of {old[0]:g}")
         self.sampler.load_state_dict(ckpt["sampler"])
         torch.set_rng_state(ckpt["torch_rng"])
         self.step, self.best, self.wall = int(ckpt["step"]), float(ckpt["best"]), float(ckpt["wall"])
@@ -408,7 +423,9 @@ class Trainer:
                 self.scheduler.step()  # type: ignore[call-arg]
             self._observe(idx, terms.per_image)
             self.step += 1
-            self.elapsed = time.perf_counter() - t_start
+            self.elapsed = (
+                time.process_time() - cpu_start if cfg.budget_clock == "cpu" else time.perf_counter() - t_start
+            )
             if cfg.max_minutes and self.elapsed >= 60 * cfg.max_minutes:
                 self.total = self.step  # the budget is spent: this is the last step (validated and saved)
             meters.update(loss=terms.loss.item(), bpp=terms.bpp.item(), psnr=terms.psnr, aux=aux.item(), grad_norm=norm)
