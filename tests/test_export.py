@@ -253,8 +253,9 @@ def test_load_local_onnx_backend_takes_its_thread_count(fixture_entry):
             zoo.load_local(fixture_entry, **bad)
 
 
-def test_torchscript_graphs_load_without_zoo_and_match_eager(tmp_path):
-    model = fixture_model("mbt2018")
+@pytest.mark.parametrize("arch", ["mbt2018", "cheng2020-anchor-checkerboard"])
+def test_torchscript_graphs_load_without_zoo_and_match_eager(arch, tmp_path):
+    model = fixture_model(arch)
     export_graphs(model, tmp_path, ("torchscript",))
     # 256x384, not the 128x192 the graphs were traced at.
     inputs = graph_inputs(model, kodak_image("kodim23.png")[None, :, :256, :384])
