@@ -9,12 +9,23 @@ Autoregressive models (mbt2018, cheng2020-*) are run on a 128x128 centre crop: t
 computes, at every position, the indexes from the float32 context_prediction and entropy_parameters graphs
 in ONNX Runtime and from eager float32 (naive), and zoo's float64 context step (canonical). Prints mismatch
 rates for both.
+
+    python benchmarks/index_mismatch.py --coding [--images 2] [--archs ...]
+
+The coding path itself, on CompressAI's small trained fixtures (../shared/fixtures/compressai, every
+architecture with a hyperprior by default) and whole Kodak images: each image is coded by eager zoo (float64
+entropy parameters) and decoded by `onnx_everywhere` (every graph, h_s and the context graphs included, in
+float32 ONNX Runtime), and the other way round, in both symbol orders for mbt2018 and cheng2020. Counts the
+table indexes that differ between the two sides and what refused those streams; ends with
+`everywhere_index_mismatches=<n> of <total> streams_refused=<r> decoded_despite_mismatch=<s>` (s must be 0).
 """
 
 from __future__ import annotations
 
 import argparse
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -24,6 +35,17 @@ from zoo.imageio import read_image
 from zoo.registry import get_arch
 
 KODAK = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "kodak"
+FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "compressai"
+CODING_ARCHS = (
+    "bmshj2018-hyperprior",
+    "mbt2018-mean",
+    "mbt2018",
+    "cheng2020-anchor",
+    "cheng2020-attn",
+    "cheng2020-anchor-checkerboard",
+    "elic2022-official",
+    "elic2022-chandelier",
+)
 
 
 def _autoregressive(model, ort_model, folder: Path, x: torch.Tensor, totals: dict) -> None:
@@ -69,17 +91,85 @@ def _autoregressive(model, ort_model, folder: Path, x: torch.Tensor, totals: dic
             totals[key][2] += int(hits[key] > 0)
 
 
+@contextmanager
+def _recorded_indexes(model) -> Iterator[list[torch.Tensor]]:
+    """Every table-index tensor the model's Gaussian conditionals build, in coding order."""
+    from zoo.entropy import GaussianConditional
+
+    seen: list[torch.Tensor] = []
+    gcs = [m for m in model.modules() if isinstance(m, GaussianConditional)]
+    for gc in gcs:
+
+        def recording(scales, build=gc.build_indexes):
+            out = build(scales)
+            seen.append(out.detach().reshape(-1).clone())
+            return out
+
+        gc.build_indexes = recording
+    try:
+        yield seen
+    finally:
+        for gc in gcs:
+            del gc.build_indexes
+
+
+def _coding(archs: list[str], images: list[torch.Tensor]) -> None:
+    from zoo.errors import BitstreamError
+    from zoo.export import export_graphs
+    from zoo.export.ort_backend import onnx_everywhere
+    from zoo.models.google import JointAutoregressiveHierarchicalPriors
+    from zoo.registry import model_from_state_dict
+
+    totals = [0, 0, 0, 0]  # indexes that differ, indexes, streams refused, streams decoded despite a mismatch
+    for arch in archs:
+        state = torch.load(FIXTURES / arch / "compressai_state_dict.pth", weights_only=True, map_location="cpu")
+        model = model_from_state_dict(arch, state).eval()
+        with tempfile.TemporaryDirectory() as tmp:
+            export_graphs(model, tmp, ("onnx",))
+            everywhere = onnx_everywhere(model, tmp)
+        autoregressive = isinstance(model, JointAutoregressiveHierarchicalPriors)
+        orders = ("wavefront", "raster") if autoregressive else ("wavefront",)
+        counts = [0, 0, 0, 0]
+        for x in images:
+            for order in orders:
+                for enc, dec in ((model, everywhere), (everywhere, model)):
+                    with _recorded_indexes(enc) as a_list:
+                        streams = enc.compress(x, order=order)
+                    with _recorded_indexes(dec) as b_list:
+                        try:
+                            dec.decompress(streams)
+                            refused = False
+                        except BitstreamError:
+                            refused = True
+                    a, b = torch.cat(a_list), torch.cat(b_list)
+                    n = min(a.numel(), b.numel())  # a decoder the coder stopped early computed fewer
+                    differ = int((a[:n] != b[:n]).sum()) + a.numel() - n
+                    for i, v in enumerate((differ, a.numel(), refused, not refused and differ > 0)):
+                        counts[i] += int(v)
+        print(
+            f"{arch} (y in {' and '.join(orders)} order, {len(images)} images, both ways): {counts[0]} of "
+            f"{counts[1]} indexes differ, {counts[2]} streams refused",
+            flush=True,
+        )
+        totals = [t + c for t, c in zip(totals, counts, strict=True)]
+    print(
+        f"everywhere_index_mismatches={totals[0]} of {totals[1]} streams_refused={totals[2]} "
+        f"decoded_despite_mismatch={totals[3]}"
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--images", type=int, default=6)
-    ap.add_argument(
-        "--archs",
-        nargs="+",
-        default=["bmshj2018-hyperprior", "mbt2018-mean", "mbt2018", "cheng2020-anchor", "cheng2020-attn"],
-    )
+    ap.add_argument("--archs", nargs="+")
+    ap.add_argument("--coding", action="store_true", help="the coding path on the CompressAI fixtures (see above)")
     args = ap.parse_args()
     torch.manual_seed(0)
     images = [read_image(p)[0][None] for p in sorted(KODAK.glob("*.png"))[: args.images]]
+    if args.coding:
+        _coding(args.archs or list(CODING_ARCHS), images)
+        return
+    args.archs = args.archs or ["bmshj2018-hyperprior", "mbt2018-mean", "mbt2018", "cheng2020-anchor", "cheng2020-attn"]
     totals = {"naive": [0, 0, 0], "canonical": [0, 0, 0]}  # element mismatches, elements, images hit
     for arch in args.archs:
         spec = get_arch(arch)
