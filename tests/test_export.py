@@ -401,6 +401,18 @@ def test_every_graph_in_onnx_runtime_on_one_side(arch, exported, capsys):
         )
 
 
+def test_onnx_everywhere_names_missing_context_graphs(exported, tmp_path):
+    """A folder exported before context_prediction_wavefront existed is refused with what to do, not an ORT error."""
+    import shutil
+
+    from zoo.export.ort_backend import onnx_everywhere
+
+    folder = shutil.copytree(exported("mbt2018"), tmp_path / "graphs")
+    (folder / "context_prediction_wavefront.onnx").unlink()
+    with pytest.raises(EntryNotFound, match="context_prediction_wavefront.onnx.*export the graphs again"):
+        onnx_everywhere(_model("mbt2018"), folder)
+
+
 def test_both_onnx_runtime_builds_installed_is_named(monkeypatch):
     """[export] and [gpu] exclude each other: with both runtimes installed, the notice says which to remove."""
     from importlib import metadata

@@ -172,23 +172,29 @@ def onnx_everywhere(
     context_prediction + entropy_parameters per position in raster order (format 1) and
     context_prediction_wavefront + entropy_parameters per wavefront (format 2); the checkerboard and ELIC
     models call their context graphs per pass and channel group."""
+    from zoo.errors import EntryNotFound
+    from zoo.export.graphs import submodule
+
     folder = Path(folder)
     ort_model = onnx_backend_from_folder(model, folder, providers=providers, threads=threads)
     paths = dict(getattr(model, "graph_paths", {}))
+    # Where the model's coding loops ask for a float64 network (`f64(path)`), they get the graph instead: h_s,
+    # and the context networks of the models that call them by path (checkerboard, ELIC).
+    by_path_names = [n for n in ("h_s", *paths) if n not in ORT_GRAPHS and submodule(model, n) is not None]
+    autoregressive = isinstance(model, JointAutoregressiveHierarchicalPriors)
+    step_names = ("context_prediction", "context_prediction_wavefront", "entropy_parameters") if autoregressive else ()
+    missing = [f"{n}.onnx" for n in (*by_path_names, *step_names) if not (folder / f"{n}.onnx").is_file()]
+    if missing:  # e.g. a folder exported before context_prediction_wavefront existed
+        raise EntryNotFound(f"{folder} has no {', '.join(missing)}: export the graphs again (zoo export)")
 
     def graph(name: str) -> _Float64Out:
         return _Float64Out(OrtModule(folder / f"{name}.onnx", providers, threads))
 
-    # Where the model's coding loops ask for a float64 network (`f64(path)`), they get the graph instead: h_s,
-    # and the context networks of the models that call them by path (checkerboard, ELIC).
-    names = ["h_s", *(n for n in paths if n not in ORT_GRAPHS and n != "h_s")]
-    by_path: dict[str, nn.Module] = {paths.get(n, n): graph(n) for n in names}
+    by_path: dict[str, nn.Module] = {paths.get(n, n): graph(n) for n in dict.fromkeys(by_path_names)}
     eager_f64 = model.f64
     object.__setattr__(ort_model, "f64", lambda name: by_path[name] if name in by_path else eager_f64(name))
     if isinstance(model, JointAutoregressiveHierarchicalPriors):  # the instance attributes shadow the methods
-        context, wavefront, entropy_parameters = (
-            graph(n) for n in ("context_prediction", "context_prediction_wavefront", "entropy_parameters")
-        )
+        context, wavefront, entropy_parameters = (graph(n) for n in step_names)
         p = model.context_size // 2
 
         def context_step(y_crop: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
