@@ -16,8 +16,8 @@ The coding path itself, on CompressAI's small trained fixtures (../shared/fixtur
 architecture with a hyperprior by default) and whole Kodak images: each image is coded by eager zoo (float64
 entropy parameters) and decoded by `onnx_everywhere` (every graph, h_s and the context graphs included, in
 float32 ONNX Runtime), and the other way round, in both symbol orders for mbt2018 and cheng2020. Counts the
-table indexes that differ between the two sides and what refused those streams; ends with
-`everywhere_index_mismatches=<n> of <total> streams_refused=<r> decoded_despite_mismatch=<s>` (s must be 0).
+streams whose table indexes differ between the two sides, and those refused; ends with
+`everywhere_streams_mismatched=<m> of <n> streams_refused=<r> decoded_despite_mismatch=<s>` (s must be 0).
 """
 
 from __future__ import annotations
@@ -92,17 +92,17 @@ def _autoregressive(model, ort_model, folder: Path, x: torch.Tensor, totals: dic
 
 
 @contextmanager
-def _recorded_indexes(model) -> Iterator[list[torch.Tensor]]:
-    """Every table-index tensor the model's Gaussian conditionals build, in coding order."""
+def _recorded_indexes(model) -> Iterator[list[tuple[torch.Tensor, torch.Tensor]]]:
+    """(scales, table indexes) of every index tensor the model's Gaussian conditionals build, in coding order."""
     from zoo.entropy import GaussianConditional
 
-    seen: list[torch.Tensor] = []
+    seen: list[tuple[torch.Tensor, torch.Tensor]] = []
     gcs = [m for m in model.modules() if isinstance(m, GaussianConditional)]
     for gc in gcs:
 
         def recording(scales, build=gc.build_indexes):
             out = build(scales)
-            seen.append(out.detach().reshape(-1).clone())
+            seen.append((scales.detach().reshape(-1).double().clone(), out.detach().reshape(-1).clone()))
             return out
 
         gc.build_indexes = recording
@@ -120,7 +120,8 @@ def _coding(archs: list[str], images: list[torch.Tensor]) -> None:
     from zoo.models.google import JointAutoregressiveHierarchicalPriors
     from zoo.registry import model_from_state_dict
 
-    totals = [0, 0, 0, 0]  # indexes that differ, indexes, streams refused, streams decoded despite a mismatch
+    keys = ("streams", "mismatched", "refused", "silent", "differ", "indexes")
+    totals = dict.fromkeys(keys, 0)
     for arch in archs:
         state = torch.load(FIXTURES / arch / "compressai_state_dict.pth", weights_only=True, map_location="cpu")
         model = model_from_state_dict(arch, state).eval()
@@ -129,32 +130,42 @@ def _coding(archs: list[str], images: list[torch.Tensor]) -> None:
             everywhere = onnx_everywhere(model, tmp)
         autoregressive = isinstance(model, JointAutoregressiveHierarchicalPriors)
         orders = ("wavefront", "raster") if autoregressive else ("wavefront",)
-        counts = [0, 0, 0, 0]
+        counts = dict.fromkeys(keys, 0)
+        firsts = []  # relative scale difference where the two sides first chose different tables
         for x in images:
             for order in orders:
                 for enc, dec in ((model, everywhere), (everywhere, model)):
-                    with _recorded_indexes(enc) as a_list:
+                    with _recorded_indexes(enc) as enc_seen:
                         streams = enc.compress(x, order=order)
-                    with _recorded_indexes(dec) as b_list:
+                    with _recorded_indexes(dec) as dec_seen:
                         try:
                             dec.decompress(streams)
                             refused = False
                         except BitstreamError:
                             refused = True
-                    a, b = torch.cat(a_list), torch.cat(b_list)
+                    (sa, a), (sb, b) = [
+                        [torch.cat(t) for t in zip(*seen, strict=True)] for seen in (enc_seen, dec_seen)
+                    ]
                     n = min(a.numel(), b.numel())  # a decoder the coder stopped early computed fewer
-                    differ = int((a[:n] != b[:n]).sum()) + a.numel() - n
-                    for i, v in enumerate((differ, a.numel(), refused, not refused and differ > 0)):
-                        counts[i] += int(v)
+                    where = (a[:n] != b[:n]).nonzero().flatten()
+                    differ = where.numel() + a.numel() - n
+                    if where.numel():
+                        k = int(where[0])
+                        firsts.append(f"{float((sa[k] - sb[k]).abs() / sa[k]):.1e}")
+                    outcome = (1, differ > 0, refused, not refused and differ > 0, differ, a.numel())
+                    for key, v in zip(keys, outcome, strict=True):
+                        counts[key] += int(v)
         print(
-            f"{arch} (y in {' and '.join(orders)} order, {len(images)} images, both ways): {counts[0]} of "
-            f"{counts[1]} indexes differ, {counts[2]} streams refused",
+            f"{arch} (y in {' and '.join(orders)} order, {len(images)} images, both ways): {counts['mismatched']} "
+            f"of {counts['streams']} streams with differing table indexes, {counts['refused']} refused; "
+            f"{counts['differ']} of {counts['indexes']} indexes differ (with the knock-on differences after the "
+            f"first); relative scale difference at the first: {', '.join(firsts) or '-'}",
             flush=True,
         )
-        totals = [t + c for t, c in zip(totals, counts, strict=True)]
+        totals = {key: totals[key] + counts[key] for key in keys}
     print(
-        f"everywhere_index_mismatches={totals[0]} of {totals[1]} streams_refused={totals[2]} "
-        f"decoded_despite_mismatch={totals[3]}"
+        f"everywhere_streams_mismatched={totals['mismatched']} of {totals['streams']} "
+        f"streams_refused={totals['refused']} decoded_despite_mismatch={totals['silent']}"
     )
 
 
