@@ -9,12 +9,23 @@ Autoregressive models (mbt2018, cheng2020-*) are run on a 128x128 centre crop: t
 computes, at every position, the indexes from the float32 context_prediction and entropy_parameters graphs
 in ONNX Runtime and from eager float32 (naive), and zoo's float64 context step (canonical). Prints mismatch
 rates for both.
+
+    python benchmarks/index_mismatch.py --coding [--images 2] [--archs ...]
+
+The coding path itself, on CompressAI's small trained fixtures (../shared/fixtures/compressai, every
+architecture with a hyperprior by default) and whole Kodak images: each image is coded by eager zoo (float64
+entropy parameters) and decoded by `onnx_everywhere` (every graph, h_s and the context graphs included, in
+float32 ONNX Runtime), and the other way round, in both symbol orders for mbt2018 and cheng2020. Counts the
+streams whose table indexes differ between the two sides, and those refused; ends with
+`everywhere_streams_mismatched=<m> of <n> streams_refused=<r> decoded_despite_mismatch=<s>` (s must be 0).
 """
 
 from __future__ import annotations
 
 import argparse
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -24,6 +35,17 @@ from zoo.imageio import read_image
 from zoo.registry import get_arch
 
 KODAK = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "kodak"
+FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "compressai"
+CODING_ARCHS = (
+    "bmshj2018-hyperprior",
+    "mbt2018-mean",
+    "mbt2018",
+    "cheng2020-anchor",
+    "cheng2020-attn",
+    "cheng2020-anchor-checkerboard",
+    "elic2022-official",
+    "elic2022-chandelier",
+)
 
 
 def _autoregressive(model, ort_model, folder: Path, x: torch.Tensor, totals: dict) -> None:
@@ -69,17 +91,96 @@ def _autoregressive(model, ort_model, folder: Path, x: torch.Tensor, totals: dic
             totals[key][2] += int(hits[key] > 0)
 
 
+@contextmanager
+def _recorded_indexes(model) -> Iterator[list[tuple[torch.Tensor, torch.Tensor]]]:
+    """(scales, table indexes) of every index tensor the model's Gaussian conditionals build, in coding order."""
+    from zoo.entropy import GaussianConditional
+
+    seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+    gcs = [m for m in model.modules() if isinstance(m, GaussianConditional)]
+    for gc in gcs:
+
+        def recording(scales, build=gc.build_indexes):
+            out = build(scales)
+            seen.append((scales.detach().reshape(-1).double().clone(), out.detach().reshape(-1).clone()))
+            return out
+
+        gc.build_indexes = recording
+    try:
+        yield seen
+    finally:
+        for gc in gcs:
+            del gc.build_indexes
+
+
+def _coding(archs: list[str], images: list[torch.Tensor]) -> None:
+    from zoo.errors import BitstreamError
+    from zoo.export import export_graphs
+    from zoo.export.ort_backend import onnx_everywhere
+    from zoo.models.google import JointAutoregressiveHierarchicalPriors
+    from zoo.registry import model_from_state_dict
+
+    keys = ("streams", "mismatched", "refused", "silent", "differ", "indexes")
+    totals = dict.fromkeys(keys, 0)
+    for arch in archs:
+        state = torch.load(FIXTURES / arch / "compressai_state_dict.pth", weights_only=True, map_location="cpu")
+        model = model_from_state_dict(arch, state).eval()
+        with tempfile.TemporaryDirectory() as tmp:
+            export_graphs(model, tmp, ("onnx",))
+            everywhere = onnx_everywhere(model, tmp)
+        autoregressive = isinstance(model, JointAutoregressiveHierarchicalPriors)
+        orders = ("wavefront", "raster") if autoregressive else ("wavefront",)
+        counts = dict.fromkeys(keys, 0)
+        firsts = []  # relative scale difference where the two sides first chose different tables
+        for x in images:
+            for order in orders:
+                for enc, dec in ((model, everywhere), (everywhere, model)):
+                    with _recorded_indexes(enc) as enc_seen:
+                        streams = enc.compress(x, order=order)
+                    with _recorded_indexes(dec) as dec_seen:
+                        try:
+                            dec.decompress(streams)
+                            refused = False
+                        except BitstreamError:
+                            refused = True
+                    (sa, a), (sb, b) = [
+                        [torch.cat(t) for t in zip(*seen, strict=True)] for seen in (enc_seen, dec_seen)
+                    ]
+                    n = min(a.numel(), b.numel())  # a decoder the coder stopped early computed fewer
+                    where = (a[:n] != b[:n]).nonzero().flatten()
+                    differ = where.numel() + a.numel() - n
+                    if where.numel():
+                        k = int(where[0])
+                        firsts.append(f"{float((sa[k] - sb[k]).abs() / sa[k]):.1e}")
+                    outcome = (1, differ > 0, refused, not refused and differ > 0, differ, a.numel())
+                    for key, v in zip(keys, outcome, strict=True):
+                        counts[key] += int(v)
+        print(
+            f"{arch} (y in {' and '.join(orders)} order, {len(images)} images, both ways): {counts['mismatched']} "
+            f"of {counts['streams']} streams with differing table indexes, {counts['refused']} refused; "
+            f"{counts['differ']} of {counts['indexes']} indexes differ (with the knock-on differences after the "
+            f"first); relative scale difference at the first: {', '.join(firsts) or '-'}",
+            flush=True,
+        )
+        totals = {key: totals[key] + counts[key] for key in keys}
+    print(
+        f"everywhere_streams_mismatched={totals['mismatched']} of {totals['streams']} "
+        f"streams_refused={totals['refused']} decoded_despite_mismatch={totals['silent']}"
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--images", type=int, default=6)
-    ap.add_argument(
-        "--archs",
-        nargs="+",
-        default=["bmshj2018-hyperprior", "mbt2018-mean", "mbt2018", "cheng2020-anchor", "cheng2020-attn"],
-    )
+    ap.add_argument("--archs", nargs="+")
+    ap.add_argument("--coding", action="store_true", help="the coding path on the CompressAI fixtures (see above)")
     args = ap.parse_args()
     torch.manual_seed(0)
     images = [read_image(p)[0][None] for p in sorted(KODAK.glob("*.png"))[: args.images]]
+    if args.coding:
+        _coding(args.archs or list(CODING_ARCHS), images)
+        return
+    args.archs = args.archs or ["bmshj2018-hyperprior", "mbt2018-mean", "mbt2018", "cheng2020-anchor", "cheng2020-attn"]
     totals = {"naive": [0, 0, 0], "canonical": [0, 0, 0]}  # element mismatches, elements, images hit
     for arch in args.archs:
         spec = get_arch(arch)

@@ -3,6 +3,7 @@
     g_a: x (1,3,H,W) -> y          h_a: y -> z            h_s: z_hat -> params (scales[, means])
     g_s: y_hat -> x_hat
     mbt2018, cheng2020:  context_prediction: y_hat -> ctx      entropy_parameters: (params, ctx) -> gp
+                         context_prediction_wavefront: k x k neighbourhoods (K, M, k, k) -> ctx (K, 2M, 1, 1)
     checkerboard, ELIC:  the models' own `context_graphs` (context_prediction[_yk], entropy_parameters[_yk],
                          ELIC's channel_context_yk)
 
@@ -114,12 +115,26 @@ def graph_modules(model: CompressionModel) -> Graphs:
                 # Both are fully convolutional: one graph serves the whole latent or a 5x5 crop of it.
                 params, ctx = folded.h_s(z), folded.context_prediction(y)
                 out["context_prediction"] = (folded.context_prediction, (y,), ["y_hat"])
+                # Wavefront coding (format 2) asks for the context at a batch of positions at once: the same
+                # convolution without padding, fed each position's k x k neighbourhood.
+                unpadded = copy.deepcopy(folded.context_prediction)
+                unpadded.padding = (0, 0)
+                crops = neighbourhoods(torch.round(y), folded.context_size)
+                out["context_prediction_wavefront"] = (unpadded, (crops,), ["neighbourhoods"])
                 out["entropy_parameters"] = (
                     EntropyParameters(folded.entropy_parameters),
                     (params, ctx),
                     ["params", "ctx"],
                 )
     return out
+
+
+def neighbourhoods(y_hat: Tensor, k: int = 5) -> Tensor:
+    """(1, M, H, W) -> the k x k neighbourhood of every position, zero beyond the edges: (H * W, M, k, k) in
+    raster order, what context_prediction_wavefront takes (a wavefront's positions are some of these rows)."""
+    m, h, w = y_hat.shape[1:]
+    cols = F.unfold(y_hat, k, padding=k // 2)  # (1, M * k * k, H * W)
+    return cols[0].t().reshape(h * w, m, k, k)
 
 
 def _dynamic_axes(names: list[str]) -> dict[str, dict[int, str]]:
@@ -211,7 +226,10 @@ def export_graphs(
             "entropy_parameters: (params from h_s, ctx) -> scales then means, concatenated on channels. Coding "
             "runs them over the partly decoded y_hat one wavefront at a time (the positions with 3h + w = t, "
             "bitstream format 2; raster order in format 1); at one position, context_prediction of the 5x5 crop "
-            "centred there gives ctx at the crop's centre"
+            "centred there gives ctx at the crop's centre. context_prediction_wavefront is the same convolution "
+            "without padding: the 5x5 neighbourhoods of a wavefront's K positions (K, M, 5, 5), zero outside the "
+            "latent and at positions not decoded yet, give their ctx (K, 2*M, 1, 1) in one call, and "
+            "entropy_parameters takes (K, 2*M, 1, 1) params and ctx"
         )
     meta.update(metadata or {})
     (out / "metadata.json").write_text(json.dumps(meta, indent=2) + "\n")

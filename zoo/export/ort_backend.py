@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from zoo.errors import ZooError
 from zoo.models.base import CompressionModel
+from zoo.models.google import JointAutoregressiveHierarchicalPriors
 
 ORT_GRAPHS = ("g_a", "h_a", "g_s")
 
@@ -136,21 +137,24 @@ def onnx_backend_from_folder(
 
 
 class _Float64Out(nn.Module):
-    """An ORT graph called where the float64 entropy-parameter path is expected: float32 in, float64 out."""
+    """An ORT graph called where zoo's float64 networks are: float32 in, float64 out. The eager networks of
+    several inputs take them concatenated on channels; the graphs take them named, so a single concatenated
+    tensor is split by the graph's input widths (static in every exported graph)."""
 
-    def __init__(self, module: OrtModule, split: int | None = None):
+    def __init__(self, module: OrtModule):
         super().__init__()
-        self.module, self.split = module, split
+        self.session = module.session
+        self.names = [i.name for i in self.session.get_inputs()]
+        self.widths = [int(i.shape[1]) for i in self.session.get_inputs()]
 
-    def forward(self, x: Tensor) -> Tensor:
-        x = x.float()
-        if self.split is None:
-            return self.module(x).double()
-        # entropy_parameters is called with (params, ctx) concatenated; its graph takes them as two inputs.
-        sess = self.module.session
-        feeds = {"params": x[:, : self.split].numpy(), "ctx": x[:, self.split :].numpy()}
-        (out,) = sess.run(None, feeds)
-        return torch.from_numpy(np.asarray(out)).double()
+    def forward(self, *xs: Tensor) -> Tensor:
+        if len(xs) == 1 and len(self.names) > 1:
+            xs = xs[0].split(self.widths, dim=1)
+        feeds = {
+            n: x.detach().to("cpu", torch.float32).contiguous().numpy() for n, x in zip(self.names, xs, strict=True)
+        }
+        (out,) = self.session.run(None, feeds)
+        return torch.from_numpy(np.asarray(out)).to(xs[0].device, torch.float64)
 
 
 def onnx_everywhere(
@@ -162,29 +166,44 @@ def onnx_everywhere(
 ) -> CompressionModel:
     """Every exported graph in ONNX Runtime, h_s and the context graphs included, in float32: NOT a backend to
     code with (its table indexes may differ from the eager decoder's), but the one that measures that risk.
-    Streams it makes carry its index checksum, so an eager decoder that computes other indexes must refuse."""
+    Streams it makes carry its index checksum, so an eager decoder that computes other indexes must refuse.
+
+    Coding with it runs no torch network: ORT graphs and the native coder only. mbt2018 and cheng2020 call
+    context_prediction + entropy_parameters per position in raster order (format 1) and
+    context_prediction_wavefront + entropy_parameters per wavefront (format 2); the checkerboard and ELIC
+    models call their context graphs per pass and channel group."""
+    from zoo.errors import EntryNotFound
+    from zoo.export.graphs import submodule
+
     folder = Path(folder)
     ort_model = onnx_backend_from_folder(model, folder, providers=providers, threads=threads)
-    graphs: dict[str, nn.Module] = {}
-    for name in ("h_s", "context_prediction", "entropy_parameters"):
-        if hasattr(model, name):
-            module = OrtModule(folder / f"{name}.onnx", providers, threads)
-            split = module.session.get_inputs()[0].shape[1] if name == "entropy_parameters" else None
-            graphs[name] = _Float64Out(module, split)
-    # Instance attributes shadow the methods: the model's own coding loops now call these graphs. Wavefront
-    # coding (format 2) computes the context model as a gathered product of its weights, so there the
-    # context networks stay eager float64; the raster loop of format-1 streams calls their graphs.
+    paths = dict(getattr(model, "graph_paths", {}))
+    # Where the model's coding loops ask for a float64 network (`f64(path)`), they get the graph instead: h_s,
+    # and the context networks of the models that call them by path (checkerboard, ELIC).
+    by_path_names = [n for n in ("h_s", *paths) if n not in ORT_GRAPHS and submodule(model, n) is not None]
+    autoregressive = isinstance(model, JointAutoregressiveHierarchicalPriors)
+    step_names = ("context_prediction", "context_prediction_wavefront", "entropy_parameters") if autoregressive else ()
+    missing = [f"{n}.onnx" for n in (*by_path_names, *step_names) if not (folder / f"{n}.onnx").is_file()]
+    if missing:  # e.g. a folder exported before context_prediction_wavefront existed
+        raise EntryNotFound(f"{folder} has no {', '.join(missing)}: export the graphs again (zoo export)")
+
+    def graph(name: str) -> _Float64Out:
+        return _Float64Out(OrtModule(folder / f"{name}.onnx", providers, threads))
+
+    by_path: dict[str, nn.Module] = {paths.get(n, n): graph(n) for n in dict.fromkeys(by_path_names)}
     eager_f64 = model.f64
-    object.__setattr__(ort_model, "f64", lambda name: graphs[name] if name == "h_s" else eager_f64(name))
-    if "context_prediction" in graphs:
+    object.__setattr__(ort_model, "f64", lambda name: by_path[name] if name in by_path else eager_f64(name))
+    if isinstance(model, JointAutoregressiveHierarchicalPriors):  # the instance attributes shadow the methods
+        context, wavefront, entropy_parameters = (graph(n) for n in step_names)
+        p = model.context_size // 2
 
         def context_step(y_crop: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
             # The graph zero-pads the 5x5 crop itself; its centre output is the context at this position.
-            ctx = graphs["context_prediction"](y_crop)[:, :, 2:3, 2:3]
-            gp = graphs["entropy_parameters"](torch.cat((params.double(), ctx), dim=1))
-            scales, means = gp.flatten(1).chunk(2, 1)
+            ctx = context(y_crop)[:, :, p : p + 1, p : p + 1]
+            scales, means = entropy_parameters(params, ctx).flatten(1).chunk(2, 1)
             return scales, means
 
         object.__setattr__(ort_model, "context_step", context_step)
+        object.__setattr__(ort_model, "wavefront_graphs", (wavefront, entropy_parameters))
     ort_model.backend = "onnx-everywhere"  # type: ignore[assignment]
     return ort_model

@@ -213,6 +213,8 @@ class HyperpriorContextModel(CompressionModel):
     backends and devices agree on table indexes and means."""
 
     downsample = 64
+    # graph name -> the module it is exported from: h_a and h_s, and in subclasses each context network
+    # (`context_graphs`), which coding takes by that path from `f64`
     graph_paths = {"h_a": "latent_codec.hyper.h_a", "h_s": "latent_codec.hyper.h_s"}
     context_model_doc = CONTEXT_MODEL_DOC
     latent_codec: HyperpriorCodec
@@ -280,6 +282,11 @@ class Cheng2020AnchorCheckerboard(HyperpriorContextModel):
     checkerboard context model (CompressAI's `Cheng2020AnchorCheckerboard`)."""
 
     latent_names = ("z", "y:anchors", "y:non_anchors")
+    graph_paths = {
+        **HyperpriorContextModel.graph_paths,
+        "context_prediction": "latent_codec.y.context_prediction",
+        "entropy_parameters": "latent_codec.y.entropy_parameters",
+    }
 
     def __init__(self, N: int = 192):
         super().__init__()

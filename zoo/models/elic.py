@@ -151,6 +151,17 @@ class _Elic2022(HyperpriorContextModel):
         self.latent_codec = HyperpriorCodec(ChannelGroupsCodec(g, channel_context, codecs), HyperCodec(h_a, h_s, N))
 
     @property
+    def graph_paths(self) -> dict[str, str]:  # type: ignore[override]
+        paths = dict(HyperpriorContextModel.graph_paths)
+        for k in range(len(self.groups)):
+            codec = f"latent_codec.y.latent_codec.y{k}"
+            paths[f"context_prediction_y{k}"] = f"{codec}.context_prediction"
+            paths[f"entropy_parameters_y{k}"] = f"{codec}.entropy_parameters"
+            if k > 0:
+                paths[f"channel_context_y{k}"] = f"latent_codec.y.channel_context.y{k}"
+        return paths
+
+    @property
     def channel_groups(self) -> ChannelGroupsCodec:
         lc = self.latent_codec.y
         assert isinstance(lc, ChannelGroupsCodec)

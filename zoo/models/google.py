@@ -8,7 +8,7 @@ bmshj2018-factorized stops at y with a factorized prior (EB); mbt2018 adds a cau
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
@@ -25,6 +25,8 @@ from zoo.models.base import CompressionModel, ForwardOutput, check_order, coded
 
 if TYPE_CHECKING:
     from zoo.coder import Decoder
+
+WavefrontGraphs = tuple[Callable[[Tensor], Tensor], Callable[[Tensor, Tensor], Tensor]]
 
 
 def analysis(n: int, m: int, act: type[nn.Module] | None = None) -> nn.Sequential:
@@ -219,6 +221,11 @@ class JointAutoregressiveHierarchicalPriors(MeanScaleHyperprior):
     """
 
     context_size = 5
+    # Where another backend runs the context networks as graphs (`zoo.export.ort_backend.onnx_everywhere`), it
+    # sets (context, entropy parameters) here: context maps a wavefront's k x k neighbourhoods of y_hat
+    # (K, M, k, k) to ctx (K, 2M, 1, 1), entropy parameters maps (params, ctx) to scales then means, (K, 4M, 1, 1).
+    # None: the wavefront coder computes them as products of the float64 weights.
+    wavefront_graphs: WavefrontGraphs | None = None
 
     def __init__(self, N: int = 192, M: int = 192):
         super().__init__(N, M)  # transforms and hyperprior as mbt2018-mean
@@ -399,13 +406,21 @@ class _Wavefronts:
         taps = [(dy, dx) for dy in range(k) for dx in range(k) if mask[dy, dx] != 0]
         if any(dy > p or (dy == p and dx >= p) for dy, dx in taps):
             raise ValueError("wavefront coding needs a causal (type A) context mask")
-        self.ctx_weight, self.ctx_bias = _context_weights(cp, taps)
-        self.tap_offsets = torch.tensor([dy * self.padded_width + dx for dy, dx in taps], device=self.device)
+        self.graphs, self.context_size = model.wavefront_graphs, k
+        self.params: Tensor | None = None
         hyper = params[0].double().flatten(1).t()  # (H * W, 2M)
-        (first, first_bias, self.first_slope), *self.layers = _entropy_layers(model.f64("entropy_parameters"))
-        # The first layer takes cat(params, ctx): its params rows, for all positions at once
-        self.hyper = _affine(hyper, first[: hyper.shape[1]], first_bias)
-        self.first_ctx_weight = first[hyper.shape[1] :]
+        if self.graphs is not None:
+            # ONNX Runtime graphs (onnx_everywhere): they take whole k x k neighbourhoods (their mask is in the
+            # weights) and cat(params, ctx) as the exported entropy_parameters does; no torch network runs
+            taps = [(dy, dx) for dy in range(k) for dx in range(k)]
+            self.params = hyper.contiguous()
+        else:
+            self.ctx_weight, self.ctx_bias = _context_weights(cp, taps)
+            (first, first_bias, self.first_slope), *self.layers = _entropy_layers(model.f64("entropy_parameters"))
+            # The first layer takes cat(params, ctx): its params rows, for all positions at once
+            self.hyper = _affine(hyper, first[: hyper.shape[1]], first_bias)
+            self.first_ctx_weight = first[hyper.shape[1] :]
+        self.tap_offsets = torch.tensor([dy * self.padded_width + dx for dy, dx in taps], device=self.device)
         self.y_hat = params.new_zeros(((self.height + 2 * p) * self.padded_width, self.M), dtype=torch.float64)
         self.fronts = _wavefront_positions(self.height, self.width, slope=p + 1)
 
@@ -419,6 +434,14 @@ class _Wavefronts:
 
     def _scales_means(self, gather: Tensor, param_rows: Tensor) -> tuple[Tensor, Tensor]:
         ctx = self.y_hat.index_select(0, gather).reshape(param_rows.numel(), -1)
+        if self.graphs is not None:
+            assert self.params is not None
+            context, entropy_parameters = self.graphs
+            k = self.context_size
+            neighbourhoods = ctx.reshape(-1, k, k, self.M).permute(0, 3, 1, 2)
+            params = self.params.index_select(0, param_rows)[:, :, None, None]
+            scales, means = entropy_parameters(params, context(neighbourhoods)).flatten(1).chunk(2, 1)
+            return scales, means
         ctx = torch.addmm(self.ctx_bias, ctx, self.ctx_weight)
         out = torch.addmm(self.hyper.index_select(0, param_rows), ctx, self.first_ctx_weight)
         if self.first_slope is not None:
