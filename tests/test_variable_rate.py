@@ -242,6 +242,9 @@ def test_release_chooses_the_qualities_a_variable_rate_entry_serves():
     levels["3"] = {"bpp": 0.39, "psnr": 28.1}  # dominates q3
     assert choose_current_for("bmshj2018-hyperprior-vr", "mse", levels, ladder) == [1, 3, 4, 5]
     assert choose_current_for("bmshj2018-hyperprior-vr", "mse", levels, []) == [1, 2, 3, 4, 5]
+    # a quality with no fixed-rate entry is not served by a level below what the quality under it serves
+    levels["4"] = {"bpp": 0.60, "psnr": 27.9}
+    assert choose_current_for("bmshj2018-hyperprior-vr", "mse", levels, ladder) == [1, 3, 5]
 
 
 def test_warm_start_from_a_fixed_rate_entry_reproduces_it_at_its_level(fixture_entry):

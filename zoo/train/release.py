@@ -127,7 +127,8 @@ def choose_current_for(
     arch: str, metric: str, levels: dict[str, dict[str, float]], entries: list | None = None
 ) -> list[int]:
     """The base architecture's qualities a variable-rate entry should serve, from Kodak figures: every quality
-    that has no fixed-rate entry (so `zoo.load` answers for all eight), and every quality whose level is at least
+    that has no fixed-rate entry, where its level keeps the served ladder monotone (more bits and more quality
+    than what the quality below serves), and every quality whose level is at least
     as good as the fixed-rate ladder at the same rate: its PSNR (MS-SSIM for ms-ssim entries) is no lower than
     the ladder's, interpolated linearly in log-bpp between its neighbouring points; a level outside the ladder's
     range must dominate the fixed entry of its quality (no more bits, no less quality)."""
@@ -150,14 +151,18 @@ def choose_current_for(
                 return y0 + (y1 - y0) * (log_bpp - x0) / (x1 - x0) if x1 > x0 else max(y0, y1)
         return None
 
-    chosen = []
+    chosen, served = [], None  # served: the point zoo.load gives for the quality below
     for q in range(1, 9):
         point = levels.get(str(q)) or levels.get(f"{q:.1f}")
-        if point is None:
-            continue
         fixed = newest.get(q)
+        if point is None:
+            served = fixed.kodak if fixed is not None else served
+            continue
         if fixed is None:
-            chosen.append(q)
+            # a quality with no fixed-rate entry: served only where the ladder stays monotone
+            if served is None or (point["bpp"] > served["bpp"] and point[key] > served[key]):
+                chosen.append(q)
+                served = point
             continue
         reference = ladder_at(math.log(point["bpp"]))
         if reference is not None:
@@ -166,6 +171,7 @@ def choose_current_for(
             better = point["bpp"] <= fixed.kodak["bpp"] and point[key] >= fixed.kodak[key]
         if better:
             chosen.append(q)
+        served = point if better else fixed.kodak
     return chosen
 
 
