@@ -315,7 +315,17 @@ def test_short_training_run_gives_monotone_levels_on_a_kodak_crop(tmp_path):
     evalset = tmp_path / "eval"
     evalset.mkdir()
     Image.fromarray(to_uint8(crop)).save(evalset / "crop.png")
-    do_release(run, "0.2", tmp_path / "evaluated", checkpoint="last.pt", eval_dir=evalset)
+    # through the CLI into a manifest of its own: with no fixed-rate ladder there, --current-for auto serves
+    # quality 1 at least (against the package's ladder this tiny model would serve nothing)
+    from zoo.cli import main
+
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text(json.dumps({"format": 1, "org": "zoo-codecs", "entries": []}))
+    argv = ["release", str(run), "--version", "0.2", "--out", str(tmp_path / "evaluated"), "--checkpoint", "last.pt"]
+    argv += ["--eval", str(evalset), "--manifest", str(manifest), "--repo-root", str(tmp_path), "--current-for", "auto"]
+    assert main(argv) == 0
+    (line,) = json.loads(manifest.read_text())["entries"]
+    assert 1 in line["current_for"] and set(line["levels"]) == {str(q) for q in range(1, 9)}
     levels = read_config(tmp_path / "evaluated").levels
     assert [levels[str(q)]["kodak"]["bpp"] for q in range(1, 9)] == pytest.approx([8 * n / (128 * 192) for n in sizes])
     assert "| 8 |" in (tmp_path / "evaluated" / "README.md").read_text()

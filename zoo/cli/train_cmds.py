@@ -65,8 +65,9 @@ def cmd_release(args: argparse.Namespace) -> int:
     figures = f" kodak bpp {kodak['bpp']:.4f} PSNR {kodak['psnr']:.2f} dB" if kodak else ""
     print(f"released {info.entry} to {args.out}{figures}")
     if args.manifest:
-        from zoo.hub import manifest_path
+        from zoo.hub import load_manifest, manifest_path
 
+        target = Path(args.manifest) if args.manifest != "package" else manifest_path()
         auto = args.current_for == "auto"
         line = manifest_line(
             info, Path(args.out), Path(args.repo_root).resolve(), current_for=None if auto else args.current_for
@@ -74,9 +75,12 @@ def cmd_release(args: argparse.Namespace) -> int:
         if auto and info.variable_rate:
             from zoo.train.release import choose_current_for
 
-            line["current_for"] = choose_current_for(info.entry.arch, info.entry.metric, line["levels"])
+            # the fixed-rate ladder it is compared with is the one in the manifest it joins
+            line["current_for"] = choose_current_for(
+                info.entry.arch, info.entry.metric, line["levels"], load_manifest(target)
+            )
             print(f"current for qualities: {', '.join(map(str, line['current_for'])) or 'none'}")
-        add_to_manifest(line, Path(args.manifest) if args.manifest != "package" else manifest_path())
+        add_to_manifest(line, target)
     return 0
 
 
