@@ -115,7 +115,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     else:
         raise SystemExit(f"--init {args.init} is neither a checkpoint nor an entry folder")
     widths = f"--N {args.N} --M {args.M}" if args.N and args.M else ""
-    amp = "" if args.cpu else "--amp bf16"
+    amp = "" if args.cpu else "--amp bf16 --channels-last"
     settings = {
         "ARCH": args.arch,
         "STEPS": args.steps,

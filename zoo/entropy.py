@@ -7,6 +7,7 @@ checkpoints load as they are; the tables travel with the weights and are never r
 
 from __future__ import annotations
 
+import functools
 import math
 import zlib
 from collections.abc import Sequence
@@ -21,6 +22,28 @@ from zoo.errors import TablesMissingError
 from zoo.layers import LowerBound
 
 TABLE_BUFFERS = ("_quantized_cdf", "_offset", "_cdf_length")
+
+
+def float32_under_autocast(forward):
+    """Run an entropy model's forward in float32 even inside a bfloat16 autocast region (the CPU and GPU
+    training recipes): a likelihood is the difference of two nearby CDF values, which bfloat16's 8-bit
+    mantissa cannot resolve, so the rate term and its gradients would be mostly rounding noise. The
+    transforms around it keep the fast bfloat16 convolutions."""
+
+    @functools.wraps(forward)
+    def wrapper(self, *args, **kwargs):
+        first = next(a for a in args if isinstance(a, Tensor))
+        device = first.device.type
+        if not torch.is_autocast_enabled(device):
+            return forward(self, *args, **kwargs)
+
+        def up(v):
+            return v.float() if isinstance(v, Tensor) and v.is_floating_point() else v
+
+        with torch.autocast(device, enabled=False):
+            return forward(self, *(up(a) for a in args), **{k: up(v) for k, v in kwargs.items()})
+
+    return wrapper
 
 
 def default_scale_table(lo: float = 0.11, hi: float = 256.0, levels: int = 64) -> Tensor:
@@ -187,6 +210,7 @@ class EntropyBottleneck(EntropyModel):
         likelihood = torch.abs(torch.sigmoid(sign * upper) - torch.sigmoid(sign * lower))
         return likelihood, lower, upper
 
+    @float32_under_autocast
     def forward(self, x: Tensor, training: bool | None = None) -> tuple[Tensor, Tensor]:
         training = self.training if training is None else training
         # (B, C, H, W) -> (C, 1, B*H*W): each channel's density applies to all of its values.
@@ -278,6 +302,7 @@ class GaussianConditional(EntropyModel):
         lower = self._standardized_cumulative((-0.5 - values) / scales)
         return upper - lower
 
+    @float32_under_autocast
     def forward(
         self, inputs: Tensor, scales: Tensor, means: Tensor | None = None, training: bool | None = None
     ) -> tuple[Tensor, Tensor]:

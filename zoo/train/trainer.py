@@ -58,7 +58,9 @@ class TrainConfig:
     init_parts: tuple[str, ...] = ()  # with init: load only these submodules (e.g. g_a, g_s of another arch)
     init_widen: bool = False  # with init: grow a narrower model of the same arch into this quality's widths
     entropy_lr: float | None = None  # own learning rate for the entropy bottleneck's density (fresh bottlenecks)
-    amp: str | None = None  # "bf16"
+    amp: str | None = None  # "bf16": bfloat16 autocast of the transforms (entropy models stay float32)
+    # channels-last tensors: with bf16 on a CPU with AMX (this machine), 2.5x the steps per CPU-second
+    channels_last: bool = False
     compile: bool = False
     hard_samples: bool = False
     widths: dict[str, int] = field(default_factory=dict)
@@ -84,6 +86,14 @@ class TrainConfig:
         if self.epochs:
             return self.epochs * max(1, math.ceil(n_images / self.batch_size))
         raise InputError("give --steps or --epochs")
+
+
+def cpu_has_fast_bf16() -> bool:
+    """Whether this CPU runs bfloat16 convolutions in hardware (AMX tiles or AVX-512 BF16): there, `--amp bf16
+    --channels-last` trains about 2.5x faster per CPU-second (docs/training.md); elsewhere bf16 is emulated
+    and slower than float32."""
+    probes = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in probes)
 
 
 def sample_levels(seed: int, step: int, n: int, levels: int = 8, integer_share: float = 0.5) -> np.ndarray:
@@ -248,6 +258,10 @@ class Trainer:
             if cfg.init
             else None
         )
+        if cfg.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        if cfg.amp == "bf16" and self.device.type == "cpu" and not cpu_has_fast_bf16() and self.is_main:
+            print("notice: this CPU has no AMX or AVX-512 BF16: bf16 autocast runs emulated, slower than float32")
         self.optimizer, self.aux_optimizer = build_optimizers(self.model, cfg.lr, cfg.aux_lr, cfg.entropy_lr)
         self.elapsed = 0.0  # seconds of training so far (for a wall-clock budget)
         progress = self._time_progress if cfg.max_minutes else None
@@ -398,6 +412,8 @@ class Trainer:
         while self.step < self.total:
             x, idx = next(it)
             x = x.to(self.device, non_blocking=True)
+            if cfg.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
             if self.variable_rate:
                 levels = torch.from_numpy(
                     sample_levels(cfg.seed + 7919 * self.rank, self.step, x.shape[0], integer_share=cfg.integer_share)
