@@ -332,3 +332,33 @@ def test_bf16_channels_last_training_lowers_the_loss_and_resumes(folders, tmp_pa
     assert all(v.dtype != torch.bfloat16 for v in ckpt["model"].values())  # float32 weights, as always
     train(_cfg(folders, out, 35, resume=True, **kw))
     assert torch.load(out / "last.pt", weights_only=True)["step"] == 35
+
+
+def test_a_moving_average_is_validated_saved_and_resumed_exactly(folders, tmp_path):
+    """--ema: the checkpoint's weights ("model", what validation, best.pt and a release use) are the moving
+    average, training continues from the raw weights ("raw"), and a resumed run ends where a straight one does."""
+    torch.set_num_threads(1)
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    train(_cfg(folders, straight, 12, ema_decay=0.9))
+    train(_cfg(folders, resumed, 6, ema_decay=0.9))
+    train(_cfg(folders, resumed, 12, ema_decay=0.9, resume=True))
+    a = torch.load(straight / "last.pt", weights_only=True)
+    b = torch.load(resumed / "last.pt", weights_only=True)
+    for part in ("model", "raw"):
+        for k, v in a[part].items():
+            if v.is_floating_point():
+                assert torch.allclose(v, b[part][k], atol=1e-6, rtol=0), (part, k)
+    weight = "g_a.0.weight"
+    assert not torch.equal(a["model"][weight], a["raw"][weight])  # an average, not a copy
+    from zoo.registry import model_from_state_dict
+
+    model = model_from_state_dict("bmshj2018-hyperprior", load_checkpoint_weights(straight / "best.pt"))
+    assert torch.equal(model.state_dict()[weight], torch.load(straight / "best.pt", weights_only=True)["model"][weight])
+    with pytest.raises(Exception, match="ema_decay"):
+        train(_cfg(folders, tmp_path / "bad", 2, ema_decay=1.0))
+
+
+def load_checkpoint_weights(path):
+    from zoo.registry import load_checkpoint
+
+    return load_checkpoint(path)[0]

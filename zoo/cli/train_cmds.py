@@ -36,6 +36,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         entropy_lr=args.entropy_lr,
         amp=args.amp,
         channels_last=args.channels_last,
+        ema_decay=args.ema,
         compile=args.compile,
         hard_samples=args.hard_samples,
         workers=args.workers,
@@ -141,6 +142,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--channels-last",
         action="store_true",
         help="channels-last tensors (with --amp bf16 on a CPU with AMX: about 2.5x the steps per CPU-second)",
+    )
+    p.add_argument(
+        "--ema",
+        type=float,
+        default=0.0,
+        metavar="DECAY",
+        help="keep a moving average of the weights (e.g. 0.995): validated, saved as the checkpoint's weights, released",
     )
     p.add_argument("--compile", action="store_true", help="torch.compile the network")
     p.add_argument("--hard-samples", action="store_true", help="sample images by their running RD loss")

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import Tensor
 from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import DataLoader
 
@@ -61,6 +62,9 @@ class TrainConfig:
     amp: str | None = None  # "bf16": bfloat16 autocast of the transforms (entropy models stay float32)
     # channels-last tensors: with bf16 on a CPU with AMX (this machine), 2.5x the steps per CPU-second
     channels_last: bool = False
+    # an exponential moving average of the weights (0: off): validation, best.pt and releases use the
+    # average ("model" in a checkpoint), training goes on from the raw weights ("raw")
+    ema_decay: float = 0.0
     compile: bool = False
     hard_samples: bool = False
     widths: dict[str, int] = field(default_factory=dict)
@@ -262,6 +266,11 @@ class Trainer:
             self.model = self.model.to(memory_format=torch.channels_last)
         if cfg.amp == "bf16" and self.device.type == "cpu" and not cpu_has_fast_bf16() and self.is_main:
             print("notice: this CPU has no AMX or AVX-512 BF16: bf16 autocast runs emulated, slower than float32")
+        if not 0.0 <= cfg.ema_decay < 1.0:
+            raise InputError(f"ema_decay is in [0, 1), not {cfg.ema_decay!r}")
+        # the model's floating-point parameters and buffers, the very tensors training updates in place
+        self._float_state = [t for t in self.model.state_dict(keep_vars=True).values() if t.is_floating_point()]
+        self.ema = [t.detach().clone() for t in self._float_state] if cfg.ema_decay else None
         self.optimizer, self.aux_optimizer = build_optimizers(self.model, cfg.lr, cfg.aux_lr, cfg.entropy_lr)
         self.elapsed = 0.0  # seconds of training so far (for a wall-clock budget)
         progress = self._time_progress if cfg.max_minutes else None
@@ -291,9 +300,27 @@ class Trainer:
         return int(10_000 * min(1.0, self.elapsed / (60 * self.cfg.max_minutes)))
 
     # -- checkpoints ----------------------------------------------------------------------------
+    @torch.no_grad()
+    def _swap_ema(self) -> None:
+        """Exchange the raw weights and their moving average in place (twice restores them)."""
+        assert self.ema is not None
+        for live, avg in zip(self._float_state, self.ema, strict=True):
+            tmp = live.detach().clone()
+            live.copy_(avg)
+            avg.copy_(tmp)
+
+    def _ema_state(self) -> dict[str, Tensor]:
+        self._swap_ema()
+        try:
+            return {k: v.clone() for k, v in self.model.state_dict().items()}
+        finally:
+            self._swap_ema()
+
     def _checkpoint(self) -> dict[str, Any]:
+        weights = {"model": self._ema_state(), "raw": self.model.state_dict()} if self.ema else {}
         return {
             "model": self.model.state_dict(),
+            **weights,
             "optimizer": self.optimizer.state_dict(),
             "aux_optimizer": self.aux_optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
@@ -318,7 +345,12 @@ class Trainer:
         from zoo.registry import load_checkpoint
 
         state, ckpt = load_checkpoint(path)  # the one checkpoint reader: weights only, typed errors
-        self.model.load_state_dict(state)
+        raw = ckpt.get("raw") if isinstance(ckpt, dict) else None
+        if self.ema is not None:
+            self.model.load_state_dict(state)  # the average, if the run kept one; else the weights themselves
+            for avg, live in zip(self.ema, self._float_state, strict=True):
+                avg.copy_(live.detach())
+        self.model.load_state_dict(raw if raw is not None else state)
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.aux_optimizer.load_state_dict(ckpt["aux_optimizer"])
         configured = list(getattr(self.scheduler, "base_lrs", []))
@@ -339,6 +371,16 @@ class Trainer:
     # -- validation with real bitstreams --------------------------------------------------------
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
+        """Real bitstreams at every validation level, of the moving average when the run keeps one."""
+        if self.ema is not None:
+            self._swap_ema()
+            try:
+                return self._validate()
+            finally:
+                self._swap_ema()
+        return self._validate()
+
+    def _validate(self) -> dict[str, float]:
         from zoo import bitstream
         from zoo.codec import Codec
         from zoo.compressed import EntryId
@@ -437,6 +479,9 @@ class Trainer:
             self.aux_optimizer.zero_grad(set_to_none=True)
             aux.backward()
             self.aux_optimizer.step()
+            if self.ema is not None:
+                with torch.no_grad():
+                    torch._foreach_lerp_(self.ema, [t.detach() for t in self._float_state], 1.0 - cfg.ema_decay)
             if cfg.scheduler != "plateau":
                 self.scheduler.step()  # type: ignore[call-arg]
             self._observe(idx, terms.per_image)
