@@ -105,6 +105,7 @@ def test_a_cpu_budget_counts_the_process_cpu_time(folders, tmp_path):
     used = time.process_time() - t0
     ckpt = torch.load(out / "last.pt", weights_only=True)
     assert 3.0 <= ckpt["cpu_s"] <= used and 0 < ckpt["step"] < 10**9
+    assert len(ckpt["hardware"]) == 1 and ckpt["hardware"][0].startswith("CPU: ")  # for the model card
     with pytest.raises(InputError, match="budget_clock"):
         Trainer(_cfg(folders, tmp_path / "x", 5, budget_clock="gpu"))
 
@@ -294,7 +295,9 @@ def test_release_loads_and_round_trips(folders, tmp_path):
     assert config["weights_dtype"] == "float16" and config["results"]["kodak"]["bpp"] > 0
     # fp16 storage is measured against the fp32 weights on the same images, and costs almost nothing
     assert abs(config["training"]["fp16_psnr_loss_db"]) < 0.1
-    assert "model-index" in (entry / "README.md").read_text()
+    assert config["training"]["hardware"].startswith("CPU: ") and config["training"]["steps"] == 10
+    card = (entry / "README.md").read_text()
+    assert "model-index" in card and "- hardware: CPU: " in card and "- cpu_hours: " in card
     codec = zoo.load_local(entry)
     x = torch.rand(3, 40, 70)
     assert codec.decompress(codec.compress(x)).shape == (1, 3, 40, 70)

@@ -28,6 +28,7 @@ def _run_model(run: Path, checkpoint: str):
             "steps": int(ckpt["step"]),
             "wall_time_s": round(float(ckpt.get("wall", 0.0)), 1),
             **({"cpu_hours": round(float(ckpt["cpu_s"]) / 3600, 3)} if "cpu_s" in ckpt else {}),
+            **({"hardware": "; ".join(ckpt["hardware"])} if ckpt.get("hardware") else {}),
         }
     )
     if summary_path.exists():

@@ -100,6 +100,23 @@ def cpu_has_fast_bf16() -> bool:
     return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in probes)
 
 
+def describe_hardware(device: torch.device, world: int = 1) -> str:
+    """What a run trains on, for model cards: the GPU's name, or the CPU's model, its AMX/BF16 support and
+    the threads a process uses."""
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)} x {world}"
+    name = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    bf16 = ", AMX/AVX-512 BF16" if cpu_has_fast_bf16() else ""
+    return f"CPU: {name} ({os.cpu_count()} logical cores{bf16}), {torch.get_num_threads()} thread(s) x {world} process(es)"
+
+
 def sample_levels(seed: int, step: int, n: int, levels: int = 8, integer_share: float = 0.5) -> np.ndarray:
     """The λ ladder positions of one step's examples, a function of (seed, step) so a resumed run draws the
     same. Integer levels are the shipped operating points, so a share of examples sits exactly on them; the
@@ -280,6 +297,7 @@ class Trainer:
         self.loss_fn = RateDistortionLoss(self.lmbda, cfg.metric)
         self.step, self.best, self.wall = 0, math.inf, 0.0
         self.cpu_s = 0.0  # CPU seconds of the training process (all its threads), across resumes: core-hours
+        self.hardware: list[str] = []  # every machine the run has trained on, across resumes
         self.last_levels: dict[float, dict[str, float]] = {}
         if cfg.resume and (self.out / "last.pt").exists():
             self._load_checkpoint(self.out / "last.pt")
@@ -330,6 +348,7 @@ class Trainer:
             "best": self.best,
             "wall": self.wall,
             "cpu_s": self.cpu_s,
+            "hardware": self.hardware,
             "config": json.dumps(asdict(self.cfg)),
         }
 
@@ -367,6 +386,7 @@ class Trainer:
         torch.set_rng_state(ckpt["torch_rng"])
         self.step, self.best, self.wall = int(ckpt["step"]), float(ckpt["best"]), float(ckpt["wall"])
         self.cpu_s = float(ckpt.get("cpu_s", 0.0))
+        self.hardware = [str(h) for h in ckpt.get("hardware", [])]
 
     # -- validation with real bitstreams --------------------------------------------------------
     @torch.no_grad()
@@ -434,6 +454,9 @@ class Trainer:
                     f"train: {r.loaded} images ({r.too_small} smaller than {cfg.patch}px, {r.unreadable} "
                     f"unreadable, {r.not_images} non-image files skipped); val: {len(self.val)} images"
                 )
+        here = describe_hardware(self.device, self.world)
+        if here not in self.hardware:
+            self.hardware.append(here)
         log = self._open_log()
         tb = self._tensorboard()
         loader = DataLoader(
@@ -602,11 +625,6 @@ class Trainer:
     def _write_summary(self, val: dict[str, float], seconds: float) -> None:
         if not self.is_main:
             return
-        device = (
-            torch.cuda.get_device_name(self.device)
-            if self.device.type == "cuda"
-            else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
-        )
         summary = {
             "dataset": str(self.cfg.train_dir),
             "images": self.report.loaded,
@@ -615,7 +633,7 @@ class Trainer:
             "patch": self.cfg.patch,
             "lr": self.cfg.lr,
             "processes": self.world,
-            "hardware": device,
+            "hardware": "; ".join(self.hardware),
             "wall_time_s": round(seconds, 1),
             "cpu_hours": round(self.cpu_s / 3600, 3),
             "init": self.init_from,
