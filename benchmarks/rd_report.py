@@ -64,7 +64,7 @@ def base_of(arch: str) -> str:
     return get_arch(arch).base or arch
 
 
-def learning_curve(ours: dict) -> list[str]:
+def learning_curve(ours: dict, pub: dict) -> list[str]:
     """Kodak PSNR at 0.5 bpp against training compute, per architecture: the points recorded in
     docs/results/learning_curve.json (each release adds one) and the current curves."""
     path = OUT / "results" / "learning_curve.json"
@@ -82,6 +82,30 @@ def learning_curve(ours: dict) -> list[str]:
         lines.append(
             f"| {p['arch']} | {p['curve']} | {p['cpu_hours']:.1f} | {p.get('gpu_minutes', 0)} | "
             f"{p['psnr_at_0.5']:.2f} | {p.get('note', '')} |"
+        )
+    return lines + projection(points, pub)
+
+
+def projection(points: list[dict], pub: dict, hours: float = 20.0, margin_db: float = 1.5) -> list[str]:
+    """Where each variable-rate run is heading on CPU: a least-squares line of PSNR at 0.5 bpp against
+    log2(core-hours) through the architecture's CPU-only points, read at `hours` core-hours and solved for the
+    issue's target (CompressAI's published PSNR at 0.5 bpp less `margin_db`)."""
+    lines = ["", f"Projection on CPU (least squares of PSNR at 0.5 bpp on log2 core-hours, CPU-only points):", ""]
+    for arch in sorted({p["arch"] for p in points if p["arch"].endswith("-vr")}):
+        pts = [(p["cpu_hours"], p["psnr_at_0.5"]) for p in points if p["arch"] == arch and not p.get("gpu_minutes")]
+        key = f"compressai-{base_of(arch)}_mse_cuda"
+        if len(pts) < 2 or len({h for h, _ in pts}) < 2 or key not in pub:
+            continue
+        x = np.log2([h for h, _ in pts])
+        slope, icept = np.polyfit(x, [d for _, d in pts], 1)
+        ref = [q for q in pub[key]]
+        target = psnr_at([q[0] for q in ref], [q[1] for q in ref]) - margin_db
+        at = icept + slope * math.log2(hours)
+        need = f"{2 ** ((target - icept) / slope):,.0f} core-hours" if slope > 0 else "never (no gain per doubling)"
+        lines.append(
+            f"- {arch}: {slope:+.2f} dB per doubling of CPU time over {len(pts)} points "
+            f"({min(h for h, _ in pts):.1f}–{max(h for h, _ in pts):.1f} core-hours); {hours:g} core-hours → "
+            f"{at:.2f} dB; the target, {target:.2f} dB ({key} at 0.5 bpp less {margin_db:g} dB), needs {need}"
         )
     return lines
 
@@ -211,7 +235,7 @@ def main() -> None:
             lines.append(f"- {short} at equal bpp: BD-PSNR {gain:+.2f} dB, BD-rate {rate:+.1f}%")
         except InputError as exc:
             lines.append(f"- {short}: {exc}")
-    lines += learning_curve(ours)
+    lines += learning_curve(ours, pub)
     lines += ["", "![Kodak RD](rd.png)", ""]
     (OUT / "results.md").write_text("\n".join(lines))
     update_readme(lines)
