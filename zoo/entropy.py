@@ -32,7 +32,7 @@ def float32_under_autocast(forward):
 
     @functools.wraps(forward)
     def wrapper(self, *args, **kwargs):
-        first = next(a for a in args if isinstance(a, Tensor))
+        first = next(a for a in (*args, *kwargs.values()) if isinstance(a, Tensor))
         device = first.device.type
         if not torch.is_autocast_enabled(device):
             return forward(self, *args, **kwargs)
