@@ -245,6 +245,14 @@ def test_release_chooses_the_qualities_a_variable_rate_entry_serves():
     # a quality with no fixed-rate entry is not served by a level below what the quality under it serves
     levels["4"] = {"bpp": 0.60, "psnr": 27.9}
     assert choose_current_for("bmshj2018-hyperprior-vr", "mse", levels, ladder) == [1, 3, 5]
+    # beyond the ladder's top a level is compared with the ladder extended along its last segment
+    # (q2 -> q3: +1 dB over log(4/3), so 28.41 dB at 0.45 bpp)
+    levels = {"1": {"bpp": 0.25, "psnr": 26.6}, "2": {"bpp": 0.32, "psnr": 27.3}, "3": {"bpp": 0.45, "psnr": 28.5}}
+    assert choose_current_for("bmshj2018-hyperprior-vr", "mse", levels, ladder) == [1, 2, 3]
+    # the served ladder stays monotone: once q2 is served by a level above the fixed q3, q3 is served by its
+    # level even though that level is below the ladder's trend (the fixed q3 would go down in bpp and PSNR)
+    levels = {"2": {"bpp": 0.42, "psnr": 28.3}, "3": {"bpp": 0.55, "psnr": 28.6}}
+    assert choose_current_for("bmshj2018-hyperprior-vr", "mse", levels, ladder) == [2, 3]
 
 
 def test_warm_start_from_a_fixed_rate_entry_reproduces_it_at_its_level(fixture_entry):

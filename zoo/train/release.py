@@ -128,12 +128,16 @@ def manifest_line(
 def choose_current_for(
     arch: str, metric: str, levels: dict[str, dict[str, float]], entries: list | None = None
 ) -> list[int]:
-    """The base architecture's qualities a variable-rate entry should serve, from Kodak figures: every quality
-    that has no fixed-rate entry, where its level keeps the served ladder monotone (more bits and more quality
-    than what the quality below serves), and every quality whose level is at least
-    as good as the fixed-rate ladder at the same rate: its PSNR (MS-SSIM for ms-ssim entries) is no lower than
-    the ladder's, interpolated linearly in log-bpp between its neighbouring points; a level outside the ladder's
-    range must dominate the fixed entry of its quality (no more bits, no less quality)."""
+    """The base architecture's qualities a variable-rate entry should serve, from Kodak figures, keeping the
+    served ladder monotone (each quality more bits and more quality than the one below):
+
+    - a quality with no fixed-rate entry: its level, where that keeps the ladder monotone;
+    - a quality with one: its level where the level is at least as good as the fixed-rate ladder at the same
+      rate: its PSNR (MS-SSIM for ms-ssim entries) is no lower than the ladder's, interpolated linearly in
+      log-bpp between neighbouring points, or beyond the ladder's ends extended along its end segment (the
+      ladder's own trend); a single-point ladder must be dominated (no more bits, no less quality);
+    - where the choice would break monotony and the other would not, the other (a fixed entry below a level
+      served for the quality under it is never served)."""
     import math
 
     from zoo.hub import load_manifest
@@ -148,12 +152,18 @@ def choose_current_for(
     ladder = sorted((math.log(e.kodak["bpp"]), e.kodak[key]) for e in newest.values())
 
     def ladder_at(log_bpp: float) -> float | None:
-        for (x0, y0), (x1, y1) in zip(ladder, ladder[1:], strict=False):
-            if x0 <= log_bpp <= x1:
-                return y0 + (y1 - y0) * (log_bpp - x0) / (x1 - x0) if x1 > x0 else max(y0, y1)
-        return None
+        if len(ladder) < 2:
+            return None
+        segments = list(zip(ladder, ladder[1:], strict=False))
+        inside = [s for s in segments if s[0][0] <= log_bpp <= s[1][0]]
+        (x0, y0), (x1, y1) = inside[0] if inside else segments[0] if log_bpp < ladder[0][0] else segments[-1]
+        return y0 + (y1 - y0) * (log_bpp - x0) / (x1 - x0) if x1 > x0 else max(y0, y1)
 
     chosen, served = [], None  # served: the point zoo.load gives for the quality below
+
+    def monotone(p: dict[str, float]) -> bool:
+        return served is None or (p["bpp"] > served["bpp"] and p[key] > served[key])
+
     for q in range(1, 9):
         point = levels.get(str(q)) or levels.get(f"{q:.1f}")
         fixed = newest.get(q)
@@ -161,8 +171,7 @@ def choose_current_for(
             served = fixed.kodak if fixed is not None else served
             continue
         if fixed is None:
-            # a quality with no fixed-rate entry: served only where the ladder stays monotone
-            if served is None or (point["bpp"] > served["bpp"] and point[key] > served[key]):
+            if monotone(point):
                 chosen.append(q)
                 served = point
             continue
@@ -171,6 +180,8 @@ def choose_current_for(
             better = point[key] >= reference
         else:
             better = point["bpp"] <= fixed.kodak["bpp"] and point[key] >= fixed.kodak[key]
+        if monotone(fixed.kodak) != monotone(point):
+            better = monotone(point)
         if better:
             chosen.append(q)
         served = point if better else fixed.kodak
