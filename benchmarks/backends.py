@@ -26,8 +26,9 @@ KODAK = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "kodak"
 def codec_for(entry: str | None) -> Codec:
     if entry:
         import zoo
+        from zoo.mirror import entry_folder
 
-        return zoo.load_local(entry)
+        return zoo.load_local(entry_folder(entry))
     from zoo.registry import create_model
 
     model = create_model("bmshj2018-hyperprior", 3).eval()

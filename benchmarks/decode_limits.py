@@ -71,8 +71,9 @@ def forge(entry: Path, height: int, width: int, tile_size: int) -> bytes:
 
     import zoo
     from zoo import bitstream
+    from zoo.mirror import entry_folder
 
-    codec = zoo.load_local(entry, tile_size=tile_size, max_tile_pixels=1 << 62)
+    codec = zoo.load_local(entry_folder(entry), tile_size=tile_size, max_tile_pixels=1 << 62)
     model = codec.model
     factor = 16  # g_a's downsampling in every architecture here
 
@@ -136,8 +137,9 @@ def encode_child(entry: str, path: str, side: int) -> None:
 
     import zoo
     from zoo import bitstream
+    from zoo.mirror import entry_folder
 
-    codec = zoo.load_local(entry)
+    codec = zoo.load_local(entry_folder(entry))
     g = torch.Generator().manual_seed(0)
     ramp = torch.linspace(0, 1, side)
     x = torch.empty(3, side, side)
@@ -198,8 +200,9 @@ def child(entry: str, path: str, handler: bool, tiles: int = 0) -> None:
     else:
         import zoo
         from zoo.imageio import write_png
+        from zoo.mirror import entry_folder
 
-        codec = zoo.load_local(entry)
+        codec = zoo.load_local(entry_folder(entry))
         loaded = peak_rss_mb()
         t0 = time.perf_counter()
         try:

@@ -17,13 +17,14 @@ from pathlib import Path
 CHILD = r"""
 import resource, sys, time, torch
 import zoo
+from zoo.mirror import entry_folder
 from zoo import bitstream
 from zoo.codec import Codec
 from zoo.compressed import EntryId
 mode, entry, path, w, h = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
 torch.set_num_threads(2)
 if entry:
-    codec = zoo.load_local(entry)
+    codec = zoo.load_local(entry_folder(entry))
 else:
     from zoo.registry import create_model
     torch.manual_seed(0)  # before construction: encode and decode processes must build the same weights

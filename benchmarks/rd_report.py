@@ -90,7 +90,7 @@ def projection(points: list[dict], pub: dict, hours: float = 20.0, margin_db: fl
     """Where each variable-rate run is heading on CPU: a least-squares line of PSNR at 0.5 bpp against
     log2(core-hours) through the architecture's CPU-only points, read at `hours` core-hours and solved for the
     issue's target (CompressAI's published PSNR at 0.5 bpp less `margin_db`)."""
-    lines = ["", f"Projection on CPU (least squares of PSNR at 0.5 bpp on log2 core-hours, CPU-only points):", ""]
+    lines = ["", "Projection on CPU (least squares of PSNR at 0.5 bpp on log2 core-hours, CPU-only points):", ""]
     for arch in sorted({p["arch"] for p in points if p["arch"].endswith("-vr")}):
         pts = [(p["cpu_hours"], p["psnr_at_0.5"]) for p in points if p["arch"] == arch and not p.get("gpu_minutes")]
         key = f"compressai-{base_of(arch)}_mse_cuda"

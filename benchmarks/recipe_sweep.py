@@ -13,7 +13,8 @@ loss at level 3, the mean over the levels, and the mean bpp/PSNR. The last line 
 mean loss. The start point is validated too (row `start`), so the gain of each variant is visible.
 
 Variant settings are TrainConfig fields (lr, batch_size, patch, scheduler, warmup_steps, integer_share,
-clip, aux_lr, amp=bf16, channels_last=1, ema_decay). The scheduler defaults to "plateau", which never fires inside a sweep: a constant rate.
+clip, aux_lr, amp=bf16, channels_last=1, ema_decay). The scheduler defaults to "plateau", which never fires
+inside a sweep: a constant rate.
 """
 
 from __future__ import annotations

@@ -145,12 +145,14 @@ for f in ../shared/datasets/photos/0{36..39}.png; do ln -sf "$(realpath "$f")" "
 vrun() {  # vrun ARCH RUN INIT
     nice -n 19 zoo train --arch "$1" --train "$VDATA/train" --val "$VDATA/val" --out "$RUNS/$2" --steps 20000 \
         --batch-size 8 --patch 256 --lr 1e-4 --scheduler cosine --val-every 250 --ckpt-every 50 --workers 1 \
-        --threads 1 --quiet --resume --init "$3"
+        --threads 1 --quiet --resume --amp bf16 --channels-last --ema 0.995 --init "$3"
 }
 VDS="shared/datasets/wallpapers (178, licences in its SOURCES.md) + photos 001-035 (036-039 held out)"
 if [ "${VR_TRAIN:-0}" = 1 ]; then
-    vrun bmshj2018-hyperprior-vr hp-vr "$H/q3-mse/v1.1" &
-    vrun mbt2018-mean-vr msh-vr "$M/q3-mse/v1.0" &
+    # a run that lost its checkpoints starts again from the last release (the fixed-rate q3 entries it began
+    # from are retired: served by the embedded mirror, no longer in the working tree)
+    vrun bmshj2018-hyperprior-vr hp-vr model_store/entries/bmshj2018-hyperprior-vr/mse/v1.2 &
+    vrun mbt2018-mean-vr msh-vr model_store/entries/mbt2018-mean-vr/mse/v1.2 &
     wait
 fi
 # Release (the levels the manifest marks current are chosen per level against the fixed-rate entries):

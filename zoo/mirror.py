@@ -277,3 +277,26 @@ def stop_server(state_dir: str | Path | None = None) -> bool:
     if pid_s and pid_s[0].isdigit():
         stop_group(int(pid_s[0]), timeout=5)
     return True
+
+
+def entry_folder(path: str | Path, repo_root: str | Path | None = None) -> Path:
+    """A released entry's folder by its repository path (`model_store/entries/...`): the folder itself while it
+    is in the working tree, else its files read from the commit its manifest line names into $ZOO_HOME (a
+    retired entry's benchmarks and examples keep working on the very same weights)."""
+    folder = Path(path)
+    if folder.is_dir():
+        return folder
+    from zoo.hub import load_manifest
+
+    root = Path(repo_root) if repo_root else Path(__file__).resolve().parents[1]
+    try:
+        wanted = PurePosixPath(folder.resolve().relative_to(root.resolve()).as_posix())
+    except ValueError:
+        wanted = PurePosixPath(folder.as_posix())
+    for e in load_manifest():
+        if e.path and PurePosixPath(e.path) == wanted:
+            out = zoo_home() / "retired" / e.path
+            if not all((out / f).exists() for f in e.files):
+                read_from_history(e, root, out)
+            return out
+    raise EntryNotFound(f"{path} is neither an entry folder nor a released entry's path in the manifest")

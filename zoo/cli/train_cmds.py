@@ -148,7 +148,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=float,
         default=0.0,
         metavar="DECAY",
-        help="keep a moving average of the weights (e.g. 0.995): validated, saved as the checkpoint's weights, released",
+        help="keep a moving average of the weights (e.g. 0.995): validated, saved as the checkpoint's weights",
     )
     p.add_argument("--compile", action="store_true", help="torch.compile the network")
     p.add_argument("--hard-samples", action="store_true", help="sample images by their running RD loss")

@@ -114,7 +114,9 @@ def describe_hardware(device: torch.device, world: int = 1) -> str:
     except OSError:
         pass
     bf16 = ", AMX/AVX-512 BF16" if cpu_has_fast_bf16() else ""
-    return f"CPU: {name} ({os.cpu_count()} logical cores{bf16}), {torch.get_num_threads()} thread(s) x {world} process(es)"
+    return (
+        f"CPU: {name} ({os.cpu_count()} logical cores{bf16}), {torch.get_num_threads()} thread(s) x {world} process(es)"
+    )
 
 
 def sample_levels(seed: int, step: int, n: int, levels: int = 8, integer_share: float = 0.5) -> np.ndarray:
@@ -280,7 +282,7 @@ class Trainer:
             else None
         )
         if cfg.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
+            self.model = self.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         if cfg.amp == "bf16" and self.device.type == "cpu" and not cpu_has_fast_bf16() and self.is_main:
             print("notice: this CPU has no AMX or AVX-512 BF16: bf16 autocast runs emulated, slower than float32")
         if not 0.0 <= cfg.ema_decay < 1.0:
