@@ -1,0 +1,41 @@
+#!/bin/bash
+# Release v$VER of both variable-rate runs in parallel, each into its own copy of the manifest, then merge.
+# usage: VER=1.3 HPNOTE="..." MSHNOTE="..." scripts/release_vr.sh   (about 11 minutes on 2 cores)
+set -e
+: "${VER:?set VER, e.g. VER=1.3}" "${HPNOTE:?set HPNOTE (the model cards provenance line)}" "${MSHNOTE:?set MSHNOTE}"
+cd "$(dirname "$0")/.."
+DS="shared/datasets/wallpapers (178, licences in its SOURCES.md) + photos 001-035 (036-039 held out)"
+cp zoo/manifest.json runs/manifest-hp.json; cp zoo/manifest.json runs/manifest-msh.json
+zoo release runs/hp-vr --checkpoint best.pt --version $VER --half --out model_store/entries/bmshj2018-hyperprior-vr/mse/v$VER \
+  --eval ../shared/datasets/kodak --dataset-name "$DS" --manifest runs/manifest-hp.json --repo-root . --current-for auto \
+  --note "$HPNOTE" > runs/release-hp-vr-$VER.log 2>&1 &
+P1=$!
+zoo release runs/msh-vr --checkpoint best.pt --version $VER --half --out model_store/entries/mbt2018-mean-vr/mse/v$VER \
+  --eval ../shared/datasets/kodak --dataset-name "$DS" --manifest runs/manifest-msh.json --repo-root . --current-for auto \
+  --note "$MSHNOTE" > runs/release-msh-vr-$VER.log 2>&1 &
+P2=$!
+wait $P1; wait $P2
+python - <<'PY'
+import json
+hp = json.load(open("runs/manifest-hp.json"))
+msh = json.load(open("runs/manifest-msh.json"))
+pkg = json.load(open("zoo/manifest.json"))
+def take(src, arch):
+    return [e for e in src["entries"] if e["arch"] == arch]
+out, done = [], set()
+for e in pkg["entries"]:
+    arch = e["arch"]
+    if arch in ("bmshj2018-hyperprior-vr", "mbt2018-mean-vr"):
+        if arch not in done:
+            out += take(hp if arch.startswith("bmshj") else msh, arch)
+            done.add(arch)
+    else:
+        out.append(e)
+for name, src, arch in (("hp", hp, "bmshj2018-hyperprior-vr"), ("msh", msh, "mbt2018-mean-vr")):
+    others = [e for e in src["entries"] if e["arch"] != arch]
+    assert others == [e for e in pkg["entries"] if e["arch"] != arch], f"{name} release touched other entries"
+pkg["entries"] = out
+json.dump(pkg, open("zoo/manifest.json", "w"), indent=1)
+open("zoo/manifest.json", "a").write("\n")
+print("merged", len(out), "entries")
+PY
