@@ -138,3 +138,20 @@ def test_hub_serve_outside_a_checkout_asks_for_the_entries_folder(tmp_path, monk
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--entries" in err[0] and "model_store/entries" in err[0], err
     assert not (tmp_path / "state" / "olah.pid").exists()
+
+
+def test_entry_folder_reads_a_retired_entry_from_its_commit(tmp_path, monkeypatch):
+    """Benchmarks and examples name entries by repository path; once retired, the folder comes from the
+    commit the manifest records, byte-identical to what the manifest lists (and a live folder is itself)."""
+    from zoo.entry import sha256_file
+    from zoo.mirror import entry_folder
+
+    monkeypatch.setenv("ZOO_HOME", str(tmp_path))
+    retired = next(e for e in load_manifest() if e.commit)
+    folder = entry_folder(REPO / retired.path)
+    assert folder.is_relative_to(tmp_path)
+    assert {f: sha256_file(folder / f) for f in retired.files} == retired.files
+    live = next(e for e in load_manifest() if not e.commit)
+    assert entry_folder(REPO / live.path) == REPO / live.path
+    with pytest.raises(EntryNotFound, match="neither"):
+        entry_folder(REPO / "model_store" / "entries" / "no-such" / "v9")
