@@ -145,7 +145,7 @@ for f in ../shared/datasets/photos/0{36..39}.png; do ln -sf "$(realpath "$f")" "
 vrun() {  # vrun ARCH RUN INIT
     nice -n 19 zoo train --arch "$1" --train "$VDATA/train" --val "$VDATA/val" --out "$RUNS/$2" --steps 20000 \
         --batch-size 8 --patch 256 --lr 1e-4 --scheduler cosine --val-every 250 --ckpt-every 50 --workers 1 \
-        --threads 1 --quiet --resume --amp bf16 --channels-last --ema 0.995 --init "$3"
+        --threads 1 --quiet --resume --amp bf16 --channels-last --ema 0.995 --compile --init "$3"
 }
 VDS="shared/datasets/wallpapers (178, licences in its SOURCES.md) + photos 001-035 (036-039 held out)"
 if [ "${VR_TRAIN:-0}" = 1 ]; then

@@ -321,6 +321,86 @@ def test_entropy_models_stay_float32_under_bf16_autocast():
     assert torch.equal(z_lik, ref_z) and torch.equal(y_lik, ref_y)
 
 
+def test_float32_islands_under_bf16_autocast():
+    """GDN and the convolutions that read and write pixels compute in float32 inside a bfloat16 autocast
+    (the same values as outside it), while the convolutions between them run in bfloat16."""
+    from zoo.layers import GDN, pixel_conv, pixel_deconv
+
+    torch.manual_seed(0)
+    x = torch.rand(1, 3, 32, 32)
+    first, gdn, middle, last = pixel_conv(3, 8), GDN(8), torch.nn.Conv2d(8, 8, 3, padding=1), pixel_deconv(8, 3)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        a = first(x)
+        b = gdn(a)
+        c = middle(b)
+        d = last(c)
+    assert a.dtype == b.dtype == d.dtype == torch.float32 and c.dtype == torch.bfloat16
+    assert torch.equal(a, first(x)) and torch.equal(b, gdn(a)) and torch.equal(d, last(c.float()))
+
+
+def test_bf16_training_gradient_follows_float32():
+    """The point of the float32 islands: on a trained hyperprior and a real photo, the bfloat16 step's
+    gradient of the transforms points where float32's does (with every layer in bfloat16 it did not)."""
+    import zoo.layers as layers
+    from zoo.entry import load_entry
+    from zoo.imageio import read_image
+    from zoo.train.losses import RateDistortionLoss
+
+    torch.set_num_threads(1)
+    from zoo.entry import version_key
+    from zoo.train.trainer import level_lambdas
+
+    folders = sorted(
+        (REPO / "model_store/entries/bmshj2018-hyperprior-vr/mse").glob("v*"), key=lambda p: version_key(p.name[1:])
+    )
+    model, info = load_entry(folders[-1])  # the newest released variable-rate hyperprior
+    model = model.float().train()
+    img, _ = read_image(REPO / "samples/kodim23.png")
+    x = torch.stack([img[:, :128, :128], img[:, 300:428, 500:628]])
+    levels = torch.tensor([6.0, 8.0])  # high rates: small residuals, where rounding shows most
+    loss_fn = RateDistortionLoss(float("nan"), "mse")
+    watched = [p for n, p in model.named_parameters() if n.startswith(("g_a.", "g_s."))]
+
+    def gradient(amp: bool) -> torch.Tensor:
+        model.zero_grad(set_to_none=True)
+        torch.manual_seed(0)  # the same quantisation noise each time
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+            out = model(x, levels)
+        loss_fn(out, x, level_lambdas(levels, "mse")).loss.backward()
+        return torch.cat([p.grad.flatten().double() for p in watched])
+
+    def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+        return torch.nn.functional.cosine_similarity(a, b, dim=0).item()
+
+    reference = gradient(False)
+    islands = cosine(gradient(True), reference)
+    kept = {cls: cls.forward for cls in (layers.GDN, layers.PixelConv2d, layers.PixelConvTranspose2d)}
+    try:
+        for cls, forward in kept.items():
+            cls.forward = forward.__wrapped__  # type: ignore[attr-defined, method-assign]
+        everything_bf16 = cosine(gradient(True), reference)
+    finally:
+        for cls, forward in kept.items():
+            cls.forward = forward  # type: ignore[method-assign]
+    assert islands > 0.99, islands
+    assert 1 - everything_bf16 > 5 * (1 - islands), (everything_bf16, islands)  # the islands' error is far smaller
+
+
+def test_compiled_bf16_variable_rate_training_runs_and_resumes(folders, tmp_path):
+    """The long runs' recipe: torch.compile'd bf16 + channels-last training of a variable-rate model lowers
+    the loss, saves float32 weights under the model's own names, and resumes."""
+    torch.set_num_threads(1)
+    out = tmp_path / "compiled"
+    kw = dict(arch="bmshj2018-hyperprior-vr", quality=0, amp="bf16", channels_last=True, compile=True, val_levels=(3,))
+    train(_cfg(folders, out, 20, val_every=20, **kw))
+    rows = _rows(out)
+    assert float(rows[-1]["loss"]) < 0.8 * float(rows[0]["loss"]), (rows[0]["loss"], rows[-1]["loss"])
+    ckpt = torch.load(out / "last.pt", weights_only=True)
+    assert "g_a.0.weight" in ckpt["model"] and all(v.dtype != torch.bfloat16 for v in ckpt["model"].values())
+    train(_cfg(folders, out, 22, resume=True, **kw))
+    assert torch.load(out / "last.pt", weights_only=True)["step"] == 22
+
+
 def test_bf16_channels_last_training_lowers_the_loss_and_resumes(folders, tmp_path):
     """The CPU recipe's fast path (bf16 autocast, channels-last) on a variable-rate model: the loss goes down,
     the validation codes real files, and a resumed run carries on from the checkpoint."""

@@ -7,7 +7,6 @@ checkpoints load as they are; the tables travel with the weights and are never r
 
 from __future__ import annotations
 
-import functools
 import math
 import zlib
 from collections.abc import Sequence
@@ -19,31 +18,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from zoo.errors import TablesMissingError
-from zoo.layers import LowerBound
+from zoo.layers import LowerBound, float32_under_autocast
 
 TABLE_BUFFERS = ("_quantized_cdf", "_offset", "_cdf_length")
-
-
-def float32_under_autocast(forward):
-    """Run an entropy model's forward in float32 even inside a bfloat16 autocast region (the CPU and GPU
-    training recipes): a likelihood is the difference of two nearby CDF values, which bfloat16's 8-bit
-    mantissa cannot resolve, so the rate term and its gradients would be mostly rounding noise. The
-    transforms around it keep the fast bfloat16 convolutions."""
-
-    @functools.wraps(forward)
-    def wrapper(self, *args, **kwargs):
-        first = next(a for a in (*args, *kwargs.values()) if isinstance(a, Tensor))
-        device = first.device.type
-        if not torch.is_autocast_enabled(device):
-            return forward(self, *args, **kwargs)
-
-        def up(v):
-            return v.float() if isinstance(v, Tensor) and v.is_floating_point() else v
-
-        with torch.autocast(device, enabled=False):
-            return forward(self, *(up(a) for a in args), **{k: up(v) for k, v in kwargs.items()})
-
-    return wrapper
 
 
 def default_scale_table(lo: float = 0.11, hi: float = 256.0, levels: int = 64) -> Tensor:

@@ -5,6 +5,8 @@ Names matter: a CompressAI state dict must load into these modules with strict=T
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -22,6 +24,30 @@ def reuse_buffers() -> bool:
         or torch.onnx.is_in_onnx_export()
         or torch.compiler.is_compiling()
     )
+
+
+def float32_under_autocast(forward):
+    """Run a module's forward in float32 even inside a bfloat16 autocast region (the CPU and GPU training
+    recipes), its floating inputs upcast. Two kinds of layer need it. Entropy models: a likelihood is the
+    difference of two nearby CDF values, which bfloat16's 8-bit mantissa cannot resolve, so the rate term and
+    its gradients would be mostly rounding noise. GDN: its gradients in bfloat16 point elsewhere (measured on a
+    trained hyperprior, the transforms' gradient had cosine 0.65 with float32's and a fifth of its norm; with
+    GDN in float32, 0.9998; `benchmarks/grad_fidelity.py`). The convolutions around them keep bfloat16."""
+
+    @functools.wraps(forward)
+    def wrapper(self, *args, **kwargs):
+        first = next(a for a in (*args, *kwargs.values()) if isinstance(a, Tensor))
+        device = first.device.type
+        if not torch.is_autocast_enabled(device):
+            return forward(self, *args, **kwargs)
+
+        def up(v):
+            return v.float() if isinstance(v, Tensor) and v.is_floating_point() else v
+
+        with torch.autocast(device, enabled=False):
+            return forward(self, *(up(a) for a in args), **{k: up(v) for k, v in kwargs.items()})
+
+    return wrapper
 
 
 class _LowerBoundFn(torch.autograd.Function):
@@ -89,6 +115,7 @@ class GDN(nn.Module):
         c = self.gamma.shape[0]
         return self.beta_reparam(self.beta), self.gamma_reparam(self.gamma).reshape(c, c, 1, 1)
 
+    @float32_under_autocast
     def forward(self, x: Tensor) -> Tensor:
         beta, gamma = self.effective_params()
         norm = F.conv2d(x * x, gamma, beta)
@@ -124,6 +151,36 @@ def conv(in_ch: int, out_ch: int, kernel_size: int = 5, stride: int = 2) -> nn.C
 
 def deconv(in_ch: int, out_ch: int, kernel_size: int = 5, stride: int = 2) -> nn.ConvTranspose2d:
     return nn.ConvTranspose2d(
+        in_ch, out_ch, kernel_size, stride=stride, output_padding=stride - 1, padding=kernel_size // 2
+    )
+
+
+class PixelConv2d(nn.Conv2d):
+    """The convolution that reads the image: float32 under autocast. In bfloat16 the pixels themselves are
+    rounded (k/255 is not representable with an 8-bit mantissa), which moved this layer's output by 1.4% and
+    its weights' gradient with it; it is a small share of the transform's arithmetic."""
+
+    @float32_under_autocast
+    def forward(self, input: Tensor) -> Tensor:
+        return super().forward(input)
+
+
+class PixelConvTranspose2d(nn.ConvTranspose2d):
+    """The convolution that writes the image: float32 under autocast. A bfloat16 reconstruction is rounded to
+    steps of 1/256 in [0.5, 1), as large as the residual error of a high-rate model, so the distortion's
+    gradient (the residual) would be largely rounding noise (`benchmarks/grad_fidelity.py`)."""
+
+    @float32_under_autocast
+    def forward(self, input: Tensor, output_size: list[int] | None = None) -> Tensor:
+        return super().forward(input, output_size)
+
+
+def pixel_conv(in_ch: int, out_ch: int, kernel_size: int = 5, stride: int = 2) -> PixelConv2d:
+    return PixelConv2d(in_ch, out_ch, kernel_size, stride=stride, padding=kernel_size // 2)
+
+
+def pixel_deconv(in_ch: int, out_ch: int, kernel_size: int = 5, stride: int = 2) -> PixelConvTranspose2d:
+    return PixelConvTranspose2d(
         in_ch, out_ch, kernel_size, stride=stride, output_padding=stride - 1, padding=kernel_size // 2
     )
 

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from zoo.compressed import TileStreams
 from zoo.entropy import EntropyBottleneck, GaussianConditional, crc_indexes
 from zoo.errors import BitstreamError
-from zoo.layers import GDN, MaskedConv2d, conv, deconv
+from zoo.layers import GDN, MaskedConv2d, conv, deconv, pixel_conv, pixel_deconv
 from zoo.models.base import CompressionModel, ForwardOutput, check_order, coded
 
 if TYPE_CHECKING:
@@ -32,7 +32,7 @@ WavefrontGraphs = tuple[Callable[[Tensor], Tensor], Callable[[Tensor, Tensor], T
 def analysis(n: int, m: int, act: type[nn.Module] | None = None) -> nn.Sequential:
     a = (lambda: act()) if act else None
     return nn.Sequential(
-        conv(3, n),
+        pixel_conv(3, n),
         a() if a else GDN(n),
         conv(n, n),
         a() if a else GDN(n),
@@ -51,7 +51,7 @@ def synthesis(n: int, m: int, act: type[nn.Module] | None = None) -> nn.Sequenti
         a() if a else GDN(n, inverse=True),
         deconv(n, n),
         a() if a else GDN(n, inverse=True),
-        deconv(n, 3),
+        pixel_deconv(n, 3),
     )
 
 

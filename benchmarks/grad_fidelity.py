@@ -1,0 +1,110 @@
+"""How far a reduced-precision training step's gradient is from float32's, on the same batch and noise.
+
+    python benchmarks/grad_fidelity.py                        # the newest bmshj2018-hyperprior-vr entry
+    python benchmarks/grad_fidelity.py --entry model_store/entries/mbt2018-mean-vr/mse/v1.2 --no-compile
+
+One batch (8 crops of 256² from `samples/kodim23.png`, one at each level 1..8) through a variable-rate
+entry's network in training mode, the quantisation noise drawn from the same seed each time. The loss's
+gradient with float32 is the reference; each variant's gradient of the transforms (g_a, g_s: what the
+distortion term trains) is compared with it: cosine (1 = same direction) and norm ratio (1 = same length).
+Variants: bfloat16 autocast eager, and torch.compile'd, each with the float32 islands (GDN, the convolutions
+that read and write pixels: as the layers run now) and with every layer in bfloat16 (as they ran before).
+Ends with one `variant=<name> cos=<c> norm_ratio=<r>` per variant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def newest_entry(arch: str) -> Path:
+    from zoo.entry import version_key
+
+    folders = sorted(
+        (REPO / "model_store" / "entries" / arch / "mse").glob("v*"), key=lambda p: version_key(p.name[1:])
+    )
+    if not folders:
+        raise SystemExit(f"no {arch} entry in model_store/entries")
+    return folders[-1]
+
+
+def main() -> int:
+    import torch
+    import torch._inductor.config as inductor_config
+
+    from zoo.entry import load_entry
+    from zoo.imageio import read_image
+    from zoo.layers import GDN, PixelConv2d, PixelConvTranspose2d
+    from zoo.train.losses import RateDistortionLoss
+    from zoo.train.trainer import level_lambdas
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--entry", type=Path, help="a variable-rate entry folder (default: newest hyperprior-vr)")
+    ap.add_argument("--image", type=Path, default=REPO / "samples" / "kodim23.png")
+    ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile variants (minutes)")
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    inductor_config.fallback_random = True  # compiled code draws the same noise as eager code
+    model, info = load_entry(args.entry or newest_entry("bmshj2018-hyperprior-vr"))
+    if not hasattr(model, "y_gain"):
+        raise SystemExit(f"{info.entry.arch} is not a variable-rate network")
+    model = model.float().train().to(memory_format=torch.channels_last)
+    img, _ = read_image(args.image)
+    h, w = img.shape[-2:]
+    if min(h, w) < 256:
+        raise SystemExit(f"{args.image} is smaller than 256 px")
+    corners = [(i * (h - 256), j * (w - 256) // 3) for i in (0, 1) for j in range(4)]
+    x = torch.stack([img[:, a : a + 256, b : b + 256] for a, b in corners]).contiguous(
+        memory_format=torch.channels_last
+    )
+    levels = torch.arange(1, 9, dtype=torch.float32)
+    loss_fn = RateDistortionLoss(float("nan"), "mse")
+    watched = [p for n, p in model.named_parameters() if n.startswith(("g_a.", "g_s."))]
+
+    def gradient(net: torch.nn.Module, amp: bool) -> torch.Tensor:
+        model.zero_grad(set_to_none=True)
+        torch.manual_seed(0)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+            out = net(x, levels)
+        loss_fn(out, x, level_lambdas(levels, "mse")).loss.backward()
+        return torch.cat([p.grad.flatten().double() for p in watched])
+
+    islands = (GDN, PixelConv2d, PixelConvTranspose2d)
+    float32_forwards = [cls.forward for cls in islands]
+    bfloat16_forwards = [cls.forward.__wrapped__ for cls in islands]  # type: ignore[attr-defined]
+    reference = gradient(model, amp=False)
+    results = []
+    for compiled in (False, True):
+        if compiled and args.no_compile:
+            continue
+        for label, forwards in (("float32-islands", float32_forwards), ("all-bfloat16", bfloat16_forwards)):
+            for cls, forward in zip(islands, forwards, strict=True):
+                cls.forward = forward  # type: ignore[method-assign]
+            torch._dynamo.reset()
+            net = torch.compile(model) if compiled else model
+            g = gradient(net, amp=True)
+            if compiled:
+                g = gradient(net, amp=True)  # the first call compiles; the second is what training runs
+            cos = torch.nn.functional.cosine_similarity(reference, g, dim=0).item()
+            results.append(
+                (f"bf16-{'compiled' if compiled else 'eager'}-{label}", cos, (g.norm() / reference.norm()).item())
+            )
+    for cls, forward in zip(islands, float32_forwards, strict=True):
+        cls.forward = forward  # type: ignore[method-assign]
+    print(
+        f"{info.entry.arch} v{info.entry.version}: gradient of g_a and g_s against float32's, "
+        "batch 8 x 256^2, levels 1..8"
+    )
+    for name, cos, ratio in results:
+        print(f"variant={name} cos={cos:.4f} norm_ratio={ratio:.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
