@@ -312,6 +312,11 @@ class Trainer:
                 device_ids=[self.local_rank] if self.device.type == "cuda" else None,
                 find_unused_parameters=True,  # quantiles take no part in the training forward pass
             )
+        if cfg.compile and self.device.type == "cpu":
+            import torch._inductor.config as inductor_config
+
+            # compile in this process, so its CPU time is counted in cpu_s (core-hours) like the training's
+            inductor_config.compile_threads = 1
         self.forward = torch.compile(self.net) if cfg.compile else self.net
 
     def _time_progress(self, step: int) -> int:
