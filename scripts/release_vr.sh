@@ -1,6 +1,8 @@
 #!/bin/bash
 # Release v$VER of both variable-rate runs in parallel, each into its own copy of the manifest, then merge.
 # usage: VER=1.3 HPNOTE="..." MSHNOTE="..." scripts/release_vr.sh   (about 11 minutes on 2 cores)
+# HPLINEAGE / MSHLINEAGE (optional): core-hours behind each run's warm start, where its --init entry's card does
+# not record a total (entries before v1.3); by default zoo release reads it from that card.
 set -e
 : "${VER:?set VER, e.g. VER=1.3}" "${HPNOTE:?set HPNOTE (the model cards provenance line)}" "${MSHNOTE:?set MSHNOTE}"
 cd "$(dirname "$0")/.."
@@ -8,11 +10,11 @@ DS="shared/datasets/wallpapers (178, licences in its SOURCES.md) + photos 001-03
 cp zoo/manifest.json runs/manifest-hp.json; cp zoo/manifest.json runs/manifest-msh.json
 zoo release runs/hp-vr --checkpoint best.pt --version $VER --half --out model_store/entries/bmshj2018-hyperprior-vr/mse/v$VER \
   --eval ../shared/datasets/kodak --dataset-name "$DS" --manifest runs/manifest-hp.json --repo-root . --current-for auto \
-  --note "$HPNOTE" > runs/release-hp-vr-$VER.log 2>&1 &
+  --note "$HPNOTE" ${HPLINEAGE:+--lineage-cpu-hours $HPLINEAGE} > runs/release-hp-vr-$VER.log 2>&1 &
 P1=$!
 zoo release runs/msh-vr --checkpoint best.pt --version $VER --half --out model_store/entries/mbt2018-mean-vr/mse/v$VER \
   --eval ../shared/datasets/kodak --dataset-name "$DS" --manifest runs/manifest-msh.json --repo-root . --current-for auto \
-  --note "$MSHNOTE" > runs/release-msh-vr-$VER.log 2>&1 &
+  --note "$MSHNOTE" ${MSHLINEAGE:+--lineage-cpu-hours $MSHLINEAGE} > runs/release-msh-vr-$VER.log 2>&1 &
 P2=$!
 wait $P1; wait $P2
 python - <<'PY'

@@ -298,9 +298,34 @@ def test_release_loads_and_round_trips(folders, tmp_path):
     assert config["training"]["hardware"].startswith("CPU: ") and config["training"]["steps"] == 10
     card = (entry / "README.md").read_text()
     assert "model-index" in card and "- hardware: CPU: " in card and "- cpu_hours: " in card
+    training = config["training"]
+    assert training["lineage_cpu_hours"] == 0 and training["total_cpu_hours"] == training["cpu_hours"]  # fresh
     codec = zoo.load_local(entry)
     x = torch.rand(3, 40, 70)
     assert codec.decompress(codec.compress(x)).shape == (1, 3, 40, 70)
+
+
+def test_release_counts_the_core_hours_behind_a_warm_start(folders, tmp_path, capsys):
+    """A run warm-started from an entry: its card's total is the entry's recorded total plus the run's own
+    CPU time (or an explicit --lineage-cpu-hours, for entries released before totals were recorded)."""
+    from zoo.cli import main
+
+    first, entry = tmp_path / "first", tmp_path / "entry"
+    train(_cfg(folders, first, 3))
+    assert main(["release", str(first), "--version", "0.1", "--out", str(entry), "--checkpoint", "last.pt"]) == 0
+    before = json.loads((entry / "config.json").read_text())["training"]["total_cpu_hours"]
+    second = tmp_path / "second"
+    train(_cfg(folders, second, 3, init=str(entry)))
+    for extra, lineage in (([], before), (["--lineage-cpu-hours", "2.5"], 2.5)):
+        out = tmp_path / f"entry-{lineage}"
+        argv = ["release", str(second), "--version", "0.2", "--out", str(out), "--checkpoint", "last.pt", *extra]
+        assert main(argv) == 0
+        training = json.loads((out / "config.json").read_text())["training"]
+        assert training["lineage_cpu_hours"] == round(lineage, 3)
+        assert training["total_cpu_hours"] == round(lineage + training["cpu_hours"], 3)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["release", str(second), "--version", "0.3", "--out", str(tmp_path / "x"), "--lineage-cpu-hours", "-1"])
+    assert exit_info.value.code == 2 and "non-negative" in capsys.readouterr().err
 
 
 def test_entropy_models_stay_float32_under_bf16_autocast():

@@ -61,7 +61,14 @@ def cmd_release(args: argparse.Namespace) -> int:
     if args.note:
         extra["note"] = args.note
     info = release(
-        args.run, args.version, args.out, args.eval, checkpoint=args.checkpoint, half=args.half, training=extra
+        args.run,
+        args.version,
+        args.out,
+        args.eval,
+        checkpoint=args.checkpoint,
+        half=args.half,
+        training=extra,
+        lineage_cpu_hours=args.lineage_cpu_hours,
     )
     kodak = info.results.get("kodak", {})
     figures = f" kodak bpp {kodak['bpp']:.4f} PSNR {kodak['psnr']:.2f} dB" if kodak else ""
@@ -84,6 +91,16 @@ def cmd_release(args: argparse.Namespace) -> int:
             print(f"current for qualities: {', '.join(map(str, line['current_for'])) or 'none'}")
         add_to_manifest(line, target)
     return 0
+
+
+def _non_negative_hours(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a number of hours, not {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"a finite, non-negative number of hours, not {text!r}")
+    return value
 
 
 def _qualities(text: str) -> list[int] | str:
@@ -177,6 +194,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--repo-root", default=".", help="paths in the manifest are relative to this folder")
     p.add_argument("--dataset-name", help="training data as the model card should name it")
     p.add_argument("--note", help="a line of provenance for the model card")
+    p.add_argument(
+        "--lineage-cpu-hours",
+        type=_non_negative_hours,
+        help="core-hours behind the run's warm start (default: the --init entry's recorded total); the card "
+        "records them and total_cpu_hours",
+    )
     p.add_argument(
         "--current-for",
         type=_qualities,

@@ -37,6 +37,35 @@ def _run_model(run: Path, checkpoint: str):
     return model.eval(), cfg, summary
 
 
+def recorded_total_cpu_hours(entry_dir: str | Path) -> float | None:
+    """The training compute behind an entry, as its card records it: `total_cpu_hours` (its own run plus the
+    lineage it started from), else its own run's `cpu_hours` plus any `lineage_cpu_hours`; None if unrecorded."""
+    config = Path(entry_dir) / "config.json"
+    if not config.is_file():
+        return None
+    training = json.loads(config.read_text()).get("training", {})
+    if "total_cpu_hours" in training:
+        return float(training["total_cpu_hours"])
+    if "cpu_hours" in training:
+        return float(training["cpu_hours"]) + float(training.get("lineage_cpu_hours", 0.0))
+    return None
+
+
+def _add_lineage(summary: dict[str, Any], cfg: dict[str, Any], lineage_cpu_hours: float | None) -> None:
+    """Core-hours across warm starts: the run's own CPU time plus what its --init entry had behind it
+    (`lineage_cpu_hours`: given, or read from that entry's card; a fresh start has none)."""
+    if lineage_cpu_hours is None:
+        init = cfg.get("init")
+        if not init:
+            lineage_cpu_hours = 0.0
+        else:
+            lineage_cpu_hours = recorded_total_cpu_hours(init)
+    if lineage_cpu_hours is None or "cpu_hours" not in summary:
+        return
+    summary["lineage_cpu_hours"] = round(lineage_cpu_hours, 3)
+    summary["total_cpu_hours"] = round(lineage_cpu_hours + float(summary["cpu_hours"]), 3)
+
+
 def release(
     run: str | Path,
     version: str,
@@ -45,10 +74,13 @@ def release(
     checkpoint: str = "best.pt",
     half: bool = False,
     training: dict[str, Any] | None = None,
+    lineage_cpu_hours: float | None = None,
 ) -> EntryInfo:
     """Entry folder from a run: tables computed from the weights as shipped, the card filled from an
-    evaluation on `eval_dir` (real files: bpp from their size)."""
+    evaluation on `eval_dir` (real files: bpp from their size). `lineage_cpu_hours`: the core-hours behind the
+    run's warm start, when its card does not record them (default: read from the --init entry's card)."""
     model, cfg, summary = _run_model(Path(run), checkpoint)
+    _add_lineage(summary, cfg, lineage_cpu_hours)
     summary.update(training or {})
     kwargs = dict(
         arch=cfg["arch"], quality=cfg["quality"], metric=cfg["metric"], version=version, training=summary, half=half
