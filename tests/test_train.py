@@ -426,6 +426,25 @@ def test_compiled_bf16_variable_rate_training_runs_and_resumes(folders, tmp_path
     assert torch.load(out / "last.pt", weights_only=True)["step"] == 22
 
 
+def test_compile_without_a_compiler_is_one_clear_error(folders, tmp_path):
+    """`zoo train --compile` where inductor finds no C++ compiler: exit status 2 and one line naming the
+    flag, not inductor's traceback."""
+    env = {
+        **os.environ,
+        "CXX": str(tmp_path / "no-such-compiler"),
+        "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor"),  # no cached kernels to skip the compiler
+        "TORCHINDUCTOR_FX_GRAPH_CACHE": "0",
+    }
+    cmd = [sys.executable, "-m", "zoo.cli", "train", "--arch", "bmshj2018-hyperprior", "--quality", "1"]
+    cmd += ["--N", "16", "--M", "24", "--train", str(folders / "train"), "--val", str(folders / "val")]
+    cmd += ["--out", str(tmp_path / "run"), "--steps", "2", "--patch", "64", "--batch-size", "2"]
+    cmd += ["--workers", "0", "--quiet", "--compile"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--compile" in lines[0] and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+
+
 def test_bf16_channels_last_training_lowers_the_loss_and_resumes(folders, tmp_path):
     """The CPU recipe's fast path (bf16 autocast, channels-last) on a variable-rate model: the loss goes down,
     the validation codes real files, and a resumed run carries on from the checkpoint."""

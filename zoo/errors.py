@@ -40,3 +40,7 @@ class HubError(ZooError):
 
 class ArchitectureError(ZooError):
     """A state dict that does not fit the architecture it was declared for."""
+
+
+class CompileError(ZooError, RuntimeError):
+    """torch.compile could not compile the network (no C++ compiler, an unsupported operation): train without it."""

@@ -23,7 +23,7 @@ from torch import Tensor
 from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import DataLoader
 
-from zoo.errors import InputError
+from zoo.errors import CompileError, InputError
 from zoo.models.base import CompressionModel
 from zoo.registry import LAMBDAS, create_model, get_arch
 from zoo.train.data import CropDataset, full_images, load_folder
@@ -318,6 +318,23 @@ class Trainer:
             # compile in this process, so its CPU time is counted in cpu_s (core-hours) like the training's
             inductor_config.compile_threads = 1
         self.forward = torch.compile(self.net) if cfg.compile else self.net
+        self._compiled = False
+
+    def _forward(self, *inputs: torch.Tensor) -> Any:
+        """The training forward. Under --compile the first call compiles, and a compiler that cannot (no C++
+        compiler, an unsupported operation) is reported as one CompileError rather than inductor's traceback."""
+        if not self.cfg.compile or self._compiled:
+            return self.forward(*inputs)
+        from torch._dynamo.exc import TorchDynamoException
+        from torch._inductor.exc import InductorError
+
+        try:
+            out = self.forward(*inputs)
+        except (TorchDynamoException, InductorError) as exc:
+            first = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+            raise CompileError(f"--compile: torch.compile failed ({first[:300]}); train without --compile") from None
+        self._compiled = True
+        return out
 
     def _time_progress(self, step: int) -> int:
         """The schedule's position when the clock sets the budget: the elapsed share, on a 10,000-step scale."""
@@ -491,11 +508,11 @@ class Trainer:
                     sample_levels(cfg.seed + 7919 * self.rank, self.step, x.shape[0], integer_share=cfg.integer_share)
                 ).to(self.device, torch.float32)
                 with autocast:
-                    out = self.forward(x, levels)
+                    out = self._forward(x, levels)
                 terms = self.loss_fn(out, x, level_lambdas(levels, cfg.metric))
             else:
                 with autocast:
-                    out = self.forward(x)
+                    out = self._forward(x)
                 terms = self.loss_fn(out, x)
             self.optimizer.zero_grad(set_to_none=True)
             terms.loss.backward()
