@@ -3,6 +3,8 @@
 cd "$(dirname "$0")/.."
 r=$1
 case "$r" in hp|msh) ;; *) echo "usage: scripts/resume_vr.sh hp|msh" >&2; exit 2 ;; esac
-if [ $r = hp ]; then A=bmshj2018-hyperprior-vr; I=model_store/entries/bmshj2018-hyperprior-vr/mse/v1.2; else A=mbt2018-mean-vr; I=model_store/entries/mbt2018-mean-vr/mse/v1.2; fi
+if [ $r = hp ]; then A=bmshj2018-hyperprior-vr; else A=mbt2018-mean-vr; fi
+# without runs/$r-vr/last.pt (a fresh checkout) the run starts again from the newest release
+I=$(ls -d model_store/entries/$A/mse/v* | sort -V | tail -n 1)
 pkill -f "out runs/$r-vr " ; sleep 2
 TORCHINDUCTOR_COMPILE_THREADS=1 setsid nohup nice -n 19 zoo train --arch $A --train runs/data-vr/train --val runs/data-vr/val --out runs/$r-vr --steps 20000 --batch-size 8 --patch 256 --lr 1e-4 --scheduler cosine --val-every 250 --ckpt-every 50 --workers 1 --threads 1 --quiet --resume --amp bf16 --channels-last --ema 0.995 --compile --init $I >> runs/$r-vr.log 2>&1 &
