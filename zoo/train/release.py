@@ -20,7 +20,7 @@ def _run_model(run: Path, checkpoint: str):
     model = create_model(cfg["arch"], cfg["quality"], **cfg.get("widths", {}))
     model.load_state_dict(state)
     summary_path = run / "summary.json"
-    recipe = ("batch_size", "patch", "lr", "scheduler", "init", "amp", "channels_last", "ema_decay")
+    recipe = ("batch_size", "patch", "lr", "scheduler", "init", "amp", "channels_last", "compile", "ema_decay")
     summary: dict[str, Any] = {k: cfg.get(k) for k in recipe}
     summary.update(
         {
