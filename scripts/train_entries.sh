@@ -151,8 +151,9 @@ VDS="shared/datasets/wallpapers (178, licences in its SOURCES.md) + photos 001-0
 if [ "${VR_TRAIN:-0}" = 1 ]; then
     # a run that lost its checkpoints starts again from the last release (the fixed-rate q3 entries it began
     # from are retired: served by the embedded mirror, no longer in the working tree)
-    vrun bmshj2018-hyperprior-vr hp-vr model_store/entries/bmshj2018-hyperprior-vr/mse/v1.2 &
-    vrun mbt2018-mean-vr msh-vr model_store/entries/mbt2018-mean-vr/mse/v1.2 &
+    newest() { ls -d "model_store/entries/$1/mse/v"* | sort -V | tail -n 1; }
+    vrun bmshj2018-hyperprior-vr hp-vr "$(newest bmshj2018-hyperprior-vr)" &
+    vrun mbt2018-mean-vr msh-vr "$(newest mbt2018-mean-vr)" &
     wait
 fi
 # Release (the levels the manifest marks current are chosen per level against the fixed-rate entries):
