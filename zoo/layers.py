@@ -38,7 +38,7 @@ def float32_under_autocast(forward):
     def wrapper(self, *args, **kwargs):
         first = next(a for a in (*args, *kwargs.values()) if isinstance(a, Tensor))
         device = first.device.type
-        if not torch.is_autocast_enabled(device):
+        if not (torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device)):
             return forward(self, *args, **kwargs)
 
         def up(v):
