@@ -23,14 +23,13 @@ sys.path.insert(0, str(REPO))
 
 
 def newest_entry(arch: str) -> Path:
-    from zoo.entry import version_key
+    """The folder of the entry `zoo.load(arch, quality=...)` would use: the manifest's newest version."""
+    from zoo.hub import resolve_point
+    from zoo.mirror import entry_folder
 
-    folders = sorted(
-        (REPO / "model_store" / "entries" / arch / "mse").glob("v*"), key=lambda p: version_key(p.name[1:])
-    )
-    if not folders:
-        raise SystemExit(f"no {arch} entry in model_store/entries")
-    return folders[-1]
+    entry = resolve_point(arch, 1).entry
+    assert entry.path, f"{entry.name} has no path in the manifest"
+    return entry_folder(REPO / entry.path)
 
 
 def main() -> int:

@@ -30,9 +30,10 @@ def float32_under_autocast(forward):
     """Run a module's forward in float32 even inside a bfloat16 autocast region (the CPU and GPU training
     recipes), its floating inputs upcast. Two kinds of layer need it. Entropy models: a likelihood is the
     difference of two nearby CDF values, which bfloat16's 8-bit mantissa cannot resolve, so the rate term and
-    its gradients would be mostly rounding noise. GDN: its gradients in bfloat16 point elsewhere (measured on a
-    trained hyperprior, the transforms' gradient had cosine 0.65 with float32's and a fifth of its norm; with
-    GDN in float32, 0.9998; `benchmarks/grad_fidelity.py`). The convolutions around them keep bfloat16."""
+    its gradients would be mostly rounding noise. GDN (and the pixel convolutions below): in bfloat16 the
+    transforms' gradient points elsewhere (on hyperprior-vr v1.2, cosine 0.565 with float32's; GDN alone in
+    float32, 0.83; with the pixel convolutions too, 0.991: `benchmarks/grad_fidelity.py`). The convolutions
+    between them keep bfloat16."""
 
     @functools.wraps(forward)
     def wrapper(self, *args, **kwargs):

@@ -6,7 +6,16 @@ import json
 from pathlib import Path
 from typing import Any
 
-from zoo.entry import ENTRY_FILES, EntryInfo, codec_for_model, load_entry, save_entry, sha256_file, version_key
+from zoo.entry import (
+    ENTRY_FILES,
+    EntryInfo,
+    codec_for_model,
+    load_entry,
+    read_config,
+    save_entry,
+    sha256_file,
+    version_key,
+)
 from zoo.errors import EntryNotFound
 from zoo.registry import create_model, get_arch, load_checkpoint
 
@@ -40,10 +49,9 @@ def _run_model(run: Path, checkpoint: str):
 def recorded_total_cpu_hours(entry_dir: str | Path) -> float | None:
     """The training compute behind an entry, as its card records it: `total_cpu_hours` (its own run plus the
     lineage it started from), else its own run's `cpu_hours` plus any `lineage_cpu_hours`; None if unrecorded."""
-    config = Path(entry_dir) / "config.json"
-    if not config.is_file():
+    if not Path(entry_dir).is_dir():  # a run checkpoint, a Hub name: no card to read
         return None
-    training = json.loads(config.read_text()).get("training", {})
+    training = read_config(entry_dir).training
     if "total_cpu_hours" in training:
         return float(training["total_cpu_hours"])
     if "cpu_hours" in training:
