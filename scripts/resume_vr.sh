@@ -1,5 +1,7 @@
 #!/bin/bash
-# usage: scripts/resume_vr.sh hp|msh   (resume one of the two long variable-rate runs with the current recipe, in the background; docs/training.md)
+# usage: [MINUTES=100] scripts/resume_vr.sh hp|msh   (resume one of the two long variable-rate runs with the current
+# recipe, in the background; docs/training.md). Each session is one cosine cycle of MINUTES wall-clock minutes, so the
+# weights released at the session's end were trained down to 1% of the peak learning rate.
 cd "$(dirname "$0")/.."
 r=$1
 case "$r" in hp|msh) ;; *) echo "usage: scripts/resume_vr.sh hp|msh" >&2; exit 2 ;; esac
@@ -7,4 +9,5 @@ if [ $r = hp ]; then A=bmshj2018-hyperprior-vr; else A=mbt2018-mean-vr; fi
 # without runs/$r-vr/last.pt (a fresh checkout) the run starts again from the newest release
 I=$(ls -d model_store/entries/$A/mse/v* | sort -V | tail -n 1)
 pkill -f "out runs/$r-vr " ; sleep 2
-TORCHINDUCTOR_COMPILE_THREADS=1 setsid nohup nice -n 19 zoo train --arch $A --train runs/data-vr/train --val runs/data-vr/val --out runs/$r-vr --steps 20000 --batch-size 8 --patch 256 --lr 1e-4 --scheduler cosine --val-every 250 --ckpt-every 50 --workers 1 --threads 1 --quiet --resume --amp bf16 --channels-last --ema 0.995 --compile --init $I >> runs/$r-vr.log 2>&1 &
+MINUTES=${MINUTES:-100}
+TORCHINDUCTOR_COMPILE_THREADS=1 setsid nohup nice -n 19 zoo train --arch $A --train runs/data-vr/train --val runs/data-vr/val --out runs/$r-vr --max-minutes $MINUTES --warmup 50 --batch-size 8 --patch 256 --lr 1e-4 --scheduler cosine --val-every 250 --ckpt-every 50 --workers 1 --threads 1 --quiet --resume --amp bf16 --channels-last --ema 0.995 --compile --init $I >> runs/$r-vr.log 2>&1 &

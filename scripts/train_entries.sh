@@ -3,7 +3,8 @@
 # with far more --steps (and --amp bf16, larger --patch) for competitive models. Data: shared/datasets/photos
 # 001-035 for training, 036-039 held out for validation; Kodak only for the model cards' figures.
 #
-#   bash scripts/train_entries.sh            # every stage; a stage whose entry exists is skipped
+#   bash scripts/train_entries.sh            # every stage; a stage whose entry the manifest lists is skipped
+#                                            # (in the working tree or retired: zoo/manifest.json keeps every version)
 #   STEPS=700 bash scripts/train_entries.sh  # fine-tuning steps per entry (default 700; factorized 600)
 #
 # Order (each stage warm-starts from the one before, since CPU training cannot afford scratch runs):
@@ -28,12 +29,20 @@ mkdir -p "$DATA/train" "$DATA/val"
 for f in ../shared/datasets/photos/0{01..35}.png; do ln -sf "$(realpath "$f")" "$DATA/train/"; done
 for f in ../shared/datasets/photos/0{36..39}.png; do ln -sf "$(realpath "$f")" "$DATA/val/"; done
 
+# released FOLDER: whether zoo/manifest.json lists the entry at that path. Retired versions count: their folders have
+# left the working tree but stay released (served, and --init reads them, from the commit the manifest names).
+released() {
+    python3 -c 'import sys; from zoo.hub import load_manifest; sys.exit(all(e.path != sys.argv[1] for e in load_manifest()))' "$1"
+}
+
 # stage ARCH QUALITY STEPS NOTE -- extra zoo-train arguments (the warm start)
 stage() {
     local arch=$1 q=$2 steps=$3 note=$4 out
     shift 5
     out=model_store/entries/$arch/q$q-mse/v1.0
-    [ -f "$out/config.json" ] && return 0
+    released "$out" && return 0
+    # the hyperprior v1.0 of q1, q2, q4 and q5 were never listed: only starting points of their v1.1 and factorized
+    [ "$arch" = bmshj2018-hyperprior ] && released "$H/q$q-mse/v1.1" && released "$F/q$q-mse/v1.0" && return 0
     zoo train --arch "$arch" --quality "$q" --train "$DATA/train" --val "$DATA/val" --out "$RUNS/$arch-q$q" \
         --steps "$steps" --batch-size 8 --patch 128 --lr 1e-4 --scheduler cosine --val-every $((steps / 2)) \
         --ckpt-every 100 --workers 1 --threads 2 --quiet --resume "$@" || return 1
@@ -43,7 +52,7 @@ stage() {
 }
 
 # 1. The headline entry. Its first 2,800 steps were a bootstrap run at lr 3e-4; this reproduces its shape.
-if [ ! -f "$H/q3-mse/v1.0/config.json" ]; then
+if ! released "$H/q3-mse/v1.0"; then
     zoo train --arch bmshj2018-hyperprior --quality 3 --train "$DATA/train" --val "$DATA/val" \
         --out "$RUNS/bmshj2018-hyperprior-q3" --lr 3e-4 --scheduler cosine --patch 128 --batch-size 8 \
         --steps 4550 --val-every 1000 --ckpt-every 250 --threads 2 --workers 1 --resume
@@ -57,7 +66,7 @@ stage bmshj2018-hyperprior 5 "$STEPS" "at its own lambda from the quality-4 run"
     --init "$RUNS/bmshj2018-hyperprior-q4/last.pt"
 stage bmshj2018-hyperprior 2 "$STEPS" "at its own lambda from the quality-3 v1.0 entry" -- --init "$H/q3-mse/v1.0"
 stage bmshj2018-hyperprior 1 "$STEPS" "at its own lambda from the quality-3 v1.0 entry" -- --init "$H/q3-mse/v1.0"
-if [ ! -f "$H/q3-mse/v1.1/config.json" ]; then
+if ! released "$H/q3-mse/v1.1"; then
     zoo train --arch bmshj2018-hyperprior --quality 3 --train "$DATA/train" --val "$DATA/val" \
         --out "$RUNS/bmshj2018-hyperprior-q3-v1.1" --init "$H/q3-mse/v1.0" --steps 500 --batch-size 4 \
         --patch 256 --lr 1e-4 --scheduler cosine --val-every 250 --ckpt-every 100 --workers 1 \
@@ -69,7 +78,7 @@ fi
 
 # 2b. v1.1 of q4, q5, q2 and q1: the same 500 steps on 256-px crops (q3 v1.1 showed what they are worth).
 for q in 4 5 2 1; do
-    [ -f "$H/q$q-mse/v1.1/config.json" ] && continue
+    released "$H/q$q-mse/v1.1" && continue
     zoo train --arch bmshj2018-hyperprior --quality "$q" --train "$DATA/train" --val "$DATA/val" \
         --out "$RUNS/bmshj2018-hyperprior-q$q-v1.1" --init "$H/q$q-mse/v1.0" --steps 500 --batch-size 4 \
         --patch 256 --lr 1e-4 --scheduler cosine --val-every 250 --ckpt-every 100 --workers 1 --threads 2 \
@@ -92,7 +101,7 @@ done
 wide() {
     local q=$1 steps=$2 note=$3 out=$H/q$1-mse/v1.0
     shift 3
-    [ -f "$out/config.json" ] && return 0
+    released "$out" && return 0
     zoo train --arch bmshj2018-hyperprior --quality "$q" --train "$DATA/train" --val "$DATA/val" \
         --out "$RUNS/bmshj2018-hyperprior-q$q" --steps "$steps" --batch-size 4 --patch 256 --lr 1e-4 \
         --scheduler cosine --val-every 250 --ckpt-every 50 --workers 1 --threads 2 --quiet --resume "$@" || return 1
@@ -116,11 +125,11 @@ mrun() {  # mrun RUN QUALITY STEPS LR -- warm start
         --ckpt-every 100 --workers 1 --threads 2 --quiet --resume "$@"
 }
 mrelease() {  # mrelease RUN QUALITY NOTE
-    [ -f "$M/q$2-mse/v1.0/config.json" ] && return 0
+    released "$M/q$2-mse/v1.0" && return 0
     zoo release "$RUNS/$1" --checkpoint last.pt --version 1.0 --half --manifest package --out "$M/q$2-mse/v1.0" \
         --eval ../shared/datasets/kodak --dataset-name "$DS" --note "$3; CPU, 2 threads"
 }
-if [ ! -f "$M/q3-mse/v1.0/config.json" ] || [ ! -f "$M/q1-mse/v1.0/config.json" ] || [ ! -f "$M/q2-mse/v1.0/config.json" ]; then
+if ! released "$M/q3-mse/v1.0" || ! released "$M/q1-mse/v1.0" || ! released "$M/q2-mse/v1.0"; then
     mrun mbt2018-mean-q3 3 800 2e-4 -- --init "$H/q3-mse/v1.1" --init-parts g_a,g_s,h_a,entropy_bottleneck || exit 1
     mrun mbt2018-mean-q3b 3 450 1e-4 -- --init "$RUNS/mbt2018-mean-q3/last.pt" || exit 1
     mrun mbt2018-mean-q2 2 450 1e-4 -- --init "$RUNS/mbt2018-mean-q3/last.pt" || exit 1

@@ -10,6 +10,7 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
+import torch
 import pytest
 from PIL import Image
 
@@ -155,3 +156,26 @@ def test_entry_folder_reads_a_retired_entry_from_its_commit(tmp_path, monkeypatc
     assert entry_folder(REPO / live.path) == REPO / live.path
     with pytest.raises(EntryNotFound, match="neither"):
         entry_folder(REPO / "model_store" / "entries" / "no-such" / "v9")
+
+
+def test_a_retired_entry_stays_a_warm_start(tmp_path, monkeypatch):
+    """`zoo train --init model_store/entries/...` of a version that left the working tree reads its weights from
+    the commit the manifest names (scripts/train_entries.sh warm-starts from retired entries); a path that no
+    manifest line holds is EntryNotFound naming it."""
+    from zoo.entry import load_entry
+    from zoo.registry import get_arch
+    from zoo.train.trainer import load_init_weights
+
+    (e,) = [x for x in load_manifest() if f"{x.arch}/q{x.quality}-{x.metric}@{x.version}" == RETIRED]
+    monkeypatch.setenv("ZOO_HOME", str(tmp_path / "home"))
+    if not (REPO / e.path).is_dir():
+        _entry_files(e, tmp_path / "probe")  # skips where this clone lacks the history
+    spec = get_arch("bmshj2018-hyperprior")
+    model = spec.model_class(**spec.widths(3))
+    load_init_weights(model, str(REPO / e.path))
+    want, _ = load_entry(_entry_files(e, tmp_path / "want"))
+    got, ref = model.state_dict(), want.state_dict()
+    assert got.keys() == ref.keys()
+    assert all(torch.equal(got[k].float(), ref[k].float()) for k in ref)
+    with pytest.raises(EntryNotFound, match="v9.9"):
+        load_init_weights(model, str(REPO / "model_store/entries/bmshj2018-hyperprior/q3-mse/v9.9"))

@@ -136,13 +136,19 @@ def _dist_info() -> tuple[int, int, int]:
 def load_init_weights(
     model: CompressionModel, spec: str, parts: tuple[str, ...] = (), widen: bool = False, metric: str = "mse"
 ) -> str:
-    """Warm start from an entry folder, a training checkpoint, or a Hub name (hf-hub:... or arch:quality).
+    """Warm start from an entry folder, a training checkpoint, or a Hub name (hf-hub:... or arch:quality). An entry
+    folder that has left the working tree is read from the history its manifest line names (`zoo.mirror`), so a
+    retired version stays a starting point.
 
     With `parts`, only those submodules are taken (each one whole, shapes equal): the way to start one
     architecture from another's transforms, e.g. a factorized prior from a hyperprior's g_a and g_s.
     With `widen`, a narrower model of the same architecture is grown into this one (`zoo.train.widen`)."""
     path = Path(spec)
     source_lambda: float | None = None
+    if not path.exists() and ":" not in spec and "/" in spec:
+        from zoo.mirror import entry_folder
+
+        path = entry_folder(path)  # a retired entry's path, or EntryNotFound naming it
     if path.is_dir():
         from zoo.entry import load_entry
 
