@@ -10,8 +10,8 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
-import torch
 import pytest
+import torch
 from PIL import Image
 
 from tests.support import REPO
