@@ -1,6 +1,7 @@
 #!/bin/bash
 # Release v$VER of both variable-rate runs in parallel, each into its own copy of the manifest, then merge.
-# usage: VER=1.3 HPNOTE="..." MSHNOTE="..." scripts/release_vr.sh   (about 11 minutes on 2 cores)
+# usage: VER=1.4 HPNOTE="..." MSHNOTE="..." scripts/release_vr.sh   (about 14 minutes on 2 cores); it also adds both
+# releases to the learning curve (scripts/learning_point.py): then python benchmarks/rd_report.py
 # HPLINEAGE / MSHLINEAGE (optional): core-hours behind each run's warm start, where its --init entry's card does
 # not record a total (entries before v1.3); by default zoo release reads it from that card.
 set -e
@@ -41,3 +42,4 @@ json.dump(pkg, open("zoo/manifest.json", "w"), indent=1)
 open("zoo/manifest.json", "a").write("\n")
 print("merged", len(out), "entries")
 PY
+python scripts/learning_point.py model_store/entries/bmshj2018-hyperprior-vr/mse/v$VER model_store/entries/mbt2018-mean-vr/mse/v$VER
