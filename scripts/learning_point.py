@@ -36,6 +36,7 @@ def point(folder: Path) -> dict:
     if psnr != psnr:  # NaN: 0.5 bpp outside the curve
         raise ZooError(f"{folder}: its Kodak curve does not reach 0.5 bpp")
     lineage, own = train.get("lineage_cpu_hours", 0.0), train.get("cpu_hours", 0.0)
+    steps = train.get("checkpoint_step", train.get("steps", "?"))
     return {
         "arch": card.entry.arch,
         "curve": f"v{card.entry.version}, every level",
@@ -43,7 +44,7 @@ def point(folder: Path) -> dict:
         "gpu_minutes": 0,
         "psnr_at_0.5": round(psnr, 3),
         "note": (
-            f"{lineage:.2f} core-hours of lineage + {own:.2f} of its run ({train.get('checkpoint_step', train.get('steps', '?'))} steps from "
+            f"{lineage:.2f} core-hours of lineage + {own:.2f} of its run ({steps} steps from "
             f"{Path(str(train.get('init', '?'))).name or '?'}); process CPU time, total_cpu_hours in the card"
         ),
     }
