@@ -7,8 +7,9 @@ One batch (8 crops of 256² from `samples/kodim23.png`, one at each level 1..8) 
 entry's network in training mode, the quantisation noise drawn from the same seed each time. The loss's
 gradient with float32 is the reference; each variant's gradient of the transforms (g_a, g_s: what the
 distortion term trains) is compared with it: cosine (1 = same direction) and norm ratio (1 = same length).
-Variants: bfloat16 autocast eager, and torch.compile'd, each with the float32 islands (GDN, the convolutions
-that read and write pixels: as the layers run now) and with every layer in bfloat16 (as they ran before).
+Variants: bfloat16 autocast eager, and torch.compile'd, each with the float32 islands as the layers run now
+(GDN's elementwise part and the convolutions that read and write pixels; GDN's channel mixing in bfloat16), with
+all of GDN in float32 (the recipe of v1.3), and with every layer in bfloat16 (before v1.3).
 Ends with one `variant=<name> cos=<c> norm_ratio=<r>` per variant.
 """
 
@@ -38,7 +39,7 @@ def main() -> int:
 
     from zoo.entry import load_entry
     from zoo.imageio import read_image
-    from zoo.layers import GDN, PixelConv2d, PixelConvTranspose2d
+    from zoo.layers import GDN, PixelConv2d, PixelConvTranspose2d, float32_under_autocast
     from zoo.train.losses import RateDistortionLoss
     from zoo.train.trainer import level_lambdas
 
@@ -75,14 +76,20 @@ def main() -> int:
         return torch.cat([p.grad.flatten().double() for p in watched])
 
     islands = (GDN, PixelConv2d, PixelConvTranspose2d)
-    float32_forwards = [cls.forward for cls in islands]
-    bfloat16_forwards = [cls.forward.__wrapped__ for cls in islands]  # type: ignore[attr-defined]
+    pixel_f32 = [cls.forward for cls in islands[1:]]
+    pixel_bf16 = [cls.forward.__wrapped__ for cls in islands[1:]]  # type: ignore[attr-defined]
+    variants = {
+        "float32-islands": [GDN.forward, *pixel_f32],  # as the layers run now: GDN's mixing in bfloat16
+        "gdn-all-float32": [float32_under_autocast(GDN._forward), *pixel_f32],  # v1.3's recipe
+        "all-bfloat16": [GDN._forward, *pixel_bf16],  # before v1.3
+    }
+    float32_forwards = variants["float32-islands"]
     reference = gradient(model, amp=False)
     results = []
     for compiled in (False, True):
         if compiled and args.no_compile:
             continue
-        for label, forwards in (("float32-islands", float32_forwards), ("all-bfloat16", bfloat16_forwards)):
+        for label, forwards in variants.items():
             for cls, forward in zip(islands, forwards, strict=True):
                 cls.forward = forward  # type: ignore[method-assign]
             torch._dynamo.reset()

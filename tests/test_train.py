@@ -348,20 +348,29 @@ def test_entropy_models_stay_float32_under_bf16_autocast():
 
 
 def test_float32_islands_under_bf16_autocast():
-    """GDN and the convolutions that read and write pixels compute in float32 inside a bfloat16 autocast
-    (the same values as outside it), while the convolutions between them run in bfloat16."""
+    """The convolutions that read and write pixels compute in float32 inside a bfloat16 autocast (the same
+    values as outside it), GDN in float32 except its channel mixing (bfloat16 operands), while the
+    convolutions between them run in bfloat16."""
+    import torch.nn.functional as F
+
     from zoo.layers import GDN, pixel_conv, pixel_deconv
 
     torch.manual_seed(0)
     x = torch.rand(1, 3, 32, 32)
     first, gdn, middle, last = pixel_conv(3, 8), GDN(8), torch.nn.Conv2d(8, 8, 3, padding=1), pixel_deconv(8, 3)
+    with torch.no_grad():
+        gdn.gamma.add_(0.05 * torch.rand_like(gdn.gamma))  # channels that mix
     with torch.autocast("cpu", dtype=torch.bfloat16):
         a = first(x)
         b = gdn(a)
         c = middle(b)
         d = last(c)
     assert a.dtype == b.dtype == d.dtype == torch.float32 and c.dtype == torch.bfloat16
-    assert torch.equal(a, first(x)) and torch.equal(b, gdn(a)) and torch.equal(d, last(c.float()))
+    assert torch.equal(a, first(x)) and torch.equal(d, last(c.float()))
+    beta, gamma = gdn.effective_params()
+    mixing = F.conv2d((a * a).bfloat16(), gamma.bfloat16()).float()
+    assert torch.equal(b, a * torch.rsqrt(mixing + beta.reshape(1, -1, 1, 1)))
+    assert torch.allclose(b, gdn(a), rtol=1e-2, atol=1e-4)  # float32's GDN, to bfloat16's precision
 
 
 def test_bf16_training_gradient_follows_float32():
@@ -400,9 +409,14 @@ def test_bf16_training_gradient_follows_float32():
     reference = gradient(False)
     islands = cosine(gradient(True), reference)
     kept = {cls: cls.forward for cls in (layers.GDN, layers.PixelConv2d, layers.PixelConvTranspose2d)}
+    bf16 = {layers.GDN: layers.GDN._forward} | {
+        cls: forward.__wrapped__  # type: ignore[attr-defined]
+        for cls, forward in kept.items()
+        if cls is not layers.GDN
+    }
     try:
-        for cls, forward in kept.items():
-            cls.forward = forward.__wrapped__  # type: ignore[attr-defined, method-assign]
+        for cls, forward in bf16.items():
+            cls.forward = forward  # type: ignore[method-assign]
         everything_bf16 = cosine(gradient(True), reference)
     finally:
         for cls, forward in kept.items():
