@@ -421,7 +421,9 @@ def test_bf16_training_gradient_follows_float32():
     finally:
         for cls, forward in kept.items():
             cls.forward = forward  # type: ignore[method-assign]
-    assert islands > 0.99, islands
+    # On this small high-rate batch: v1.3 0.998 vs 0.913; v1.4 (smaller residuals) 0.954 vs 0.310. The full
+    # measurement (benchmarks/grad_fidelity.py, 8 x 256^2, levels 1-8) on v1.4: 0.997 vs 0.704.
+    assert islands > 0.9, islands
     assert 1 - everything_bf16 > 5 * (1 - islands), (everything_bf16, islands)  # the islands' error is far smaller
 
 
