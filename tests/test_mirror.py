@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -179,3 +181,22 @@ def test_a_retired_entry_stays_a_warm_start(tmp_path, monkeypatch):
     assert all(torch.equal(got[k].float(), ref[k].float()) for k in ref)
     with pytest.raises(EntryNotFound, match="v9.9"):
         load_init_weights(model, str(REPO / "model_store/entries/bmshj2018-hyperprior/q3-mse/v9.9"))
+
+
+def test_rerunning_the_historic_recipe_retrains_nothing_released(tmp_path):
+    """scripts/train_entries.sh skips every stage whose entry the manifest lists, retired ones included (their
+    folders have left the working tree): with a `zoo` that records its calls, no stage calls it."""
+    shim = tmp_path / "bin"
+    shim.mkdir()
+    calls = tmp_path / "calls"
+    (shim / "zoo").write_text(f'#!/bin/sh\necho "$*" >> {calls}\nexit 1\n')
+    (shim / "zoo").chmod(0o755)
+    (shim / "python3").symlink_to(sys.executable)  # `released` asks this interpreter's zoo
+    env = {**os.environ, "PATH": f"{shim}:{os.environ['PATH']}", "RUNS": str(tmp_path / "runs")}
+    done = subprocess.run(
+        ["bash", str(REPO / "scripts" / "train_entries.sh")], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert not calls.exists(), calls.read_text()
+    retired = [e for e in load_manifest() if e.path and not (REPO / e.path).is_dir()]
+    assert retired  # the case the guard is for: released entries whose folders are gone
