@@ -508,3 +508,55 @@ def load_checkpoint_weights(path):
     from zoo.registry import load_checkpoint
 
     return load_checkpoint(path)[0]
+
+
+def test_a_non_finite_step_is_skipped_and_a_diverged_run_stops(folders, tmp_path):
+    """One NaN loss would make every weight NaN through the optimizer: the step is skipped (not logged, not
+    applied), the summary counts it, and a run whose steps keep going non-finite stops with DivergedError."""
+    from zoo.errors import DivergedError
+    from zoo.train.trainer import Trainer
+
+    torch.set_num_threads(1)
+
+    def poisoned(trainer, bad_steps):
+        real = trainer.loss_fn
+
+        def loss_fn(*args):
+            terms = real(*args)
+            if trainer.step + 1 in bad_steps:
+                terms.loss = terms.loss * float("nan")
+            return terms
+
+        trainer.loss_fn = loss_fn
+        return trainer
+
+    out = tmp_path / "run"
+    poisoned(Trainer(_cfg(folders, out, 10, log_every=1)), {3}).run()
+    weights = torch.load(out / "last.pt", weights_only=True)["model"]
+    assert all(torch.isfinite(v).all() for v in weights.values() if v.is_floating_point())
+    assert [r["step"] for r in _rows(out)] == [str(s) for s in range(1, 11) if s != 3]
+    assert json.loads((out / "summary.json").read_text())["skipped_steps"] == 1
+
+    out = tmp_path / "diverged"
+    with pytest.raises(DivergedError, match="20 steps in a row"):
+        poisoned(Trainer(_cfg(folders, out, 40)), set(range(8, 41))).run()
+    weights = torch.load(out / "last.pt", weights_only=True)["model"]  # the checkpoint before it went bad
+    assert all(torch.isfinite(v).all() for v in weights.values() if v.is_floating_point())
+
+
+def test_gdn_mixing_that_comes_back_slightly_negative_stays_finite(monkeypatch):
+    """cuDNN may compute GDN's channel mixing with a Winograd or FFT algorithm, whose rounding can take a sum
+    of squares below zero; with beta near zero the norm's root would be NaN."""
+    import torch.nn.functional as F
+
+    from zoo import layers
+
+    gdn = layers.GDN(4)
+    with torch.no_grad():
+        gdn.beta.fill_(gdn.beta_reparam.init(torch.full((1,), 1e-6)).item())
+    real = F.conv2d
+    monkeypatch.setattr(layers.F, "conv2d", lambda *a, **k: real(*a, **k) - 1e-3)  # an inexact algorithm
+    x = torch.zeros(1, 4, 8, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = gdn(x)
+    assert torch.isfinite(y).all()

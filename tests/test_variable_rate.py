@@ -377,3 +377,22 @@ def test_zoo_list_shows_a_variable_rate_entry_once_with_its_levels(tmp_path, mon
     assert main(["list", "--json"]) == 0
     (listed,) = json.loads(capsys.readouterr().out)
     assert listed["levels"]["8"]["psnr"] == 33 and listed["current_for"] == [1, 2, 3]
+
+
+@pytest.mark.parametrize("arch", VR_ARCHS[:2])
+def test_folding_on_another_device_matches_the_cpu(arch):
+    """Training validates on the training device: `fold` of a model on a GPU must build its level tensors
+    there (a CPU one failed on the first lent H100). tests/device_sim.py stands in for the GPU."""
+    import copy
+
+    from tests.device_sim import SimTensor, simulated_device, to_simulated_device
+
+    cpu = _vr_model(arch)
+    model = to_simulated_device(copy.deepcopy(cpu))
+    with simulated_device():
+        folded = {k: v.cpu() if isinstance(v, SimTensor) else v for k, v in model.fold(2.5).state_dict().items()}
+        gain, inverse = model.y_gain.at(6.75)
+    for k, v in cpu.fold(2.5).state_dict().items():
+        assert torch.equal(folded[k], v), k
+    ref_gain, ref_inverse = cpu.y_gain.at(6.75)
+    assert torch.equal(gain.cpu(), ref_gain) and torch.equal(inverse.cpu(), ref_inverse)

@@ -42,5 +42,9 @@ class ArchitectureError(ZooError):
     """A state dict that does not fit the architecture it was declared for."""
 
 
+class DivergedError(ZooError, RuntimeError):
+    """Training kept producing non-finite losses or gradients: the run stopped rather than go on from bad weights."""
+
+
 class CompileError(ZooError, RuntimeError):
     """torch.compile could not compile the network (no C++ compiler, an unsupported operation): train without it."""

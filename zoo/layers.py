@@ -143,7 +143,10 @@ class GDN(nn.Module):
             beta, gamma = self.effective_params()
         mixed = F.conv2d(squares, gamma)  # autocast's precision for convolutions
         with torch.autocast(device, enabled=False):
-            norm = mixed.float() + beta.reshape(1, -1, 1, 1)
+            # a sum of non-negative terms, but a convolution algorithm that is not a plain sum of products
+            # (Winograd, FFT: cuDNN may choose one) can return it slightly negative, and a near-zero beta then
+            # leaves a negative norm whose root is NaN
+            norm = mixed.float().clamp_min(0) + beta.reshape(1, -1, 1, 1)
             return x * (torch.sqrt(norm) if self.inverse else torch.rsqrt(norm))
 
 

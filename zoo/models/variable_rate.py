@@ -76,7 +76,8 @@ class GainUnits(nn.Module):
     def at(self, level: float) -> tuple[Tensor, Tensor]:
         """(gain, inverse) at one level as float64 (C,) vectors: what `fold` multiplies into the weights."""
         logs = (self.log_gain.double(), self.log_inverse.double())
-        gain, inverse = self._mix(torch.tensor([float(level)], dtype=torch.float64), *logs)
+        level_t = torch.tensor([float(level)], dtype=torch.float64, device=self.log_gain.device)
+        gain, inverse = self._mix(level_t, *logs)
         return gain[0].exp(), inverse[0].exp()
 
     @torch.no_grad()
@@ -84,7 +85,11 @@ class GainUnits(nn.Module):
         """Start each level's gain at (λ_q / λ_ref)^power (and the inverse at its reciprocal): at high rate
         the MSE-optimal quantization step scales as λ^-1/2, so a model trained at λ_ref starts every level
         near its own rate point instead of all at the reference's."""
-        logs = torch.tensor([power * math.log(lam / reference) for lam in lambdas], dtype=self.log_gain.dtype)
+        logs = torch.tensor(
+            [power * math.log(lam / reference) for lam in lambdas],
+            dtype=self.log_gain.dtype,
+            device=self.log_gain.device,
+        )
         self.log_gain.copy_(logs[:, None].expand_as(self.log_gain))
         self.log_inverse.copy_(-logs[:, None].expand_as(self.log_inverse))
 
@@ -155,8 +160,8 @@ class VariableRateMixin:
         for prefix, gain in ((H_S_FIRST, iz), (G_S_FIRST, iy)):
             state[f"{prefix}.weight"] = _scale_in_transposed(state[f"{prefix}.weight"], gain)
         widths = {"N": int(getattr(model, "N")), "M": int(getattr(model, "M"))}  # noqa: B009
-        folded = self.base_class(**widths)
-        folded.load_state_dict(state, strict=True)
+        folded = self.base_class(**widths)  # built on the CPU: loaded there, then moved to the model's device
+        folded.load_state_dict({k: v.cpu() for k, v in state.items()}, strict=True)
         device = next(model.parameters()).device
         return folded.to(device).eval()
 

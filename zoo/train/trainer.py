@@ -12,6 +12,7 @@ import json
 import math
 import os
 import platform
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,7 +24,7 @@ from torch import Tensor
 from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import DataLoader
 
-from zoo.errors import CompileError, InputError
+from zoo.errors import CompileError, DivergedError, InputError
 from zoo.models.base import CompressionModel
 from zoo.registry import LAMBDAS, create_model, get_arch
 from zoo.train.data import CropDataset, full_images, load_folder
@@ -31,6 +32,8 @@ from zoo.train.losses import RateDistortionLoss
 from zoo.train.meters import MeterGroup
 from zoo.train.optim import build_optimizers, build_scheduler, grad_norm
 from zoo.train.sampler import CropSampler, HardSampleSampler
+
+MAX_NONFINITE_IN_A_ROW = 20  # skipped steps in a row before a run is declared diverged
 
 
 @dataclass
@@ -298,6 +301,8 @@ class Trainer:
         self.ema = [t.detach().clone() for t in self._float_state] if cfg.ema_decay else None
         self.optimizer, self.aux_optimizer = build_optimizers(self.model, cfg.lr, cfg.aux_lr, cfg.entropy_lr)
         self.elapsed = 0.0  # seconds of training so far (for a wall-clock budget)
+        self.skipped = 0  # steps skipped for a non-finite loss or gradient (this process's run)
+        self.bad_in_a_row = 0
         progress = self._time_progress if cfg.max_minutes else None
         self.scheduler = build_scheduler(
             cfg.scheduler, self.optimizer, self.total, progress=progress, warmup=cfg.warmup_steps
@@ -341,6 +346,19 @@ class Trainer:
             raise CompileError(f"--compile: torch.compile failed ({first[:300]}); train without --compile") from None
         self._compiled = True
         return out
+
+    def _skip_nonfinite(self, loss: float, norm: float) -> None:
+        self.skipped += 1
+        self.bad_in_a_row += 1
+        if self.is_main and self.skipped <= 5:
+            print(
+                f"step {self.step + 1}: non-finite loss {loss} or gradient norm {norm}: step skipped", file=sys.stderr
+            )
+        if self.bad_in_a_row >= MAX_NONFINITE_IN_A_ROW:
+            raise DivergedError(
+                f"{self.bad_in_a_row} steps in a row had a non-finite loss or gradient (at step {self.step + 1}): "
+                "the weights or the learning rate are off; the last checkpoint is untouched"
+            )
 
     def _time_progress(self, step: int) -> int:
         """The schedule's position when the clock sets the budget: the elapsed share, on a 10,000-step scale."""
@@ -527,7 +545,13 @@ class Trainer:
                 if cfg.clip
                 else grad_norm(self.model.main_parameters())
             )
-            self.optimizer.step()
+            finite = math.isfinite(norm) and math.isfinite(terms.loss.item())
+            if finite:
+                self.optimizer.step()
+                self.bad_in_a_row = 0
+            else:  # one non-finite step would turn every weight into NaN: skip it, stop if it keeps happening
+                self._skip_nonfinite(terms.loss.item(), norm)
+                self.optimizer.zero_grad(set_to_none=True)
             aux = self.model.aux_loss()
             self.aux_optimizer.zero_grad(set_to_none=True)
             aux.backward()
@@ -537,16 +561,21 @@ class Trainer:
                     torch._foreach_lerp_(self.ema, [t.detach() for t in self._float_state], 1.0 - cfg.ema_decay)
             if cfg.scheduler != "plateau":
                 self.scheduler.step()  # type: ignore[call-arg]
-            self._observe(idx, terms.per_image)
+            if finite:
+                self._observe(idx, terms.per_image)
             self.step += 1
             self.elapsed = (
                 time.process_time() - cpu_start if cfg.budget_clock == "cpu" else time.perf_counter() - t_start
             )
             if cfg.max_minutes and self.elapsed >= 60 * cfg.max_minutes:
                 self.total = self.step  # the budget is spent: this is the last step (validated and saved)
-            meters.update(loss=terms.loss.item(), bpp=terms.bpp.item(), psnr=terms.psnr, aux=aux.item(), grad_norm=norm)
+            if finite:
+                meters.update(
+                    loss=terms.loss.item(), bpp=terms.bpp.item(), psnr=terms.psnr, aux=aux.item(), grad_norm=norm
+                )
             bar.update(1)
-            if self.step % cfg.log_every == 0 or self.step == self.total:
+            logged = any(m.count for m in meters.meters.values())  # none when every step since was skipped
+            if (self.step % cfg.log_every == 0 or self.step == self.total) and logged:
                 avg = meters.averages()
                 bar.set_postfix(loss=f"{avg['loss']:.3f}", bpp=f"{avg['bpp']:.3f}", psnr=f"{avg['psnr']:.2f}")
                 self._log(log, tb, "train", avg)
@@ -669,6 +698,7 @@ class Trainer:
             "init": self.init_from,
             "amp": self.cfg.amp or "off",
             "hard_samples": self.cfg.hard_samples,
+            "skipped_steps": self.skipped,
             "final_val": val,
         }
         (self.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
