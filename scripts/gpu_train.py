@@ -2,13 +2,14 @@
 
 docs/gpu-training.md is the walk-through. The steps:
 
-    python scripts/gpu_train.py prepare --arch bmshj2018-hyperprior-vr --init runs/hp-vr/last.pt
-        # .gpu/: a training subset (JPEG, within --data-mib), the init weights, the run settings, wheels
+    python scripts/gpu_train.py prepare --arch bmshj2018-hyperprior-vr --init ENTRY_OR_CKPT \
+        [--arch mbt2018-mean-vr --init ...] --minutes 8
+        # .gpu/: a training subset (JPEG, within --data-mib), each run's init weights, the settings, wheels
         # the GPU image lacks; model_store/entries leaves the index and .gpu/ is ignored, so what
-        # travels stays under 64 MiB (it prints the size)
-    device run: bash scripts/gpu/device.sh start 8      (carry [".gpu"])
-    device run: bash scripts/gpu/device.sh poll 9       (no carry: .gpu/run on the machine must stay)
-    python scripts/gpu_train.py assemble FILES_AT --run runs/hp-vr-gpu   # a run folder zoo release reads
+        # travels stays under 64 MiB (it prints the size). Several --arch train side by side on the one GPU.
+    device run: bash scripts/gpu/device.sh start 9      (carry [".gpu"])
+    device run: bash scripts/gpu/device.sh poll 9       (no carry: .gpu/runs on the machine must stay)
+    python scripts/gpu_train.py assemble FILES_AT/ARCH --run runs/hp-vr-gpu   # a run folder zoo release reads
     python scripts/gpu_train.py restore                 # entries back in the index, the exclude line gone
 
     python scripts/gpu_train.py rehearse --steps 2      # every step above but the device call, on CPU
@@ -104,21 +105,32 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     size = _encode_training_set(train, gpu / "data" / "train", args.data_mib * 1024 * 1024)
     _encode_training_set(val, gpu / "data" / "val", 8 * 1024 * 1024, quality=95)
     # Weights only (no optimizer state): an init checkpoint the trainer warm-starts from.
-    ckpt = torch.load(args.init, map_location="cpu", weights_only=True) if Path(args.init).is_file() else None
-    if ckpt is not None:
-        torch.save({"model": ckpt.get("model", ckpt)}, gpu / "init.pt")
-    elif Path(args.init).is_dir():
-        from zoo.entry import load_entry
+    if len(args.init) != len(args.arch) or len(set(args.arch)) != len(args.arch):
+        raise SystemExit("give one --init for each --arch, and each --arch once")
+    (gpu / "init").mkdir()
+    for arch, init in zip(args.arch, args.init, strict=True):
+        ckpt = torch.load(init, map_location="cpu", weights_only=True) if Path(init).is_file() else None
+        if ckpt is not None:
+            torch.save({"model": ckpt.get("model", ckpt)}, gpu / "init" / f"{arch}.pt")
+        elif Path(init).is_dir():
+            from zoo.entry import load_entry
 
-        model, _ = load_entry(args.init)
-        torch.save({"model": model.state_dict()}, gpu / "init.pt")
-    else:
-        raise SystemExit(f"--init {args.init} is neither a checkpoint nor an entry folder")
+            model, info = load_entry(init)
+            # an entry shipped in float16 travels in float16 (lossless, and half the bytes); the trainer's
+            # load_state_dict copies it into its float32 parameters
+            dtype = torch.float16 if info.weights_dtype == "float16" else torch.float32
+            state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in model.state_dict().items()}
+            torch.save({"model": state}, gpu / "init" / f"{arch}.pt")
+        else:
+            raise SystemExit(f"--init {init} is neither a checkpoint nor an entry folder")
     widths = f"--N {args.N} --M {args.M}" if args.N and args.M else ""
     amp = "" if args.cpu else "--amp bf16 --channels-last"
     settings = {
-        "ARCH": args.arch,
+        "ARCHS": " ".join(args.arch),
         "STEPS": args.steps,
+        "MINUTES": args.minutes,
+        "WARMUP": args.warmup,
+        "EMA": args.ema,
         "BATCH": args.batch_size,
         "PATCH": args.patch,
         "LR": args.lr,
@@ -189,14 +201,21 @@ def cmd_collect(args: argparse.Namespace) -> int:
             size = 0
         shards[-1][name] = t.contiguous()
         size += nbytes
-    if len(shards) > MAX_FILES_BACK - 2:
-        raise SystemExit(f"{len(shards)} shards would not come back (at most {MAX_FILES_BACK - 2} files)")
+    # the run's state and log ride in the first shard's metadata: two files per run, so that several runs'
+    # weights fit in the 8 files that come back
+    state = {
+        "step": int(ckpt["step"]),
+        "wall": float(ckpt.get("wall", 0.0)),
+        "gpu_s": float(ckpt.get("gpu_s", ckpt.get("wall", 0.0))),
+        "hardware": list(ckpt.get("hardware", [])),
+        "config": ckpt.get("config", "{}"),
+    }
+    meta = {"state": json.dumps(state)}
+    for name in ("log.csv", "summary.json"):
+        if (run / name).exists():
+            meta[name] = (run / name).read_text()
     for i, shard in enumerate(shards):
-        save_file(shard, str(out / f"weights-{i}.safetensors"))
-    state = {"step": int(ckpt["step"]), "wall": float(ckpt.get("wall", 0.0)), "config": ckpt.get("config", "{}")}
-    (out / "state.json").write_text(json.dumps(state))
-    if (run / "log.csv").exists():
-        shutil.copyfile(run / "log.csv", out / "log.csv")
+        save_file(shard, str(out / f"weights-{i}.safetensors"), metadata=meta if i == 0 else None)
     print(f"collected step {state['step']}: {len(shards)} shards into {out}")
     return 0
 
@@ -204,22 +223,40 @@ def cmd_collect(args: argparse.Namespace) -> int:
 def cmd_assemble(args: argparse.Namespace) -> int:
     """Here: the collected files become a run folder (config.json + last.pt) that `zoo release` reads."""
     import torch
+    from safetensors import safe_open
     from safetensors.torch import load_file
 
     fetched, run = Path(args.fetched), Path(args.run)
-    state = json.loads((fetched / "state.json").read_text())
+    shards = sorted(fetched.glob("weights-*.safetensors"), key=lambda p: int(p.stem.split("-")[1]))
+    if not shards:
+        raise SystemExit(f"no weights-*.safetensors in {fetched}")
+    with safe_open(str(shards[0]), "pt") as f:
+        meta = f.metadata() or {}
+    if "state" not in meta:
+        raise SystemExit(f"{shards[0]} holds no run state: not written by `gpu_train.py collect`")
+    state = json.loads(meta["state"])
     model: dict[str, torch.Tensor] = {}
-    for shard in sorted(fetched.glob("weights-*.safetensors")):
+    for shard in shards:
         model.update(load_file(str(shard)))
     run.mkdir(parents=True, exist_ok=True)
     config = json.loads(state["config"])
     config["note"] = "trained on a lent GPU machine (scripts/gpu_train.py)"
     (run / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    torch.save(
-        {"model": model, "step": state["step"], "wall": state["wall"], "config": state["config"]}, run / "last.pt"
-    )
-    if (fetched / "log.csv").exists():
-        shutil.copyfile(fetched / "log.csv", run / "log.csv")
+    ckpt = {
+        "model": model,
+        "step": state["step"],
+        "wall": state["wall"],
+        # collect runs on the GPU machine: the run's wall time there is its GPU time (one GPU)
+        "gpu_s": state.get("gpu_s", state["wall"]),
+        "hardware": state.get("hardware", []),
+        "config": state["config"],
+    }
+    torch.save(ckpt, run / "last.pt")
+    log = meta.get("log.csv", meta.get("log"))  # "log": what the first lent GPU's collect wrote
+    if log:
+        (run / "log.csv").write_text(log)
+    if "summary.json" in meta:  # the run finished there: its summary (skipped steps, hardware) goes on the card
+        (run / "summary.json").write_text(meta["summary.json"])
     print(f"{run}: step {state['step']}, {len(model)} tensors; release with zoo release {run} --checkpoint last.pt")
     return 0
 
@@ -240,9 +277,12 @@ def cmd_rehearse(args: argparse.Namespace) -> int:
                 )
             else:
                 shutil.copyfile(src, clone / rel)
+        if len(args.init) != len(args.arch):
+            raise SystemExit("give one --init for each --arch")
+        runs = [a for pair in zip(args.arch, args.init, strict=True) for a in ("--arch", pair[0], "--init", pair[1])]
         prepare = [
-            sys.executable, str(clone / "scripts" / "gpu_train.py"), "prepare", "--repo", str(clone),
-            "--arch", args.arch, "--init", args.init, "--steps", str(args.steps), "--batch-size", "2",
+            sys.executable, str(clone / "scripts" / "gpu_train.py"), "prepare", "--repo", str(clone), *runs,
+            "--steps", str(args.steps), "--batch-size", "2",
             "--patch", "128", "--val-every", str(args.steps), "--ckpt-every", "1", "--workers", "0",
             "--threads", "2", "--cpu", "--data-mib", "4", "--limit-images", str(args.images),
             "--wallpapers", args.wallpapers, "--photos", args.photos,
@@ -259,14 +299,17 @@ def cmd_rehearse(args: argparse.Namespace) -> int:
         out.mkdir()
         env = {**os.environ, "OUT": str(out)}
         subprocess.run(["bash", "scripts/gpu/device.sh", "start", "30"], cwd=sandbox, env=env, check=True)
-        back = sorted(out.iterdir())
-        if len(back) > MAX_FILES_BACK or any(f.stat().st_size > 16 * 1024 * 1024 for f in back):
+        back = sorted(p for p in out.rglob("*") if p.is_file())
+        deep = [p for p in back if len(p.relative_to(out).parts) > 3]
+        if len(back) > MAX_FILES_BACK or deep or any(f.stat().st_size > 16 * 1024 * 1024 for f in back):
             raise SystemExit(f"what comes back breaks the device tool's limits: {back}")
         run = Path(args.run)
-        subprocess.run(
-            [sys.executable, str(clone / "scripts" / "gpu_train.py"), "assemble", str(out), "--run", str(run)],
-            check=True,
-        )
+        for arch in args.arch:
+            subprocess.run(
+                [sys.executable, str(clone / "scripts" / "gpu_train.py"), "assemble", str(out / arch),
+                 "--run", str(run / arch)],
+                check=True,
+            )  # fmt: skip
         subprocess.run(
             [sys.executable, str(clone / "scripts" / "gpu_train.py"), "restore", "--repo", str(clone)], check=True
         )
@@ -281,9 +324,12 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("prepare")
     p.add_argument("--repo", default=str(REPO))
-    p.add_argument("--arch", default="bmshj2018-hyperprior-vr")
-    p.add_argument("--init", required=True, help="checkpoint or entry folder to start from")
+    p.add_argument("--arch", action="append", required=True, help="a run's architecture (repeat: side by side)")
+    p.add_argument("--init", action="append", required=True, help="its checkpoint or entry folder, in order")
     p.add_argument("--steps", type=int, default=40000, help="the run's length (the cosine schedule's)")
+    p.add_argument("--minutes", type=float, default=0, help="a wall-clock budget the cosine follows instead")
+    p.add_argument("--warmup", type=int, default=100)
+    p.add_argument("--ema", type=float, default=0.0)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--patch", type=int, default=256)
     p.add_argument("--lr", type=float, default=2e-4)
@@ -312,8 +358,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--run", required=True)
     p.set_defaults(func=cmd_assemble)
     p = sub.add_parser("rehearse")
-    p.add_argument("--arch", default="bmshj2018-hyperprior-vr")
-    p.add_argument("--init", required=True)
+    p.add_argument("--arch", action="append", required=True)
+    p.add_argument("--init", action="append", required=True)
     p.add_argument("--steps", type=int, default=2)
     p.add_argument("--images", type=int, default=3)
     p.add_argument("--N", type=int)

@@ -41,11 +41,16 @@ def point(folder: Path) -> dict:
         "arch": card.entry.arch,
         "curve": f"v{card.entry.version}, every level",
         "cpu_hours": round(float(train["total_cpu_hours"]), 2),
-        "gpu_minutes": 0,
+        "gpu_minutes": round(float(train.get("total_gpu_minutes", 0.0)), 1),
         "psnr_at_0.5": round(psnr, 3),
         "note": (
             f"{lineage:.2f} core-hours of lineage + {own:.2f} of its run ({steps} steps from "
             f"{Path(str(train.get('init', '?'))).name or '?'}); process CPU time, total_cpu_hours in the card"
+            + (
+                f"; and {train['total_gpu_minutes']:.1f} GPU minutes (total_gpu_minutes)"
+                if train.get("total_gpu_minutes")
+                else ""
+            )
         ),
     }
 

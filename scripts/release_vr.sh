@@ -3,19 +3,22 @@
 # usage: VER=1.4 HPNOTE="..." MSHNOTE="..." scripts/release_vr.sh   (about 14 minutes on 2 cores); it also adds both
 # releases to the learning curve (scripts/learning_point.py): then python benchmarks/rd_report.py
 # HPLINEAGE / MSHLINEAGE (optional): core-hours behind each run's warm start, where its --init entry's card does
-# not record a total (entries before v1.3); by default zoo release reads it from that card.
+# not record a total (entries before v1.3, or a run warm-started from a checkpoint); by default zoo release reads it
+# from that card. HPGPU / MSHGPU likewise for GPU minutes (a run warm-started from a lent GPU's checkpoint).
+# HPRUN / MSHRUN (optional): the run folders (default runs/hp-vr, runs/msh-vr).
 set -e
 : "${VER:?set VER, e.g. VER=1.3}" "${HPNOTE:?set HPNOTE (the model cards provenance line)}" "${MSHNOTE:?set MSHNOTE}"
 cd "$(dirname "$0")/.."
 DS="shared/datasets/wallpapers (178, licences in its SOURCES.md) + photos 001-035 (036-039 held out)"
 cp zoo/manifest.json runs/manifest-hp.json; cp zoo/manifest.json runs/manifest-msh.json
-zoo release runs/hp-vr --checkpoint best.pt --version $VER --half --out model_store/entries/bmshj2018-hyperprior-vr/mse/v$VER \
+HPRUN=${HPRUN:-runs/hp-vr}; MSHRUN=${MSHRUN:-runs/msh-vr}
+zoo release $HPRUN --checkpoint best.pt --version $VER --half --out model_store/entries/bmshj2018-hyperprior-vr/mse/v$VER \
   --eval ../shared/datasets/kodak --dataset-name "$DS" --manifest runs/manifest-hp.json --repo-root . --current-for auto \
-  --note "$HPNOTE" ${HPLINEAGE:+--lineage-cpu-hours $HPLINEAGE} > runs/release-hp-vr-$VER.log 2>&1 &
+  --note "$HPNOTE" ${HPLINEAGE:+--lineage-cpu-hours $HPLINEAGE} ${HPGPU:+--lineage-gpu-minutes $HPGPU} > runs/release-hp-vr-$VER.log 2>&1 &
 P1=$!
-zoo release runs/msh-vr --checkpoint best.pt --version $VER --half --out model_store/entries/mbt2018-mean-vr/mse/v$VER \
+zoo release $MSHRUN --checkpoint best.pt --version $VER --half --out model_store/entries/mbt2018-mean-vr/mse/v$VER \
   --eval ../shared/datasets/kodak --dataset-name "$DS" --manifest runs/manifest-msh.json --repo-root . --current-for auto \
-  --note "$MSHNOTE" ${MSHLINEAGE:+--lineage-cpu-hours $MSHLINEAGE} > runs/release-msh-vr-$VER.log 2>&1 &
+  --note "$MSHNOTE" ${MSHLINEAGE:+--lineage-cpu-hours $MSHLINEAGE} ${MSHGPU:+--lineage-gpu-minutes $MSHGPU} > runs/release-msh-vr-$VER.log 2>&1 &
 P2=$!
 wait $P1; wait $P2
 python - <<'PY'

@@ -38,6 +38,7 @@ def test_a_release_adds_its_point_from_its_card(tmp_path):
     p = points[-1]
     assert p["curve"] == f"v{entry.version}, every level"
     assert p["cpu_hours"] == pytest.approx(card.training["total_cpu_hours"], abs=0.005)
+    assert p["gpu_minutes"] == pytest.approx(card.training.get("total_gpu_minutes", 0.0), abs=0.05)
     kodak = [lv["kodak"] for lv in card.levels.values()]
     want = psnr_at([k["bpp"] for k in kodak], [k["psnr"] for k in kodak])
     assert p["psnr_at_0.5"] == pytest.approx(want, abs=5e-4) and 25 < want < 40

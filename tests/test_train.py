@@ -329,6 +329,32 @@ def test_release_counts_the_core_hours_behind_a_warm_start(folders, tmp_path, ca
     assert exit_info.value.code == 2 and "non-negative" in capsys.readouterr().err
 
 
+def test_release_counts_the_gpu_minutes_behind_an_entry(folders, tmp_path):
+    """GPU time is recorded beside the core-hours, only where a GPU took part: a run's own (its checkpoint's
+    gpu_s), what its warm start had behind it (given, or read from the --init entry's card), and the total."""
+    from zoo.cli import main
+
+    cpu_run, entry = tmp_path / "cpu", tmp_path / "entry"
+    train(_cfg(folders, cpu_run, 3))
+    assert main(["release", str(cpu_run), "--version", "0.1", "--out", str(entry), "--checkpoint", "last.pt"]) == 0
+    assert not any("gpu" in k for k in json.loads((entry / "config.json").read_text())["training"])
+    ckpt = torch.load(cpu_run / "last.pt", weights_only=True)
+    assert ckpt["gpu_s"] == 0.0  # trained on the CPU
+    ckpt["gpu_s"] = 90.0  # as a run on a GPU records it: wall seconds x GPUs
+    torch.save(ckpt, cpu_run / "last.pt")
+    gpu_entry = tmp_path / "gpu-entry"
+    argv = ["release", str(cpu_run), "--version", "0.2", "--out", str(gpu_entry), "--checkpoint", "last.pt"]
+    assert main([*argv, "--lineage-gpu-minutes", "5.8"]) == 0
+    training = json.loads((gpu_entry / "config.json").read_text())["training"]
+    assert (training["gpu_minutes"], training["lineage_gpu_minutes"], training["total_gpu_minutes"]) == (1.5, 5.8, 7.3)
+    second = tmp_path / "second"  # a CPU run from that entry inherits its total
+    train(_cfg(folders, second, 3, init=str(gpu_entry)))
+    out = tmp_path / "third"
+    assert main(["release", str(second), "--version", "0.3", "--out", str(out), "--checkpoint", "last.pt"]) == 0
+    training = json.loads((out / "config.json").read_text())["training"]
+    assert "gpu_minutes" not in training and training["total_gpu_minutes"] == 7.3
+
+
 def test_entropy_models_stay_float32_under_bf16_autocast():
     """Inside a bfloat16 autocast the likelihoods are computed in float32 from the (upcast) inputs: the same
     values as outside it, where bfloat16 arithmetic would round nearby CDF differences away."""

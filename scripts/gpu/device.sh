@@ -2,8 +2,9 @@
 # Runs ON the lent GPU machine, from the repository root that the device tool copied there (see
 # docs/gpu-training.md). Two modes, one per device call:
 #
-#   bash scripts/gpu/device.sh start MINUTES   # install the carried wheels, build the coder, start training
-#                                              # under setsid, follow it for MINUTES, then collect into $OUT
+#   bash scripts/gpu/device.sh start MINUTES   # install the carried wheels, build the coder, start one training
+#                                              # per --arch under setsid, follow them for at most MINUTES (or
+#                                              # until all finish), then collect each into $OUT/ARCH
 #   bash scripts/gpu/device.sh poll MINUTES    # a later call on the same warm machine: follow, then collect
 #
 # The run's settings come from .gpu/plan.env, written by `python scripts/gpu_train.py prepare`.
@@ -21,24 +22,55 @@ if [ -d .gpu/wheels ] && ls .gpu/wheels/*.whl >/dev/null 2>&1; then
 fi
 export PYTHONPATH=/tmp/zoo-site:$PWD
 
+budget="--steps $STEPS"  # the cosine over steps, or (MINUTES) over the clock
+if [ "${MINUTES:-0}" != 0 ]; then budget="--max-minutes $MINUTES"; fi
+ema=""
+if [ "${EMA:-0}" != 0 ] && [ "${EMA:-0}" != 0.0 ]; then ema="--ema $EMA"; fi
+
+start_run() {  # arch, autocast flags; setsid: the training outlives this call until the machine goes back
+    # shellcheck disable=SC2086
+    setsid nohup python3 -m zoo.cli train --arch "$1" --train .gpu/data/train --val .gpu/data/val \
+        --out ".gpu/runs/$1" --init ".gpu/init/$1.pt" $budget --warmup "$WARMUP" \
+        --batch-size "$BATCH" --patch "$PATCH" --lr "$LR" --scheduler cosine --val-every "$VAL_EVERY" \
+        --ckpt-every "$CKPT_EVERY" --workers "$WORKERS" --threads "$THREADS" $2 $WIDTHS $ema --quiet \
+        --resume >>".gpu/train-$1.log" 2>&1 </dev/null &
+    echo "started $1 ${2:-in float32}: pid $!"
+}
+
 if [ "$mode" = start ]; then
     python3 setup.py -q build_ext --inplace >.gpu/build.log 2>&1 || { tail -20 .gpu/build.log; exit 1; }
     nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null || echo "no nvidia-smi (rehearsal)"
-    # setsid: the training process outlives this call and keeps running until the machine goes back
-    setsid nohup python3 -m zoo.cli train --arch "$ARCH" --train .gpu/data/train --val .gpu/data/val \
-        --out .gpu/run --init .gpu/init.pt --steps "$STEPS" --batch-size "$BATCH" --patch "$PATCH" \
-        --lr "$LR" --scheduler cosine --val-every "$VAL_EVERY" --ckpt-every "$CKPT_EVERY" \
-        --workers "$WORKERS" --threads "$THREADS" $AMP $WIDTHS --quiet --resume \
-        >.gpu/train.log 2>&1 </dev/null &
-    echo "started training pid $!"
+    mkdir -p .gpu/runs
+    for arch in $ARCHS; do start_run "$arch" "$AMP"; done
 fi
 
-deadline=$(( $(date +%s) + minutes * 60 ))
+# follow the runs; one that stops before its end (diverged in bfloat16, say) goes on once from its last
+# checkpoint in float32, within the same clock budget
+declare -A retried
+deadline=$(( $(date +%s) + $(awk "BEGIN { print int($minutes * 60) }") ))
 while [ "$(date +%s)" -lt "$deadline" ]; do
-    if [ -f .gpu/run/summary.json ]; then break; fi  # finished
-    if ! pgrep -f "zoo.cli train --arch $ARCH" >/dev/null; then echo "training is not running"; break; fi
-    sleep 15
+    running=0 finished=0 total=0
+    for arch in $ARCHS; do
+        total=$((total + 1))
+        if [ -f ".gpu/runs/$arch/summary.json" ]; then finished=$((finished + 1)); continue; fi
+        if pgrep -f "zoo.cli train --arch $arch " >/dev/null; then running=$((running + 1)); continue; fi
+        tail -n 2 ".gpu/train-$arch.log"
+        if [ -n "$AMP" ] && [ -z "${retried[$arch]:-}" ]; then
+            retried[$arch]=1
+            start_run "$arch" ""
+            running=$((running + 1))
+        fi
+    done
+    if [ "$finished" = "$total" ]; then break; fi
+    if [ "$running" = 0 ]; then echo "no training is running"; break; fi
+    sleep 10
 done
-tail -n 5 .gpu/run/log.csv 2>/dev/null
-tail -n 3 .gpu/train.log
-python3 scripts/gpu_train.py collect .gpu/run "$OUT"
+nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader 2>/dev/null
+status=0
+for arch in $ARCHS; do
+    echo "== $arch"
+    tail -n 3 ".gpu/runs/$arch/log.csv" 2>/dev/null
+    tail -n 3 ".gpu/train-$arch.log"
+    python3 scripts/gpu_train.py collect ".gpu/runs/$arch" "$OUT/$arch" || status=1
+done
+exit $status

@@ -69,6 +69,7 @@ def cmd_release(args: argparse.Namespace) -> int:
         half=args.half,
         training=extra,
         lineage_cpu_hours=args.lineage_cpu_hours,
+        lineage_gpu_minutes=args.lineage_gpu_minutes,
     )
     kodak = info.results.get("kodak", {})
     figures = f" kodak bpp {kodak['bpp']:.4f} PSNR {kodak['psnr']:.2f} dB" if kodak else ""
@@ -93,14 +94,19 @@ def cmd_release(args: argparse.Namespace) -> int:
     return 0
 
 
-def _non_negative_hours(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"a number of hours, not {text!r}") from None
-    if not value >= 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"a finite, non-negative number of hours, not {text!r}")
-    return value
+def _non_negative(unit: str):
+    """An argparse type: a finite, non-negative number of `unit`."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"a number of {unit}, not {text!r}") from None
+        if not value >= 0 or value == float("inf"):
+            raise argparse.ArgumentTypeError(f"a finite, non-negative number of {unit}, not {text!r}")
+        return value
+
+    return parse
 
 
 def _qualities(text: str) -> list[int] | str:
@@ -196,9 +202,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--note", help="a line of provenance for the model card")
     p.add_argument(
         "--lineage-cpu-hours",
-        type=_non_negative_hours,
+        type=_non_negative("hours"),
         help="core-hours behind the run's warm start (default: the --init entry's recorded total); the card "
         "records them and total_cpu_hours",
+    )
+    p.add_argument(
+        "--lineage-gpu-minutes",
+        type=_non_negative("minutes"),
+        help="GPU minutes behind the run's warm start (default: the --init entry's recorded total; a GPU run's "
+        "checkpoint that is not an entry records none); the card records them and total_gpu_minutes",
     )
     p.add_argument(
         "--current-for",

@@ -37,6 +37,7 @@ def _run_model(run: Path, checkpoint: str):
             "steps": int(ckpt["step"]),
             "wall_time_s": round(float(ckpt.get("wall", 0.0)), 1),
             **({"cpu_hours": round(float(ckpt["cpu_s"]) / 3600, 3)} if "cpu_s" in ckpt else {}),
+            **({"gpu_minutes": round(float(ckpt["gpu_s"]) / 60, 2)} if ckpt.get("gpu_s") else {}),
             **({"hardware": "; ".join(ckpt["hardware"])} if ckpt.get("hardware") else {}),
         }
     )
@@ -59,15 +60,33 @@ def recorded_total_cpu_hours(entry_dir: str | Path) -> float | None:
     return None
 
 
-def _add_lineage(summary: dict[str, Any], cfg: dict[str, Any], lineage_cpu_hours: float | None) -> None:
-    """Core-hours across warm starts: the run's own CPU time plus what its --init entry had behind it
-    (`lineage_cpu_hours`: given, or read from that entry's card; a fresh start has none)."""
+def recorded_total_gpu_minutes(entry_dir: str | Path) -> float:
+    """The GPU time behind an entry, as its card records it (`total_gpu_minutes`, else its run's own
+    `gpu_minutes`); 0 for an entry trained on CPUs alone, or anything that is not an entry folder."""
+    if not Path(entry_dir).is_dir():
+        return 0.0
+    training = read_config(entry_dir).training
+    return float(training.get("total_gpu_minutes", training.get("gpu_minutes", 0.0)))
+
+
+def _add_lineage(
+    summary: dict[str, Any],
+    cfg: dict[str, Any],
+    lineage_cpu_hours: float | None,
+    lineage_gpu_minutes: float | None = None,
+) -> None:
+    """Compute across warm starts: the run's own CPU time plus what its --init entry had behind it
+    (`lineage_cpu_hours`: given, or read from that entry's card; a fresh start has none), and the same for GPU
+    minutes, recorded only where a GPU took part."""
+    init = cfg.get("init")
+    if lineage_gpu_minutes is None:
+        lineage_gpu_minutes = recorded_total_gpu_minutes(init) if init else 0.0
+    own_gpu = float(summary.get("gpu_minutes", 0.0))
+    if lineage_gpu_minutes or own_gpu:
+        summary["lineage_gpu_minutes"] = round(lineage_gpu_minutes, 2)
+        summary["total_gpu_minutes"] = round(lineage_gpu_minutes + own_gpu, 2)
     if lineage_cpu_hours is None:
-        init = cfg.get("init")
-        if not init:
-            lineage_cpu_hours = 0.0
-        else:
-            lineage_cpu_hours = recorded_total_cpu_hours(init)
+        lineage_cpu_hours = recorded_total_cpu_hours(init) if init else 0.0
     if lineage_cpu_hours is None or "cpu_hours" not in summary:
         return
     summary["lineage_cpu_hours"] = round(lineage_cpu_hours, 3)
@@ -83,12 +102,14 @@ def release(
     half: bool = False,
     training: dict[str, Any] | None = None,
     lineage_cpu_hours: float | None = None,
+    lineage_gpu_minutes: float | None = None,
 ) -> EntryInfo:
     """Entry folder from a run: tables computed from the weights as shipped, the card filled from an
     evaluation on `eval_dir` (real files: bpp from their size). `lineage_cpu_hours`: the core-hours behind the
-    run's warm start, when its card does not record them (default: read from the --init entry's card)."""
+    run's warm start, when its card does not record them (default: read from the --init entry's card);
+    `lineage_gpu_minutes` likewise for GPU time."""
     model, cfg, summary = _run_model(Path(run), checkpoint)
-    _add_lineage(summary, cfg, lineage_cpu_hours)
+    _add_lineage(summary, cfg, lineage_cpu_hours, lineage_gpu_minutes)
     summary.update(training or {})
     kwargs = dict(
         arch=cfg["arch"], quality=cfg["quality"], metric=cfg["metric"], version=version, training=summary, half=half

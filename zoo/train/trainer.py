@@ -310,6 +310,7 @@ class Trainer:
         self.loss_fn = RateDistortionLoss(self.lmbda, cfg.metric)
         self.step, self.best, self.wall = 0, math.inf, 0.0
         self.cpu_s = 0.0  # CPU seconds of the training process (all its threads), across resumes: core-hours
+        self.gpu_s = 0.0  # GPU-seconds (wall time x GPUs) of the run's training on GPUs, across resumes
         self.hardware: list[str] = []  # every machine the run has trained on, across resumes
         self.last_levels: dict[float, dict[str, float]] = {}
         if cfg.resume and (self.out / "last.pt").exists():
@@ -396,6 +397,7 @@ class Trainer:
             "best": self.best,
             "wall": self.wall,
             "cpu_s": self.cpu_s,
+            "gpu_s": self.gpu_s,
             "hardware": self.hardware,
             "config": json.dumps(asdict(self.cfg)),
         }
@@ -434,6 +436,7 @@ class Trainer:
         torch.set_rng_state(ckpt["torch_rng"])
         self.step, self.best, self.wall = int(ckpt["step"]), float(ckpt["best"]), float(ckpt["wall"])
         self.cpu_s = float(ckpt.get("cpu_s", 0.0))
+        self.gpu_s = float(ckpt.get("gpu_s", 0.0))
         self.hardware = [str(h) for h in ckpt.get("hardware", [])]
 
     # -- validation with real bitstreams --------------------------------------------------------
@@ -519,6 +522,14 @@ class Trainer:
         last_val: dict[str, float] = {}
         t_start = time.perf_counter() - self.wall
         cpu_start = time.process_time() - self.cpu_s
+        gpus = self.world if self.device.type == "cuda" else 0
+        gpu_start, wall_start = self.gpu_s, self.wall
+
+        def clocks() -> None:  # the run's clocks as a checkpoint records them
+            self.wall = time.perf_counter() - t_start
+            self.cpu_s = time.process_time() - cpu_start
+            self.gpu_s = gpu_start + gpus * (self.wall - wall_start)
+
         rng = torch.get_rng_state()
         it = iter(loader)  # worker seeding draws from torch's RNG: keep it out of the training stream
         torch.set_rng_state(rng)
@@ -589,12 +600,10 @@ class Trainer:
                     self.scheduler.step(last_val["loss"])  # type: ignore[arg-type]
                 if last_val["loss"] < self.best:
                     self.best = last_val["loss"]
-                    self.wall = time.perf_counter() - t_start
-                    self.cpu_s = time.process_time() - cpu_start
+                    clocks()
                     self.save("best.pt")
             if self.step % cfg.ckpt_every == 0 or self.step == self.total:
-                self.wall = time.perf_counter() - t_start
-                self.cpu_s = time.process_time() - cpu_start
+                clocks()
                 self.save("last.pt")
         bar.close()
         if self.world > 1:
@@ -695,6 +704,7 @@ class Trainer:
             "hardware": "; ".join(self.hardware),
             "wall_time_s": round(seconds, 1),
             "cpu_hours": round(self.cpu_s / 3600, 3),
+            **({"gpu_minutes": round(self.gpu_s / 60, 2)} if self.gpu_s else {}),
             "init": self.init_from,
             "amp": self.cfg.amp or "off",
             "hard_samples": self.cfg.hard_samples,
