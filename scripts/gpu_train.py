@@ -283,7 +283,7 @@ def cmd_rehearse(args: argparse.Namespace) -> int:
         prepare = [
             sys.executable, str(clone / "scripts" / "gpu_train.py"), "prepare", "--repo", str(clone), *runs,
             "--steps", str(args.steps), "--batch-size", "2",
-            "--patch", "128", "--val-every", str(args.steps), "--ckpt-every", "1", "--workers", "0",
+            "--patch", "128", "--minutes", "0", "--val-every", str(args.steps), "--ckpt-every", "1", "--workers", "0",
             "--threads", "2", "--cpu", "--data-mib", "4", "--limit-images", str(args.images),
             "--wallpapers", args.wallpapers, "--photos", args.photos,
         ] + (["--N", str(args.N), "--M", str(args.M)] if args.N else [])  # fmt: skip
@@ -327,16 +327,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--arch", action="append", required=True, help="a run's architecture (repeat: side by side)")
     p.add_argument("--init", action="append", required=True, help="its checkpoint or entry folder, in order")
     p.add_argument("--steps", type=int, default=40000, help="the run's length (the cosine schedule's)")
-    p.add_argument("--minutes", type=float, default=0, help="a wall-clock budget the cosine follows instead")
+    p.add_argument("--minutes", type=float, default=7.0, help="a wall-clock budget the cosine follows (0: --steps)")
     p.add_argument("--warmup", type=int, default=100)
-    p.add_argument("--ema", type=float, default=0.0)
+    p.add_argument("--ema", type=float, default=0.998)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--patch", type=int, default=256)
-    p.add_argument("--lr", type=float, default=2e-4)
-    p.add_argument("--val-every", type=int, default=1000)
+    p.add_argument("--lr", type=float, default=1.5e-4)
+    p.add_argument("--val-every", type=int, default=100000, help="validation steps (the last step validates anyway)")
     p.add_argument("--ckpt-every", type=int, default=250)
-    p.add_argument("--workers", type=int, default=8)
-    p.add_argument("--threads", type=int, default=8)
+    p.add_argument("--workers", type=int, default=3, help="loader workers per run (16 cores, two runs)")
+    p.add_argument("--threads", type=int, default=4, help="torch threads per run")
     p.add_argument("--data-mib", type=int, default=40)
     p.add_argument("--limit-images", type=int, default=0)
     p.add_argument("--wallpapers", default=str(SHARED / "wallpapers"))

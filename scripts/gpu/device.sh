@@ -23,9 +23,10 @@ fi
 export PYTHONPATH=/tmp/zoo-site:$PWD
 
 budget="--steps $STEPS"  # the cosine over steps, or (MINUTES) over the clock
-if [ "${MINUTES:-0}" != 0 ]; then budget="--max-minutes $MINUTES"; fi
+positive() { awk -v v="${1:-0}" 'BEGIN { exit !(v + 0 > 0) }'; }
+if positive "${MINUTES:-0}"; then budget="--max-minutes $MINUTES"; fi
 ema=""
-if [ "${EMA:-0}" != 0 ] && [ "${EMA:-0}" != 0.0 ]; then ema="--ema $EMA"; fi
+if positive "${EMA:-0}"; then ema="--ema $EMA"; fi
 
 start_run() {  # arch, autocast flags; setsid: the training outlives this call until the machine goes back
     # shellcheck disable=SC2086
