@@ -64,6 +64,11 @@ while [ "$(date +%s)" -lt "$deadline" ]; do
     done
     if [ "$finished" = "$total" ]; then break; fi
     if [ "$running" = 0 ]; then echo "no training is running"; break; fi
+    tick=$((${tick:-0} + 1))
+    if [ $((tick % 6)) = 0 ]; then  # once a minute: how busy the GPU is, and where each run stands
+        echo "$(date +%T) GPU $(nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader 2>/dev/null)" \
+            "$(for arch in $ARCHS; do tail -n 1 ".gpu/runs/$arch/log.csv" 2>/dev/null | cut -d, -f1-3 | tr '\r\n' '  '; done)"
+    fi
     sleep 10
 done
 nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader 2>/dev/null
