@@ -125,6 +125,8 @@ def cmd_prepare(args: argparse.Namespace) -> int:
             raise SystemExit(f"--init {init} is neither a checkpoint nor an entry folder")
     widths = f"--N {args.N} --M {args.M}" if args.N and args.M else ""
     amp = "" if args.cpu else "--amp bf16 --channels-last"
+    if args.compile:  # not yet tried on a GPU: the first steps pay the compilation out of the --minutes budget
+        amp += " --compile"
     settings = {
         "ARCHS": " ".join(args.arch),
         "STEPS": args.steps,
@@ -344,6 +346,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--N", type=int)
     p.add_argument("--M", type=int)
     p.add_argument("--cpu", action="store_true", help="no bf16 autocast (the rehearsal)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the training step (untried on a GPU)")
     p.add_argument("--wheels", action="store_true", help="carry pytorch-msssim, which the GPU image lacks")
     p.set_defaults(func=cmd_prepare)
     p = sub.add_parser("restore")
