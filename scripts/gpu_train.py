@@ -86,6 +86,26 @@ def _encode_training_set(sources: list[Path], dest: Path, budget: int, quality: 
     return sum(map(len, blobs))
 
 
+def init_state(init: Path) -> dict:
+    """The weights a GPU run starts from: a checkpoint's model, or an entry's tensors exactly as it stores them
+    (fp16 weights stay fp16, half the bytes that travel; its single-element constants, such as the likelihood
+    bound 1e-9, stay float32: rounded to fp16 that bound is 0, and a rate of log(0) made the first GPU runs'
+    losses infinite)."""
+    import torch
+
+    if init.is_file():
+        ckpt = torch.load(init, map_location="cpu", weights_only=True)
+        return ckpt.get("model", ckpt)
+    if init.is_dir():
+        from safetensors.torch import load_file
+
+        from zoo.entry import load_entry
+
+        load_entry(init)  # verifies the entry (fingerprint, architecture) before its tensors travel
+        return load_file(str(init / "model.safetensors"))
+    raise SystemExit(f"--init {init} is neither a checkpoint nor an entry folder")
+
+
 def cmd_prepare(args: argparse.Namespace) -> int:
     import torch
 
@@ -109,20 +129,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         raise SystemExit("give one --init for each --arch, and each --arch once")
     (gpu / "init").mkdir()
     for arch, init in zip(args.arch, args.init, strict=True):
-        ckpt = torch.load(init, map_location="cpu", weights_only=True) if Path(init).is_file() else None
-        if ckpt is not None:
-            torch.save({"model": ckpt.get("model", ckpt)}, gpu / "init" / f"{arch}.pt")
-        elif Path(init).is_dir():
-            from zoo.entry import load_entry
-
-            model, info = load_entry(init)
-            # an entry shipped in float16 travels in float16 (lossless, and half the bytes); the trainer's
-            # load_state_dict copies it into its float32 parameters
-            dtype = torch.float16 if info.weights_dtype == "float16" else torch.float32
-            state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in model.state_dict().items()}
-            torch.save({"model": state}, gpu / "init" / f"{arch}.pt")
-        else:
-            raise SystemExit(f"--init {init} is neither a checkpoint nor an entry folder")
+        torch.save({"model": init_state(Path(init))}, gpu / "init" / f"{arch}.pt")
     widths = f"--N {args.N} --M {args.M}" if args.N and args.M else ""
     amp = "" if args.cpu else "--amp bf16 --channels-last"
     if args.compile:  # not yet tried on a GPU: the first steps pay the compilation out of the --minutes budget

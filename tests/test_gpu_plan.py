@@ -45,3 +45,33 @@ def test_rehearsal_trains_collects_assembles_and_releases(tmp_path):
     status = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--", "model_store/entries"], text=True,
                             capture_output=True).stdout  # fmt: skip
     assert status.strip() == ""
+
+
+def test_an_entry_travels_as_stored_with_its_constants_exact(tmp_path):
+    """The init a GPU run starts from is the entry's tensors as stored: its fp16 weights stay fp16, its
+    single-element constants stay float32. Rounding every tensor to fp16 (the first lent GPU's init) turned the
+    likelihood bound 1e-9 into 0, and the runs' rates into log(0)."""
+    import importlib.util
+
+    from safetensors.torch import load_file
+
+    from zoo.entry import save_entry
+    from zoo.registry import create_model
+
+    spec = importlib.util.spec_from_file_location("gpu_train", REPO / "scripts" / "gpu_train.py")
+    gpu_train = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_train)
+    model = create_model("bmshj2018-hyperprior-vr", N=16, M=24)
+    entry = tmp_path / "entry"
+    save_entry(model, entry, arch="bmshj2018-hyperprior-vr", quality=0, version="0.1", half=True)
+    state = gpu_train.init_state(entry)
+    stored = load_file(str(entry / "model.safetensors"))
+    assert state.keys() == stored.keys()
+    assert all(v.dtype == stored[k].dtype and torch.equal(v, stored[k]) for k, v in state.items())
+    bound = state["gaussian_conditional.likelihood_lower_bound.bound"]
+    assert bound.dtype == torch.float32 and bound.item() == pytest.approx(1e-9)
+    assert state["g_a.0.weight"].dtype == torch.float16
+    # and the trainer starts from it with the architecture's constants
+    fresh = create_model("bmshj2018-hyperprior-vr", N=16, M=24)
+    fresh.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+    assert fresh.gaussian_conditional.likelihood_lower_bound.bound.item() == pytest.approx(1e-9)
