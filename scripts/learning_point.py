@@ -25,6 +25,12 @@ from zoo.errors import ZooError  # noqa: E402
 CURVE = ROOT / "docs" / "results" / "learning_curve.json"
 
 
+def _init_name(init: str) -> str:
+    """How a note names a warm start: an entry folder by its version, a checkpoint by its run and file."""
+    path = Path(init)
+    return f"{path.parent.name}/{path.name}" if path.suffix == ".pt" else (path.name or "?")
+
+
 def point(folder: Path) -> dict:
     """The learning-curve point of one released variable-rate entry folder."""
     card = read_config(folder)
@@ -45,7 +51,7 @@ def point(folder: Path) -> dict:
         "psnr_at_0.5": round(psnr, 3),
         "note": (
             f"{lineage:.2f} core-hours of lineage + {own:.2f} of its run ({steps} steps from "
-            f"{Path(str(train.get('init', '?'))).name or '?'}); process CPU time, total_cpu_hours in the card"
+            f"{_init_name(str(train.get('init', '?')))}); process CPU time, total_cpu_hours in the card"
             + (
                 f"; and {train['total_gpu_minutes']:.1f} GPU minutes (total_gpu_minutes)"
                 if train.get("total_gpu_minutes")
