@@ -9,5 +9,11 @@ if [ $r = hp ]; then A=bmshj2018-hyperprior-vr; else A=mbt2018-mean-vr; fi
 # without runs/$r-vr/last.pt (a fresh checkout) the run starts again from the newest release
 I=$(ls -d model_store/entries/$A/mse/v* | sort -V | tail -n 1)
 pkill -f "out runs/$r-vr " ; sleep 2
+# a run that finished its cycle (summary.json) was released: resuming it would end at once (its clock is spent),
+# so it moves aside and the new cycle starts from the newest release
+if [ -f runs/$r-vr/summary.json ]; then
+    mv runs/$r-vr "runs/$r-vr.done-$(date +%Y%m%d-%H%M)"
+    echo "runs/$r-vr had finished its cycle: moved aside; starting from $I"
+fi
 MINUTES=${MINUTES:-115}
 TORCHINDUCTOR_COMPILE_THREADS=1 setsid nohup nice -n 19 zoo train --arch $A --train runs/data-vr/train --val runs/data-vr/val --out runs/$r-vr --max-minutes $MINUTES --warmup 50 --batch-size 8 --patch 256 --lr 1e-4 --scheduler cosine --val-every 250 --ckpt-every 50 --workers 1 --threads 1 --quiet --resume --amp bf16 --channels-last --ema 0.995 --compile --init $I >> runs/$r-vr.log 2>&1 &
