@@ -91,18 +91,14 @@ def init_state(init: Path) -> dict:
     (fp16 weights stay fp16, half the bytes that travel; its single-element constants, such as the likelihood
     bound 1e-9, stay float32: rounded to fp16 that bound is 0, and a rate of log(0) made the first GPU runs'
     losses infinite)."""
-    import torch
-
     if init.is_file():
-        ckpt = torch.load(init, map_location="cpu", weights_only=True)
-        return ckpt.get("model", ckpt)
+        from zoo.registry import load_checkpoint
+
+        return load_checkpoint(init)[0]
     if init.is_dir():
-        from safetensors.torch import load_file
+        from zoo.entry import entry_state_dict
 
-        from zoo.entry import load_entry
-
-        load_entry(init)  # verifies the entry (fingerprint, architecture) before its tensors travel
-        return load_file(str(init / "model.safetensors"))
+        return entry_state_dict(init)[0]  # verified (config, shapes, fingerprint) before it travels
     raise SystemExit(f"--init {init} is neither a checkpoint nor an entry folder")
 
 
@@ -379,7 +375,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--photos", default=str(SHARED / "photos"))
     p.set_defaults(func=cmd_rehearse)
     args = parser.parse_args(argv)
-    return int(args.func(args))
+    from zoo.errors import ZooError
+
+    try:
+        return int(args.func(args))
+    except ZooError as exc:  # an --init that is no entry or checkpoint, a tampered entry: one line, no traceback
+        raise SystemExit(f"gpu_train.py {args.cmd}: {exc}") from None
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 
@@ -53,7 +54,7 @@ def test_an_entry_travels_as_stored_with_its_constants_exact(tmp_path):
     likelihood bound 1e-9 into 0, and the runs' rates into log(0)."""
     import importlib.util
 
-    from safetensors.torch import load_file
+    from safetensors.torch import load_file, save_file
 
     from zoo.entry import save_entry
     from zoo.registry import create_model
@@ -71,6 +72,18 @@ def test_an_entry_travels_as_stored_with_its_constants_exact(tmp_path):
     bound = state["gaussian_conditional.likelihood_lower_bound.bound"]
     assert bound.dtype == torch.float32 and bound.item() == pytest.approx(1e-9)
     assert state["g_a.0.weight"].dtype == torch.float16
+    # a tampered entry does not travel; a checkpoint's model does, through the one checkpoint reader
+    from zoo.errors import IntegrityError
+
+    tampered = tmp_path / "tampered"
+    shutil.copytree(entry, tampered)
+    stored["g_a.0.weight"] = stored["g_a.0.weight"] + 1
+    save_file(stored, str(tampered / "model.safetensors"), metadata={"architecture": "bmshj2018-hyperprior-vr"})
+    with pytest.raises(IntegrityError, match="fingerprint"):
+        gpu_train.init_state(tampered)
+    torch.save({"model": model.state_dict(), "step": 3}, tmp_path / "last.pt")
+    from_ckpt = gpu_train.init_state(tmp_path / "last.pt")
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in from_ckpt.items())
     # and the trainer starts from it with the architecture's constants
     fresh = create_model("bmshj2018-hyperprior-vr", N=16, M=24)
     fresh.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})

@@ -288,12 +288,11 @@ def check_device(device: str | torch.device) -> torch.device:
     return d
 
 
-def load_entry(path: str | Path, device: str | torch.device = "cpu") -> tuple[CompressionModel, EntryInfo]:
-    """Model (eval mode, tables in place) and its config; the weights must match the config's fingerprint.
+def _read_entry(path: str | Path) -> tuple[CompressionModel, dict[str, torch.Tensor], EntryInfo]:
+    """An untrained model of the entry's architecture and widths, the entry's tensors as stored, and its config.
 
     The config is checked first (widths within bounds), then every tensor's name and shape against the
-    architecture at the config's widths, before any weight is read."""
-    device = check_device(device)
+    architecture at the config's widths, before any weight is read; then the fingerprint."""
     info = read_config(path)
     weights = Path(path) / WEIGHTS_NAME
     try:
@@ -315,6 +314,21 @@ def load_entry(path: str | Path, device: str | torch.device = "cpu") -> tuple[Co
         raise IntegrityError(f"{weights} is not a readable safetensors file: {exc}") from None
     if weights_fingerprint(sd) != info.fingerprint:
         raise IntegrityError(f"{weights} does not match the weights fingerprint in {CONFIG_NAME}")
+    return model, sd, info
+
+
+def entry_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], EntryInfo]:
+    """The entry's tensors exactly as stored (fp16 weights of a half-precision entry stay fp16, its
+    single-element constants float32), verified like `load_entry`: what a training run can warm-start from."""
+    _, sd, info = _read_entry(path)
+    return sd, info
+
+
+def load_entry(path: str | Path, device: str | torch.device = "cpu") -> tuple[CompressionModel, EntryInfo]:
+    """Model (eval mode, tables in place) and its config; the weights must match the config's fingerprint."""
+    device = check_device(device)
+    model, sd, info = _read_entry(path)
+    weights = Path(path) / WEIGHTS_NAME
     sd = {k: v.float() if v.is_floating_point() else v for k, v in sd.items()}
     try:
         load_weights(model, sd)

@@ -28,39 +28,30 @@ if positive "${MINUTES:-0}"; then budget="--max-minutes $MINUTES"; fi
 ema=""
 if positive "${EMA:-0}"; then ema="--ema $EMA"; fi
 
-start_run() {  # arch, autocast flags; setsid: the training outlives this call until the machine goes back
-    # shellcheck disable=SC2086
-    setsid nohup python3 -m zoo.cli train --arch "$1" --train .gpu/data/train --val .gpu/data/val \
-        --out ".gpu/runs/$1" --init ".gpu/init/$1.pt" $budget --warmup "$WARMUP" \
-        --batch-size "$BATCH" --patch "$PATCH" --lr "$LR" --scheduler cosine --val-every "$VAL_EVERY" \
-        --ckpt-every "$CKPT_EVERY" --workers "$WORKERS" --threads "$THREADS" $2 $WIDTHS $ema --quiet \
-        --resume >>".gpu/train-$1.log" 2>&1 </dev/null &
-    echo "started $1 ${2:-in float32}: pid $!"
-}
-
 if [ "$mode" = start ]; then
     python3 setup.py -q build_ext --inplace >.gpu/build.log 2>&1 || { tail -20 .gpu/build.log; exit 1; }
     nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null || echo "no nvidia-smi (rehearsal)"
     mkdir -p .gpu/runs
-    for arch in $ARCHS; do start_run "$arch" "$AMP"; done
+    for arch in $ARCHS; do
+        # setsid: the training outlives this call, until the machine goes back
+        # shellcheck disable=SC2086
+        setsid nohup python3 -m zoo.cli train --arch "$arch" --train .gpu/data/train --val .gpu/data/val \
+            --out ".gpu/runs/$arch" --init ".gpu/init/$arch.pt" $budget --warmup "$WARMUP" \
+            --batch-size "$BATCH" --patch "$PATCH" --lr "$LR" --scheduler cosine --val-every "$VAL_EVERY" \
+            --ckpt-every "$CKPT_EVERY" --workers "$WORKERS" --threads "$THREADS" $AMP $WIDTHS $ema --quiet \
+            --resume >>".gpu/train-$arch.log" 2>&1 </dev/null &
+        echo "started $arch: pid $!"
+    done
 fi
 
-# follow the runs; one that stops before its end (diverged in bfloat16, say) goes on once from its last
-# checkpoint in float32, within the same clock budget
-declare -A retried
+# follow the runs until all have finished (summary.json), none is running, or the deadline
 deadline=$(( $(date +%s) + $(awk "BEGIN { print int($minutes * 60) }") ))
 while [ "$(date +%s)" -lt "$deadline" ]; do
     running=0 finished=0 total=0
     for arch in $ARCHS; do
         total=$((total + 1))
         if [ -f ".gpu/runs/$arch/summary.json" ]; then finished=$((finished + 1)); continue; fi
-        if pgrep -f "zoo.cli train --arch $arch " >/dev/null; then running=$((running + 1)); continue; fi
-        tail -n 2 ".gpu/train-$arch.log"
-        if [ -n "$AMP" ] && [ -z "${retried[$arch]:-}" ]; then
-            retried[$arch]=1
-            start_run "$arch" ""
-            running=$((running + 1))
-        fi
+        if pgrep -f "zoo.cli train --arch $arch " >/dev/null; then running=$((running + 1)); fi
     done
     if [ "$finished" = "$total" ]; then break; fi
     if [ "$running" = 0 ]; then echo "no training is running"; break; fi

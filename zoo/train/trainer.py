@@ -556,12 +556,13 @@ class Trainer:
                 if cfg.clip
                 else grad_norm(self.model.main_parameters())
             )
-            finite = math.isfinite(norm) and math.isfinite(terms.loss.item())
+            loss = terms.loss.item()  # one device sync for the check and the meters
+            finite = math.isfinite(norm) and math.isfinite(loss)
             if finite:
                 self.optimizer.step()
                 self.bad_in_a_row = 0
             else:  # one non-finite step would turn every weight into NaN: skip it, stop if it keeps happening
-                self._skip_nonfinite(terms.loss.item(), norm)
+                self._skip_nonfinite(loss, norm)
                 self.optimizer.zero_grad(set_to_none=True)
             aux = self.model.aux_loss()
             self.aux_optimizer.zero_grad(set_to_none=True)
@@ -582,7 +583,7 @@ class Trainer:
                 self.total = self.step  # the budget is spent: this is the last step (validated and saved)
             if finite:
                 meters.update(
-                    loss=terms.loss.item(), bpp=terms.bpp.item(), psnr=terms.psnr, aux=aux.item(), grad_norm=norm
+                    loss=loss, bpp=terms.bpp.item(), psnr=terms.psnr, aux=aux.item(), grad_norm=norm
                 )
             bar.update(1)
             logged = any(m.count for m in meters.meters.values())  # none when every step since was skipped
