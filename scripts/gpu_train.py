@@ -9,6 +9,8 @@ docs/gpu-training.md is the walk-through. The steps:
         # travels stays under 64 MiB (it prints the size). Several --arch train side by side on the one GPU.
     device run: bash scripts/gpu/device.sh start 9      (carry [".gpu"])
     device run: bash scripts/gpu/device.sh poll 9       (no carry: .gpu/runs on the machine must stay)
+    device run: bash scripts/gpu/device.sh again 4.8    (no carry, within 30 s of the last call: a second cycle
+                                                         from each run's last checkpoint)
     python scripts/gpu_train.py assemble FILES_AT/ARCH --run runs/hp-vr-gpu   # a run folder zoo release reads
     python scripts/gpu_train.py restore                 # entries back in the index, the exclude line gone
 
@@ -304,6 +306,10 @@ def cmd_rehearse(args: argparse.Namespace) -> int:
         out.mkdir()
         env = {**os.environ, "OUT": str(out)}
         subprocess.run(["bash", "scripts/gpu/device.sh", "start", "30"], cwd=sandbox, env=env, check=True)
+        # the second call on the same warm machine: each run's last checkpoint starts a new cycle
+        subprocess.run(["bash", "scripts/gpu/device.sh", "again", "30"], cwd=sandbox, env=env, check=True)
+        if not all((sandbox / GPU_DIR / "runs-1" / arch / "summary.json").is_file() for arch in args.arch):
+            raise SystemExit("again did not keep the first cycle's runs")
         back = sorted(p for p in out.rglob("*") if p.is_file())
         deep = [p for p in back if len(p.relative_to(out).parts) > 3]
         if len(back) > MAX_FILES_BACK or deep or any(f.stat().st_size > 16 * 1024 * 1024 for f in back):

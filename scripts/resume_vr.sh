@@ -1,5 +1,5 @@
 #!/bin/bash
-# usage: [MINUTES=115] scripts/resume_vr.sh hp|msh   (resume one of the two long variable-rate runs with the current
+# usage: [MINUTES=115] [INIT=runs/gpu-x/last.pt LR=5e-5] scripts/resume_vr.sh hp|msh   (resume one of the two long variable-rate runs with the current
 # recipe, in the background; docs/training.md). Each session is one cosine cycle of MINUTES wall-clock minutes, so the
 # weights released at the session's end were trained down to 1% of the peak learning rate.
 cd "$(dirname "$0")/.."
@@ -7,7 +7,9 @@ r=$1
 case "$r" in hp|msh) ;; *) echo "usage: scripts/resume_vr.sh hp|msh" >&2; exit 2 ;; esac
 if [ $r = hp ]; then A=bmshj2018-hyperprior-vr; else A=mbt2018-mean-vr; fi
 # without runs/$r-vr/last.pt (a fresh checkout) the run starts again from the newest release
-I=$(ls -d model_store/entries/$A/mse/v* | sort -V | tail -n 1)
+# INIT: start instead from a checkpoint (a GPU run's, say; LR then the lower peak that suits weights already trained)
+I=${INIT:-$(ls -d model_store/entries/$A/mse/v* | sort -V | tail -n 1)}
+LR=${LR:-1e-4}
 pkill -f "out runs/$r-vr " ; sleep 2
 # a run that finished its cycle (summary.json) was released: resuming it would end at once (its clock is spent),
 # so it moves aside and the new cycle starts from the newest release
@@ -16,4 +18,4 @@ if [ -f runs/$r-vr/summary.json ]; then
     echo "runs/$r-vr had finished its cycle: moved aside; starting from $I"
 fi
 MINUTES=${MINUTES:-115}
-TORCHINDUCTOR_COMPILE_THREADS=1 setsid nohup nice -n 19 zoo train --arch $A --train runs/data-vr/train --val runs/data-vr/val --out runs/$r-vr --max-minutes $MINUTES --warmup 50 --batch-size 8 --patch 256 --lr 1e-4 --scheduler cosine --val-every 250 --ckpt-every 50 --workers 1 --threads 1 --quiet --resume --amp bf16 --channels-last --ema 0.995 --compile --init $I >> runs/$r-vr.log 2>&1 &
+TORCHINDUCTOR_COMPILE_THREADS=1 setsid nohup nice -n 19 zoo train --arch $A --train runs/data-vr/train --val runs/data-vr/val --out runs/$r-vr --max-minutes $MINUTES --warmup 50 --batch-size 8 --patch 256 --lr $LR --scheduler cosine --val-every 250 --ckpt-every 50 --workers 1 --threads 1 --quiet --resume --amp bf16 --channels-last --ema 0.995 --compile --init $I >> runs/$r-vr.log 2>&1 &

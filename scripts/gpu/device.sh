@@ -1,16 +1,22 @@
 #!/usr/bin/env bash
 # Runs ON the lent GPU machine, from the repository root that the device tool copied there (see
-# docs/gpu-training.md). Two modes, one per device call:
+# docs/gpu-training.md). Three modes, one per device call:
 #
 #   bash scripts/gpu/device.sh start MINUTES   # install the carried wheels, build the coder, start one training
 #                                              # per --arch under setsid, follow them for at most MINUTES (or
 #                                              # until all finish), then collect each into $OUT/ARCH
 #   bash scripts/gpu/device.sh poll MINUTES    # a later call on the same warm machine: follow, then collect
+#   bash scripts/gpu/device.sh again MINUTES [LR]
+#                                              # a later call on the same warm machine, after start finished:
+#                                              # each run's last.pt starts a new cosine of MINUTES - 1 minutes
+#                                              # (peak LR, default half the plan's; the old runs move to
+#                                              # .gpu/runs-N), followed for MINUTES, then collected
 #
 # The run's settings come from .gpu/plan.env, written by `python scripts/gpu_train.py prepare`.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
-mode=${1:?start or poll}
+mode=${1:?start, poll or again}
+case "$mode" in start|poll|again) ;; *) echo "device.sh: unknown mode $mode (start, poll or again)" >&2; exit 2 ;; esac
 minutes=${2:-8}
 OUT=${OUT:?the device tool sets OUT}
 # shellcheck disable=SC1091
@@ -28,7 +34,29 @@ if positive "${MINUTES:-0}"; then budget="--max-minutes $MINUTES"; fi
 ema=""
 if positive "${EMA:-0}"; then ema="--ema $EMA"; fi
 
-if [ "$mode" = start ]; then
+if [ "$mode" = again ]; then
+    # the warm machine's finished runs become the inits of a second, shorter cycle (a warm restart)
+    for arch in $ARCHS; do
+        if [ ! -f ".gpu/runs/$arch/last.pt" ]; then
+            echo "again: no .gpu/runs/$arch/last.pt on this machine (again follows a start on the same warm machine)"
+            exit 1
+        fi
+        if pgrep -f "zoo.cli train --arch $arch " >/dev/null; then echo "again: $arch is still training"; exit 1; fi
+    done
+    n=1
+    while [ -d ".gpu/runs-$n" ]; do n=$((n + 1)); done
+    for arch in $ARCHS; do cp ".gpu/runs/$arch/last.pt" ".gpu/init/$arch.pt"; done
+    mv .gpu/runs ".gpu/runs-$n"
+    if positive "${MINUTES:-0}"; then
+        MINUTES=$(awk -v m="$minutes" 'BEGIN { print (m > 2 ? m - 1 : m / 2) }')
+        budget="--max-minutes $MINUTES"
+    fi
+    LR=${3:-$(awk -v lr="$LR" 'BEGIN { print lr / 2 }')}
+    WARMUP=$(( WARMUP < 50 ? WARMUP : 50 ))
+    echo "again: runs moved to .gpu/runs-$n; new cycle: ${MINUTES:-0} minutes (0: $STEPS steps), peak lr $LR"
+fi
+
+if [ "$mode" = start ] || [ "$mode" = again ]; then
     python3 setup.py -q build_ext --inplace >.gpu/build.log 2>&1 || { tail -20 .gpu/build.log; exit 1; }
     nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null || echo "no nvidia-smi (rehearsal)"
     mkdir -p .gpu/runs
