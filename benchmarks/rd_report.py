@@ -89,7 +89,9 @@ def learning_curve(ours: dict, pub: dict) -> list[str]:
 def projection(points: list[dict], pub: dict, hours: float = 20.0, margin_db: float = 1.5) -> list[str]:
     """Where each variable-rate run is heading on CPU: a least-squares line of PSNR at 0.5 bpp against
     log2(core-hours) through the architecture's CPU-only points, read at `hours` core-hours and solved for the
-    issue's target (CompressAI's published PSNR at 0.5 bpp less `margin_db`)."""
+    issue's target (CompressAI's published PSNR at 0.5 bpp less `margin_db`). A point with GPU minutes is read
+    on that line too: the core-hours the line gives its PSNR, less its own, per GPU minute, is what a minute of the
+    lent GPU has been worth, and the rest of the way to the target is priced in GPU minutes at that rate."""
     lines = ["", "Projection on CPU (least squares of PSNR at 0.5 bpp on log2 core-hours, CPU-only points):", ""]
     for arch in sorted({p["arch"] for p in points if p["arch"].endswith("-vr")}):
         pts = [(p["cpu_hours"], p["psnr_at_0.5"]) for p in points if p["arch"] == arch and not p.get("gpu_minutes")]
@@ -107,6 +109,23 @@ def projection(points: list[dict], pub: dict, hours: float = 20.0, margin_db: fl
             f"({min(h for h, _ in pts):.1f}–{max(h for h, _ in pts):.1f} core-hours); {hours:g} core-hours → "
             f"{at:.2f} dB; the target, {target:.2f} dB ({key} at 0.5 bpp less {margin_db:g} dB), needs {need}"
         )
+        gpu = [p for p in points if p["arch"] == arch and p.get("gpu_minutes")]
+        if gpu and slope > 0:
+            last = gpu[-1]
+            equiv = 2 ** ((last["psnr_at_0.5"] - icept) / slope)
+            worth = (equiv - last["cpu_hours"]) / last["gpu_minutes"]
+            if worth > 0:
+                more = (2 ** ((target - icept) / slope) - equiv) / worth
+                rest = f"about {more:,.0f} more GPU minutes" if more > 0 else "nothing more"
+                lines.append(
+                    f"  - with the GPU: {last['curve']} ({last['cpu_hours']:.1f} core-hours + {last['gpu_minutes']:g} "
+                    f"GPU minutes) sits where the CPU line puts {equiv:.1f} core-hours, so a GPU minute has been worth "
+                    f"about {worth:.2f} core-hours; at that rate the target needs {rest} (a reading of the CPU "
+                    "line, which assumes returns keep halving per doubling)"
+                )
+            else:
+                lines.append(f"  - with the GPU: {last['curve']} is not above the CPU line; no price in GPU minutes")
+    return lines
     return lines
 
 

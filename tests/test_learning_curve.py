@@ -65,3 +65,17 @@ def test_projection_reads_the_log2_line():
     assert "+0.50 dB per doubling" in line
     assert f"{28 + 0.5 * math.log2(20):.2f} dB" in line
     assert "30.00 dB" in line and "16 core-hours" in line
+
+
+def test_projection_prices_the_rest_in_gpu_minutes():
+    """A GPU point at the PSNR of 16 core-hours, with 8 of its own and 4 GPU minutes: a GPU minute was worth 2
+    core-hours, and the target (at 2^6 = 64 core-hours on the line) needs (64 - 16) / 2 = 24 more minutes."""
+    arch = "bmshj2018-hyperprior-vr"
+    pts = [{"arch": arch, "cpu_hours": h, "psnr_at_0.5": 28 + 0.5 * math.log2(h)} for h in (2, 4, 8)]
+    pts.append({"arch": arch, "curve": "v9", "cpu_hours": 8, "gpu_minutes": 4, "psnr_at_0.5": 30.0})
+    pub = {"compressai-bmshj2018-hyperprior_mse_cuda": [[0.25, 29.5], [1.0, 32.5]]}  # 31.0 dB: 2^6 hours
+    (gpu,) = [x for x in projection(pts, pub, margin_db=0.0) if "with the GPU" in x]
+    assert "16.0 core-hours" in gpu and "worth about 2.00 core-hours" in gpu and "about 24 more GPU minutes" in gpu
+    pts[-1]["psnr_at_0.5"] = 29.0  # below the line: no price
+    (gpu,) = [x for x in projection(pts, pub, margin_db=0.0) if "with the GPU" in x]
+    assert "not above the CPU line" in gpu
