@@ -582,9 +582,7 @@ class Trainer:
             if cfg.max_minutes and self.elapsed >= 60 * cfg.max_minutes:
                 self.total = self.step  # the budget is spent: this is the last step (validated and saved)
             if finite:
-                meters.update(
-                    loss=loss, bpp=terms.bpp.item(), psnr=terms.psnr, aux=aux.item(), grad_norm=norm
-                )
+                meters.update(loss=loss, bpp=terms.bpp.item(), psnr=terms.psnr, aux=aux.item(), grad_norm=norm)
             bar.update(1)
             logged = any(m.count for m in meters.meters.values())  # none when every step since was skipped
             if (self.step % cfg.log_every == 0 or self.step == self.total) and logged:
