@@ -126,7 +126,6 @@ def projection(points: list[dict], pub: dict, hours: float = 20.0, margin_db: fl
             else:
                 lines.append(f"  - with the GPU: {last['curve']} is not above the CPU line; no price in GPU minutes")
     return lines
-    return lines
 
 
 def update_readme(lines: list[str]) -> None:

@@ -306,10 +306,17 @@ def cmd_rehearse(args: argparse.Namespace) -> int:
         out.mkdir()
         env = {**os.environ, "OUT": str(out)}
         subprocess.run(["bash", "scripts/gpu/device.sh", "start", "30"], cwd=sandbox, env=env, check=True)
-        # the second call on the same warm machine: each run's last checkpoint starts a new cycle
+        # the second call on the same warm machine: each run's last checkpoint starts a new cycle at half the lr
         subprocess.run(["bash", "scripts/gpu/device.sh", "again", "30"], cwd=sandbox, env=env, check=True)
-        if not all((sandbox / GPU_DIR / "runs-1" / arch / "summary.json").is_file() for arch in args.arch):
-            raise SystemExit("again did not keep the first cycle's runs")
+        for arch in args.arch:
+            first, second = sandbox / GPU_DIR / "runs-1" / arch, sandbox / GPU_DIR / "runs" / arch
+            if not (first / "summary.json").is_file():
+                raise SystemExit(f"again did not keep the first cycle's run of {arch}")
+            if (sandbox / GPU_DIR / "init" / f"{arch}.pt").read_bytes() != (first / "last.pt").read_bytes():
+                raise SystemExit(f"again did not start {arch} from the first cycle's last checkpoint")
+            lr = json.loads((second / "summary.json").read_text())["lr"]
+            if abs(lr - json.loads((first / "summary.json").read_text())["lr"] / 2) > 1e-12:
+                raise SystemExit(f"again ran {arch} at lr {lr}, not half the first cycle's")
         back = sorted(p for p in out.rglob("*") if p.is_file())
         deep = [p for p in back if len(p.relative_to(out).parts) > 3]
         if len(back) > MAX_FILES_BACK or deep or any(f.stat().st_size > 16 * 1024 * 1024 for f in back):

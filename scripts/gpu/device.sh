@@ -56,8 +56,10 @@ if [ "$mode" = again ]; then
     echo "again: runs moved to .gpu/runs-$n; new cycle: ${MINUTES:-0} minutes (0: $STEPS steps), peak lr $LR"
 fi
 
-if [ "$mode" = start ] || [ "$mode" = again ]; then
+if [ "$mode" = start ]; then  # again runs on the machine start built the coder on
     python3 setup.py -q build_ext --inplace >.gpu/build.log 2>&1 || { tail -20 .gpu/build.log; exit 1; }
+fi
+if [ "$mode" = start ] || [ "$mode" = again ]; then
     nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null || echo "no nvidia-smi (rehearsal)"
     mkdir -p .gpu/runs
     for arch in $ARCHS; do
