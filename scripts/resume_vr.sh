@@ -1,5 +1,5 @@
 #!/bin/bash
-# usage: [MINUTES=115] [INIT=runs/gpu-x/last.pt LR=5e-5] scripts/resume_vr.sh hp|msh   (resume one of the two long variable-rate runs with the current
+# usage: [MINUTES=115 | MORE=110] [INIT=runs/gpu-x/last.pt LR=5e-5] scripts/resume_vr.sh hp|msh   (resume one of the two long variable-rate runs with the current
 # recipe, in the background; docs/training.md). Each session is one cosine cycle of MINUTES wall-clock minutes, so the
 # weights released at the session's end were trained down to 1% of the peak learning rate.
 cd "$(dirname "$0")/.."
@@ -18,4 +18,10 @@ if [ -f runs/$r-vr/summary.json ]; then
     echo "runs/$r-vr had finished its cycle: moved aside; starting from $I"
 fi
 MINUTES=${MINUTES:-115}
+# MORE: a cycle left unfinished by the last session (last.pt, no summary.json) goes on for MORE minutes from where it
+# stopped: its budget becomes the wall-clock minutes it has trained plus MORE, so its cosine ends this session
+if [ -n "$MORE" ] && [ -f runs/$r-vr/last.pt ]; then
+    MINUTES=$(python -c "import sys, torch; c = torch.load(sys.argv[1], map_location='cpu', weights_only=False); print(round(c['wall'] / 60 + float(sys.argv[2]), 1))" runs/$r-vr/last.pt "$MORE") || exit 1
+    echo "runs/$r-vr goes on from its last checkpoint: a $MINUTES-minute cycle"
+fi
 TORCHINDUCTOR_COMPILE_THREADS=1 setsid nohup nice -n 19 zoo train --arch $A --train runs/data-vr/train --val runs/data-vr/val --out runs/$r-vr --max-minutes $MINUTES --warmup 50 --batch-size 8 --patch 256 --lr $LR --scheduler cosine --val-every 250 --ckpt-every 50 --workers 1 --threads 1 --quiet --resume --amp bf16 --channels-last --ema 0.995 --compile --init $I >> runs/$r-vr.log 2>&1 &
