@@ -399,21 +399,30 @@ def test_float32_islands_under_bf16_autocast():
     assert torch.allclose(b, gdn(a), rtol=1e-2, atol=1e-4)  # float32's GDN, to bfloat16's precision
 
 
-def test_bf16_training_gradient_follows_float32():
+def test_bf16_training_gradient_follows_float32(tmp_path):
     """The point of the float32 islands: on a trained hyperprior and a real photo, the bfloat16 step's
-    gradient of the transforms points where float32's does (with every layer in bfloat16 it did not)."""
+    gradient of the transforms points where float32's does (with every layer in bfloat16 it did not).
+
+    Pinned to hyperprior-vr v1.4 (read from git history once retired), the weights the bounds were measured on:
+    the test checks the islands, not how far training has got. Newer weights drift (docs/training.md)."""
     import zoo.layers as layers
     from zoo.entry import load_entry
     from zoo.imageio import read_image
     from zoo.train.losses import RateDistortionLoss
 
     torch.set_num_threads(1)
-    from zoo.hub import resolve_point
-    from zoo.mirror import entry_folder
+    from zoo.hub import EntryNotFound, load_manifest
+    from zoo.mirror import _git_root, entry_folder, read_from_history
     from zoo.train.trainer import level_lambdas
 
-    newest = resolve_point("bmshj2018-hyperprior-vr", 8).entry  # the released variable-rate hyperprior zoo.load uses
-    model, info = load_entry(entry_folder(REPO / newest.path))
+    pinned = next(e for e in load_manifest() if e.name == "bmshj2018-hyperprior-vr@1.4")
+    folder = REPO / pinned.path
+    if not folder.is_dir():
+        try:
+            folder = read_from_history(pinned, _git_root(REPO), tmp_path / "v1.4")
+        except EntryNotFound as exc:
+            pytest.skip(f"this clone holds {pinned.name} neither in its working tree nor in its history: {exc}")
+    model, info = load_entry(entry_folder(folder))
     model = model.float().train()
     img, _ = read_image(REPO / "samples/kodim23.png")
     x = torch.stack([img[:, :128, :128], img[:, 300:428, 500:628]])
@@ -447,13 +456,11 @@ def test_bf16_training_gradient_follows_float32():
     finally:
         for cls, forward in kept.items():
             cls.forward = forward  # type: ignore[method-assign]
-    # On this small high-rate batch: v1.3 0.998 vs 0.913; v1.4 (smaller residuals) 0.954 vs 0.310; v1.7 0.886.
-    # The full measurement (benchmarks/grad_fidelity.py --no-compile, 8 x 256^2, levels 1-8): v1.4 0.997 vs 0.704,
-    # v1.6 0.981 vs 0.881, v1.7 0.968 vs 0.746 (norm ratio 0.82). bfloat16's gradient drifts from float32's as the
-    # model trains (docs/training.md): this bound is what the islands still give, not what the recipe should accept.
-    assert islands > 0.85, islands
-    # the islands' error is far smaller: 4x on this batch with v1.7 (0.114 vs 0.448), 8x on the full measurement
-    assert 1 - everything_bf16 > 3 * (1 - islands), (everything_bf16, islands)
+    # On this small high-rate batch: v1.3 0.998 vs 0.913; v1.4 (smaller residuals) 0.954 vs 0.310. The full
+    # measurement (benchmarks/grad_fidelity.py, 8 x 256^2, levels 1-8) on v1.4: 0.997 vs 0.704; v1.6 0.981 vs 0.881,
+    # v1.7 0.968 vs 0.746 (on this small batch v1.7 gives 0.886: bfloat16 drifts as the model trains).
+    assert islands > 0.9, islands
+    assert 1 - everything_bf16 > 5 * (1 - islands), (everything_bf16, islands)  # the islands' error is far smaller
 
 
 def test_compiled_bf16_variable_rate_training_runs_and_resumes(folders, tmp_path):
