@@ -17,11 +17,9 @@ if [ -f runs/$r-vr/summary.json ]; then
     mv runs/$r-vr "runs/$r-vr.done-$(date +%Y%m%d-%H%M)"
     echo "runs/$r-vr had finished its cycle: moved aside; starting from $I"
 fi
-MINUTES=${MINUTES:-115}
 # MORE: a cycle left unfinished by the last session (last.pt, no summary.json) goes on for MORE minutes from where it
-# stopped: its budget becomes the wall-clock minutes it has trained plus MORE, so its cosine ends this session
-if [ -n "$MORE" ] && [ -f runs/$r-vr/last.pt ]; then
-    MINUTES=$(python -c "import sys, torch; c = torch.load(sys.argv[1], map_location='cpu', weights_only=False); print(round(c['wall'] / 60 + float(sys.argv[2]), 1))" runs/$r-vr/last.pt "$MORE") || exit 1
-    echo "runs/$r-vr goes on from its last checkpoint: a $MINUTES-minute cycle"
-fi
-TORCHINDUCTOR_COMPILE_THREADS=1 setsid nohup nice -n 19 zoo train --arch $A --train runs/data-vr/train --val runs/data-vr/val --out runs/$r-vr --max-minutes $MINUTES --warmup 50 --batch-size 8 --patch 256 --lr $LR --scheduler cosine --val-every 250 --ckpt-every 50 --workers 1 --threads 1 --quiet --resume --amp bf16 --channels-last --ema 0.995 --compile --init $I >> runs/$r-vr.log 2>&1 &
+# stopped (zoo train --more-minutes: its budget becomes the minutes it has trained plus MORE, so its cosine ends
+# this session; without last.pt, a fresh MORE-minute cycle)
+BUDGET="--max-minutes ${MINUTES:-115}"
+if [ -n "$MORE" ]; then BUDGET="--more-minutes $MORE"; fi
+TORCHINDUCTOR_COMPILE_THREADS=1 setsid nohup nice -n 19 zoo train --arch $A --train runs/data-vr/train --val runs/data-vr/val --out runs/$r-vr $BUDGET --warmup 50 --batch-size 8 --patch 256 --lr $LR --scheduler cosine --val-every 250 --ckpt-every 50 --workers 1 --threads 1 --quiet --resume --amp bf16 --channels-last --ema 0.995 --compile --init $I >> runs/$r-vr.log 2>&1 &

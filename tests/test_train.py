@@ -126,6 +126,41 @@ def test_resume_with_another_learning_rate_takes_it(folders, tmp_path):
     ] == pytest.approx(before)
 
 
+def test_more_minutes_extends_a_cut_off_cosine_cycle(folders, tmp_path):
+    """--more-minutes: a run cut off mid-cycle goes on with a budget of the minutes it has trained plus these,
+    its cosine moved back to that position (a higher learning rate, at once), and it trains until the new budget
+    is spent; without last.pt it is a fresh run of these minutes; with --max-minutes, or not positive, an error."""
+    import math
+
+    from zoo.errors import InputError
+    from zoo.train.trainer import Trainer
+
+    torch.set_num_threads(1)
+    out = tmp_path / "cycle"
+    kw = dict(scheduler="cosine", budget_clock="cpu", val_every=10**6, ckpt_every=1)
+    fresh = Trainer(_cfg(folders, out, None, more_minutes=0.04, resume=True, **kw))
+    assert fresh.step == 0 and fresh.cfg.max_minutes == 0.04
+    fresh.run()
+    first = torch.load(out / "last.pt", weights_only=True)
+    spent = first["cpu_s"] / 60
+    assert spent >= 0.04 and first["optimizer"]["param_groups"][0]["lr"] < 1e-3 * 0.2  # the cycle had ended
+
+    resumed = Trainer(_cfg(folders, out, None, more_minutes=0.04, resume=True, **kw))
+    assert resumed.step == first["step"]
+    assert resumed.cfg.max_minutes == pytest.approx(spent + 0.04, abs=0.01)
+    position = spent / resumed.cfg.max_minutes  # the share of the new budget already trained
+    expected = 1e-3 * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * position)))
+    assert resumed.optimizer.param_groups[0]["lr"] == pytest.approx(expected, rel=0.02)
+    resumed.run()
+    second = torch.load(out / "last.pt", weights_only=True)
+    assert second["step"] > first["step"] and second["cpu_s"] / 60 >= spent + 0.04
+    assert json.loads((out / "config.json").read_text())["max_minutes"] == resumed.cfg.max_minutes
+
+    for bad in (dict(more_minutes=0.0), dict(more_minutes=-1.0), dict(more_minutes=1.0, max_minutes=5.0)):
+        with pytest.raises(InputError, match="more_minutes"):
+            Trainer(_cfg(folders, tmp_path / "bad", None, **bad))
+
+
 def test_hard_sample_mode_and_warm_start(folders, tmp_path):
     torch.set_num_threads(1)
     first = tmp_path / "a"

@@ -47,6 +47,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         log_every=args.log_every,
         integer_share=args.integer_share,
         max_minutes=args.max_minutes,
+        more_minutes=args.more_minutes,
         budget_clock=args.budget_clock,
         warmup_steps=args.warmup,
     )
@@ -133,6 +134,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--epochs", type=int)
     g.add_argument(
         "--max-minutes", type=float, help="a wall-clock budget: train this long (schedules follow the clock)"
+    )
+    g.add_argument(
+        "--more-minutes",
+        type=float,
+        help="with --resume: go on this many minutes more; the budget becomes the minutes the run has trained "
+        "(read from last.pt) plus these, so its cosine ends then (without last.pt: a fresh run this long)",
     )
     p.add_argument(
         "--budget-clock",

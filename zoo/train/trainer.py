@@ -14,7 +14,7 @@ import os
 import platform
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -82,11 +82,15 @@ class TrainConfig:
     # what max_minutes counts: "wall" (the clock) or "cpu" (the training process's CPU time, all its threads:
     # a budget that a busy machine does not shrink, for comparing recipes fairly beside other work)
     budget_clock: str = "wall"
+    # a budget that extends a resumed run: the minutes it has already trained (on budget_clock, read from
+    # last.pt) plus these, so a cosine cycle cut off by the end of one session ends this many minutes into the
+    # next; without last.pt, a fresh run of these minutes. Instead of max_minutes.
+    more_minutes: float | None = None
     warmup_steps: int = 0  # linear learning-rate warm-up from 1% over this many steps
     val_levels: tuple[float, ...] = (1, 2, 3, 4, 5, 6, 7, 8)
 
     def total_steps(self, n_images: int) -> int:
-        if self.max_minutes:
+        if self.max_minutes or self.more_minutes:
             return self.steps or 10**9  # the clock ends the run
         if self.steps:
             return self.steps
@@ -251,6 +255,13 @@ class Trainer:
     def __init__(self, cfg: TrainConfig):
         if cfg.budget_clock not in ("wall", "cpu"):
             raise InputError(f"budget_clock is 'wall' or 'cpu', not {cfg.budget_clock!r}")
+        if cfg.more_minutes is not None:
+            if cfg.max_minutes or not math.isfinite(cfg.more_minutes) or cfg.more_minutes <= 0:
+                raise InputError(
+                    f"more_minutes is a positive number of minutes, instead of max_minutes (got {cfg.more_minutes!r}"
+                    f" with max_minutes {cfg.max_minutes!r})"
+                )
+            cfg = replace(cfg, max_minutes=cfg.more_minutes)  # a fresh run; a resumed one adds what it has trained
         self.cfg = cfg
         self.rank, self.world, self.local_rank = _dist_info()
         self.is_main = self.rank == 0
@@ -303,7 +314,7 @@ class Trainer:
         self.elapsed = 0.0  # seconds of training so far (for a wall-clock budget)
         self.skipped = 0  # steps skipped for a non-finite loss or gradient (this process's run)
         self.bad_in_a_row = 0
-        progress = self._time_progress if cfg.max_minutes else None
+        progress = self._time_progress if cfg.max_minutes else None  # reads cfg.max_minutes at each step
         self.scheduler = build_scheduler(
             cfg.scheduler, self.optimizer, self.total, progress=progress, warmup=cfg.warmup_steps
         )
@@ -315,6 +326,20 @@ class Trainer:
         self.last_levels: dict[float, dict[str, float]] = {}
         if cfg.resume and (self.out / "last.pt").exists():
             self._load_checkpoint(self.out / "last.pt")
+            if cfg.more_minutes is not None:
+                spent = self.cpu_s if cfg.budget_clock == "cpu" else self.wall
+                self.cfg = cfg = replace(cfg, max_minutes=round(spent / 60 + cfg.more_minutes, 2))
+                self.elapsed = spent
+                if isinstance(self.scheduler, LambdaLR):  # the schedule's position moves back: take its lr now
+                    for group, base, at in zip(
+                        self.optimizer.param_groups, self.scheduler.base_lrs, self.scheduler.lr_lambdas, strict=True
+                    ):
+                        group["lr"] = base * at(self.scheduler.last_epoch)
+                if self.is_main and not cfg.quiet:
+                    print(
+                        f"goes on from step {self.step}: a {cfg.max_minutes:g}-minute budget "
+                        f"({spent / 60:.1f} trained + {cfg.more_minutes:g} more)"
+                    )
         self.net: torch.nn.Module = self.model
         if self.world > 1:
             from torch.nn.parallel import DistributedDataParallel
