@@ -6,8 +6,9 @@
 
 Times full optimisation steps (forward, RD loss, backward, clipping, both optimizers) after one warm-up
 step, on CUDA when available, else CPU. Ends with
-`steps_per_s=<x> cpu_s_per_step=<y> device=<cpu|cuda> amp=<on|off> channels_last=<on|off>`; the CPU seconds
-(the process's own, all threads) are the cost that does not depend on how busy the machine is.
+`steps_per_s=<x> cpu_s_per_step=<y> device=<cpu|cuda> amp=<on|off> channels_last=<on|off> malloc=<libc|tcmalloc|..>`;
+the CPU seconds (the process's own, all threads) are the cost that does not depend on how busy the machine is.
+The allocator matters on the CPU: `LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4 python ...`.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import torch
 
 from zoo.registry import create_model, get_arch
 from zoo.train.losses import RateDistortionLoss
+from zoo.train.malloc import malloc_library
 from zoo.train.optim import build_optimizers
 
 
@@ -76,7 +78,7 @@ def main() -> None:
     )
     print(
         f"steps_per_s={rate:.3f} cpu_s_per_step={cpu:.2f} device={device.type} amp={'on' if args.amp else 'off'} "
-        f"channels_last={'on' if args.channels_last else 'off'}"
+        f"channels_last={'on' if args.channels_last else 'off'} malloc={malloc_library() or 'libc'}"
     )
 
 

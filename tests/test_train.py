@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -88,6 +89,42 @@ def test_resume_is_exact(folders, tmp_path):
     for k, v in a.items():
         if v.is_floating_point():
             assert torch.allclose(v, b[k], atol=1e-6, rtol=0), k
+
+
+def test_the_allocator_is_told_from_the_mapped_libraries(folders, tmp_path, capsys):
+    """malloc_library reads /proc/self/maps: the C library's malloc is "", a preloaded tcmalloc is "tcmalloc"
+    (where one is installed); a CPU run without a caching allocator says how to get one, a run with it does not."""
+    from zoo.train.malloc import allocator_notice, installed_tcmalloc, malloc_library
+    from zoo.train.trainer import Trainer
+
+    if not Path("/proc/self/maps").exists():
+        pytest.skip("no /proc: the allocator cannot be told")
+    maps = tmp_path / "maps"
+    maps.write_text("7f00-7f01 r-xp 0 08:01 1 /usr/lib/x86_64-linux-gnu/libc.so.6\n")
+    assert malloc_library(maps) == ""
+    maps.write_text("7f00-7f01 r-xp 0 08:01 1 /usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4.5.10\n")
+    assert malloc_library(maps) == "tcmalloc"
+    assert malloc_library(tmp_path / "absent") == ""
+
+    probe = (
+        "from zoo.train.malloc import malloc_library, allocator_notice; "
+        "print(repr(malloc_library()), bool(allocator_notice()))"
+    )
+    plain = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, env={**os.environ, "LD_PRELOAD": ""}
+    )
+    assert plain.stdout.split() == ["''", "True"], plain.stderr
+    lib = installed_tcmalloc()
+    if lib is not None:
+        env = {**os.environ, "LD_PRELOAD": str(lib)}
+        preloaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env)
+        assert preloaded.stdout.split() == ["'tcmalloc'", "False"], preloaded.stderr
+
+    if malloc_library() == "":  # this process: the notice names the library to preload, or the package to install
+        capsys.readouterr()
+        Trainer(_cfg(folders, tmp_path / "notice", 1))
+        notice = [line for line in capsys.readouterr().out.splitlines() if "malloc" in line]
+        assert notice == [allocator_notice()] and (str(lib) if lib else "libtcmalloc-minimal4") in notice[0]
 
 
 def test_a_cpu_budget_counts_the_process_cpu_time(folders, tmp_path):

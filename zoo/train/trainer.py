@@ -29,6 +29,7 @@ from zoo.models.base import CompressionModel
 from zoo.registry import LAMBDAS, create_model, get_arch
 from zoo.train.data import CropDataset, full_images, load_folder
 from zoo.train.losses import RateDistortionLoss
+from zoo.train.malloc import allocator_notice
 from zoo.train.meters import MeterGroup
 from zoo.train.optim import build_optimizers, build_scheduler, grad_norm
 from zoo.train.sampler import CropSampler, HardSampleSampler
@@ -305,6 +306,8 @@ class Trainer:
             self.model = self.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         if cfg.amp == "bf16" and self.device.type == "cpu" and not cpu_has_fast_bf16() and self.is_main:
             print("notice: this CPU has no AMX or AVX-512 BF16: bf16 autocast runs emulated, slower than float32")
+        if self.device.type == "cpu" and self.is_main and (notice := allocator_notice()):
+            print(notice)
         if not 0.0 <= cfg.ema_decay < 1.0:
             raise InputError(f"ema_decay is in [0, 1), not {cfg.ema_decay!r}")
         # the model's floating-point parameters and buffers, the very tensors training updates in place
