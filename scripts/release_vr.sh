@@ -10,7 +10,7 @@ set -e
 : "${VER:?set VER, e.g. VER=1.3}" "${HPNOTE:?set HPNOTE (the model cards provenance line)}" "${MSHNOTE:?set MSHNOTE}"
 cd "$(dirname "$0")/.."
 # the Kodak evaluation under tcmalloc where it is installed: a third less CPU (docs/training.md, "The memory allocator")
-LD_PRELOAD=$(ls /usr/lib/*/libtcmalloc_minimal.so.4 2>/dev/null | head -n 1)
+LD_PRELOAD=$(python -m zoo.train.malloc)  # zoo.train.malloc.installed_tcmalloc: the one list of places
 export LD_PRELOAD
 DS="shared/datasets/wallpapers (178, licences in its SOURCES.md) + photos 001-035 (036-039 held out)"
 cp zoo/manifest.json runs/manifest-hp.json; cp zoo/manifest.json runs/manifest-msh.json

@@ -25,5 +25,5 @@ if [ -n "$MORE" ]; then BUDGET="--more-minutes $MORE"; fi
 # tcmalloc where it is installed (Debian: libtcmalloc-minimal4): glibc's malloc hands the large activation buffers
 # back to the kernel and faults them in again every step; tcmalloc keeps them, about a third less CPU per step
 # (docs/training.md, "The memory allocator")
-TCMALLOC=$(ls /usr/lib/*/libtcmalloc_minimal.so.4 /usr/lib/libtcmalloc_minimal.so.4 2>/dev/null | head -n 1)
+TCMALLOC=$(python -m zoo.train.malloc)  # zoo.train.malloc.installed_tcmalloc: the one list of places
 LD_PRELOAD=$TCMALLOC TORCHINDUCTOR_COMPILE_THREADS=1 setsid nohup nice -n 19 zoo train --arch $A --train runs/data-vr/train --val runs/data-vr/val --out runs/$r-vr $BUDGET --warmup 50 --batch-size 8 --patch 256 --lr $LR --scheduler cosine --val-every 500 --ckpt-every 50 --workers 1 --threads 1 --quiet --resume --amp bf16 --channels-last --ema 0.995 --compile --init $I >> runs/$r-vr.log 2>&1 &

@@ -115,6 +115,8 @@ def test_the_allocator_is_told_from_the_mapped_libraries(folders, tmp_path, caps
     )
     assert plain.stdout.split() == ["''", "True"], plain.stderr
     lib = installed_tcmalloc()
+    found = subprocess.run([sys.executable, "-m", "zoo.train.malloc"], capture_output=True, text=True, check=True)
+    assert found.stdout.strip() == (str(lib) if lib else "")  # what the training scripts preload
     if lib is not None:
         env = {**os.environ, "LD_PRELOAD": str(lib)}
         preloaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env)
@@ -196,6 +198,15 @@ def test_more_minutes_extends_a_cut_off_cosine_cycle(folders, tmp_path):
     for bad in (dict(more_minutes=0.0), dict(more_minutes=-1.0), dict(more_minutes=1.0, max_minutes=5.0)):
         with pytest.raises(InputError, match="more_minutes"):
             Trainer(_cfg(folders, tmp_path / "bad", None, **bad))
+
+    from zoo.cli import main
+
+    base = ["train", "--arch", "bmshj2018-hyperprior", "--quality", "3", "--train", str(folders / "train")]
+    base += ["--val", str(folders / "val"), "--out", str(tmp_path / "cli")]
+    assert main([*base, "--more-minutes", "0"]) == 2  # the flag reaches the config: a typed error, one line
+    with pytest.raises(SystemExit) as exit_info:  # argparse: a budget is either --max-minutes or --more-minutes
+        main([*base, "--max-minutes", "1", "--more-minutes", "1"])
+    assert exit_info.value.code == 2
 
 
 def test_hard_sample_mode_and_warm_start(folders, tmp_path):

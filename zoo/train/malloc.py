@@ -49,3 +49,7 @@ def allocator_notice() -> str | None:
         "notice: training on the CPU with the C library's malloc, under which a step took 45 % more CPU than "
         f"under tcmalloc on this project's machine; {how} (docs/training.md, 'The memory allocator')"
     )
+
+
+if __name__ == "__main__":  # the path scripts preload (scripts/resume_vr.sh, release_vr.sh): empty where none
+    print(installed_tcmalloc() or "")

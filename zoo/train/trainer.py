@@ -331,7 +331,7 @@ class Trainer:
             self._load_checkpoint(self.out / "last.pt")
             if cfg.more_minutes is not None:
                 spent = self.cpu_s if cfg.budget_clock == "cpu" else self.wall
-                self.cfg = cfg = replace(cfg, max_minutes=round(spent / 60 + cfg.more_minutes, 2))
+                self.cfg = cfg = replace(cfg, max_minutes=spent / 60 + cfg.more_minutes)
                 self.elapsed = spent
                 if isinstance(self.scheduler, LambdaLR):  # the schedule's position moves back: take its lr now
                     for group, base, at in zip(
