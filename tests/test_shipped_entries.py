@@ -10,6 +10,7 @@ import pytest
 
 from zoo.entry import CONFIG_NAME, ENTRY_FILES, sha256_file
 from zoo.hub import load_manifest, manifest_path, resolve_point
+from zoo.mirror import _git, _git_root, read_from_history
 from zoo.registry import get_arch
 
 REPO = Path(__file__).resolve().parents[1]
@@ -46,6 +47,23 @@ def test_every_listed_entry_is_committed_with_the_listed_checksums(manifest):
             continue
         kodak = config["results"]["kodak"]
         assert all(kodak[k] == pytest.approx(v) for k, v in e.kodak.items()), f"{e.name}: zoo list would disagree"
+
+
+def test_every_retired_entry_is_in_the_history_it_names(manifest, tmp_path):
+    """A retired line's commit holds its files, byte for byte: the mirror serves them from there, so a wrong
+    commit (say, retired before its release was committed) would stop old files decoding, unseen until then."""
+    root = _git_root(REPO)
+    if root is None or _git(root, "rev-parse", "--is-shallow-repository") == "true":
+        pytest.skip("not a full git clone: the retired entries' history is not here")
+    retired = [e for e in manifest if e.commit]
+    assert retired, "no retired entry in the manifest"
+    for e in retired:
+        folder = read_from_history(e, root, tmp_path / e.name.replace("/", "_"))
+        for name, digest in e.files.items():
+            assert sha256_file(folder / name) == digest, f"{e.name}: {name} at {e.commit[:12]} differs"
+        assert json.loads((folder / CONFIG_NAME).read_text())["version"] == e.version, e.name
+        for name in e.files:
+            (folder / name).unlink()
 
 
 def test_no_unlisted_entry_folders_and_the_total_is_within_budget(manifest):
