@@ -116,7 +116,7 @@ def projection(points: list[dict], pub: dict, hours: float = 20.0, margin_db: fl
         if gpu and slope > 0:
             # read where the latest GPU minutes first show: a later point adds CPU cycles that sit below the early
             # line (it overstates what a cycle gains by now) and would charge their shortfall to the GPU
-            last = next(p for p in gpu if p["gpu_minutes"] == gpu[-1]["gpu_minutes"])
+            last = (_since_last_gpu(points, arch) or gpu[-1:])[0]  # else the last point that had any
             equiv = 2 ** ((last["psnr_at_0.5"] - icept) / slope)
             worth = (equiv - last["cpu_hours"]) / last["gpu_minutes"]
             if worth > 0:
@@ -134,19 +134,24 @@ def projection(points: list[dict], pub: dict, hours: float = 20.0, margin_db: fl
     return lines
 
 
+def _since_last_gpu(points: list[dict], arch: str) -> list[dict]:
+    """The architecture's latest points that carry its latest GPU minutes: the release that first had them and the
+    CPU cycles after it. Empty where its newest point has no GPU minutes."""
+    own = [p for p in points if p["arch"] == arch]
+    if not own or not own[-1].get("gpu_minutes"):
+        return []
+    start = len(own)
+    while start > 0 and own[start - 1].get("gpu_minutes") == own[-1]["gpu_minutes"]:
+        start -= 1
+    return own[start:]
+
+
 def _since_gpu(arch: str, points: list[dict], target: float, hours: float) -> list[str]:
     """The same reading on the latest cycles alone: the points after the architecture's last GPU minutes, which
     were all CPU (their GPU minutes stay what they were). The early line is fitted where each cycle still doubled
     the compute; this one is where the run is now, so it says what the next CPU cycles are worth. Also the
     target at their dB per core-hour held constant: a bound that no diminishing return could beat."""
-    own = [p for p in points if p["arch"] == arch]
-    if not own or not own[-1].get("gpu_minutes"):
-        return []
-    tail = []
-    for p in reversed(own):
-        if p.get("gpu_minutes") != own[-1]["gpu_minutes"]:
-            break
-        tail.insert(0, p)
+    tail = _since_last_gpu(points, arch)
     hrs, db = [p["cpu_hours"] for p in tail], [p["psnr_at_0.5"] for p in tail]
     if len(tail) < 3 or len(set(hrs)) < 3:
         return []
