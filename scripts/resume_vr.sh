@@ -1,5 +1,5 @@
 #!/bin/bash
-# usage: [MINUTES=115 | MORE=110] [INIT=runs/gpu-x/last.pt LR=5e-5] scripts/resume_vr.sh hp|msh   (resume one of the two long variable-rate runs with the current
+# usage: [MINUTES=115 | MORE=110] [CLOCK=cpu] [INIT=runs/gpu-x/last.pt LR=5e-5] scripts/resume_vr.sh hp|msh   (resume one of the two long variable-rate runs with the current
 # recipe, in the background; docs/training.md). Each session is one cosine cycle of MINUTES wall-clock minutes, so the
 # weights released at the session's end were trained down to 1% of the peak learning rate.
 cd "$(dirname "$0")/.."
@@ -22,6 +22,9 @@ fi
 # this session; without last.pt, a fresh MORE-minute cycle)
 BUDGET="--max-minutes ${MINUTES:-115}"
 if [ -n "$MORE" ]; then BUDGET="--more-minutes $MORE"; fi
+# CLOCK=cpu: the minutes count this run's CPU time instead of the wall clock (zoo train --budget-clock cpu), so a
+# cycle can be sized to the core-hours it must add, whatever else the machine does meanwhile (a CI check, a release)
+if [ -n "$CLOCK" ]; then BUDGET="$BUDGET --budget-clock $CLOCK"; fi
 # tcmalloc where it is installed (Debian: libtcmalloc-minimal4): glibc's malloc hands the large activation buffers
 # back to the kernel and faults them in again every step; tcmalloc keeps them, about a third less CPU per step
 # (docs/training.md, "The memory allocator")
