@@ -358,9 +358,19 @@ def test_ddp_gloo_two_processes(folders, tmp_path):
         "--hard-samples",  # ranks share their losses, so their samplers stay identical (checked at the end)
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.returncode == 0, _workers_own_words(proc.stderr)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["processes"] == 2 and summary["steps"] == 6
+
+
+def _workers_own_words(stderr: str) -> str:
+    """What a failed torchrun's workers printed themselves (an abort's reason comes before the launcher's traceback,
+    which alone would fill a short tail), then the launcher's line naming the rank and its exit code."""
+    cut = stderr.find("failed (exitcode")
+    if cut < 0:
+        return stderr[-3000:]
+    start = stderr.rfind("\n", 0, cut) + 1
+    return stderr[:start][-3000:] + "\n[launcher] " + stderr[start : stderr.find("\n", cut)]
 
 
 def test_release_loads_and_round_trips(folders, tmp_path):

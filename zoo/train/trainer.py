@@ -743,11 +743,30 @@ class Trainer:
 
 def train(cfg: TrainConfig) -> dict[str, float]:
     trainer = Trainer(cfg)
+    finished = False
     try:
-        return trainer.run()
+        result = trainer.run()
+        finished = True
+        return result
     finally:
         if trainer.world > 1:
-            import torch.distributed as dist
+            _leave_process_group(trainer, together=finished)
 
-            if dist.is_initialized():
-                dist.destroy_process_group()
+
+def _leave_process_group(trainer: Trainer, together: bool) -> None:
+    """End a DDP run's communication in order. After a finished run every rank first meets the others, so none tears
+    down its connections while another is still inside the last collective or writing the summary; the group is
+    then destroyed, and the DDP wrapper (whose reducer holds the group and its worker threads) is released and
+    collected here, while the interpreter is whole, not whenever the process happens to exit. After an error there
+    is no meeting: the other ranks may be gone, and a barrier would wait for them until its timeout."""
+    import gc
+
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        return
+    if together:
+        dist.barrier()
+    dist.destroy_process_group()
+    trainer.net = trainer.forward = trainer.model
+    gc.collect()
