@@ -689,3 +689,26 @@ def test_gdn_mixing_that_comes_back_slightly_negative_stays_finite(monkeypatch):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         y = gdn(x)
     assert torch.isfinite(y).all()
+
+
+def test_leaving_the_process_group_destroys_it_and_releases_the_ddp_wrapper(tmp_path):
+    # the end of a DDP run: after it no group is left, and nothing holds the DDP wrapper (its reducer holds the group)
+    import gc
+    import types
+    import weakref
+
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    from zoo.train.trainer import _leave_process_group
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    model = torch.nn.Linear(2, 2)
+    ddp = DistributedDataParallel(model)
+    gone = weakref.ref(ddp)
+    trainer = types.SimpleNamespace(model=model, net=ddp, forward=ddp)
+    del ddp
+    _leave_process_group(trainer, together=True)  # type: ignore[arg-type]
+    gc.collect()
+    assert not dist.is_initialized()
+    assert trainer.net is model and trainer.forward is model and gone() is None
