@@ -33,6 +33,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         init=args.init,
         init_parts=tuple(x for x in (args.init_parts or "").split(",") if x),
         init_widen=args.init_widen,
+        init_context=args.init_context,
         entropy_lr=args.entropy_lr,
         amp=args.amp,
         channels_last=args.channels_last,
@@ -163,6 +164,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--init-widen", action="store_true", help="with --init: grow a narrower model into this quality's widths"
+    )
+    p.add_argument(
+        "--init-context",
+        default="identity",
+        help="--init from a mean-scale model into mbt2018(-vr): how the new context parts start (identity: exactly "
+        "the mean-scale model's predictions; default: PyTorch's initialization)",
     )
     p.add_argument("--entropy-lr", type=float, help="own learning rate for a fresh entropy bottleneck's density")
     p.add_argument(

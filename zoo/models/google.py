@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from zoo.compressed import TileStreams
 from zoo.entropy import EntropyBottleneck, GaussianConditional, crc_indexes
 from zoo.errors import BitstreamError
-from zoo.layers import GDN, MaskedConv2d, conv, deconv, pixel_conv, pixel_deconv
+from zoo.layers import GDN, MaskedConv2d, conv, deconv, float32_under_autocast, pixel_conv, pixel_deconv
 from zoo.models.base import CompressionModel, ForwardOutput, check_order, coded
 
 if TYPE_CHECKING:
@@ -249,10 +249,18 @@ class JointAutoregressiveHierarchicalPriors(MeanScaleHyperprior):
         z_hat, z_lik = self.entropy_bottleneck(z)
         params = self.h_s(z_hat)
         y_hat = self.gaussian_conditional.quantize(y, "noise" if self.training else "dequantize")
-        ctx = self.context_prediction(y_hat)
-        scales, means = self.entropy_parameters(torch.cat((params, ctx), dim=1)).chunk(2, 1)
+        scales, means = self.context_params(params, y_hat)
         _, y_lik = self.gaussian_conditional(y, scales, means=means)
         return ForwardOutput(self.g_s(y_hat), {"y": y_lik, "z": z_lik})
+
+    @float32_under_autocast
+    def context_params(self, params: Tensor, y_hat: Tensor) -> tuple[Tensor, Tensor]:
+        """(scales, means) from the hyperprior's params and the context of y_hat, as the training forward
+        computes them: in float32 even under bfloat16 autocast, since means are read to a fraction of a
+        quantization bin (and a grown model carries them on an offset, `zoo.train.grow`)."""
+        ctx = self.context_prediction(y_hat)
+        scales, means = self.entropy_parameters(torch.cat((params, ctx), dim=1)).chunk(2, 1)
+        return scales, means
 
     # -- raster order (format 1) ------------------------------------------------------------------
     def context_step(self, y_crop: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:

@@ -216,7 +216,6 @@ class VariableRateJointAutoregressive(VariableRateMixin, JointAutoregressiveHier
     def forward(self, x: Tensor, level: Tensor | float = 1.0) -> ForwardOutput:  # type: ignore[override]
         y, params, z_lik, iy = self.gained_hyperprior(x, level)
         y_hat = self.gaussian_conditional.quantize(y, "noise" if self.training else "dequantize")
-        ctx = self.context_prediction(y_hat)
-        scales, means = self.entropy_parameters(torch.cat((params, ctx), dim=1)).chunk(2, 1)
+        scales, means = self.context_params(params, y_hat)
         _, y_lik = self.gaussian_conditional(y, scales, means=means)
         return ForwardOutput(self.g_s(y_hat * iy), {"y": y_lik, "z": z_lik})

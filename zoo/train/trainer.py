@@ -14,6 +14,7 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -62,6 +63,9 @@ class TrainConfig:
     init: str | None = None
     init_parts: tuple[str, ...] = ()  # with init: load only these submodules (e.g. g_a, g_s of another arch)
     init_widen: bool = False  # with init: grow a narrower model of the same arch into this quality's widths
+    # with init from a mean-scale model into a context model (mbt2018, mbt2018-vr): how the new context parts
+    # start, "identity" (exactly the mean-scale model's predictions) or "default" (zoo.train.grow)
+    init_context: str = "identity"
     entropy_lr: float | None = None  # own learning rate for the entropy bottleneck's density (fresh bottlenecks)
     amp: str | None = None  # "bf16": bfloat16 autocast of the transforms (entropy models stay float32)
     # channels-last tensors: with bf16 on a CPU with AMX (this machine), 2.5x the steps per CPU-second
@@ -142,7 +146,13 @@ def _dist_info() -> tuple[int, int, int]:
 
 
 def load_init_weights(
-    model: CompressionModel, spec: str, parts: tuple[str, ...] = (), widen: bool = False, metric: str = "mse"
+    model: CompressionModel,
+    spec: str,
+    parts: tuple[str, ...] = (),
+    widen: bool = False,
+    metric: str = "mse",
+    context_start: str = "identity",
+    calibration: Callable[[], Tensor] | None = None,
 ) -> str:
     """Warm start from an entry folder, a training checkpoint, or a Hub name (hf-hub:... or arch:quality). An entry
     folder that has left the working tree is read from the history its manifest line names (`zoo.mirror`), so a
@@ -150,7 +160,9 @@ def load_init_weights(
 
     With `parts`, only those submodules are taken (each one whole, shapes equal): the way to start one
     architecture from another's transforms, e.g. a factorized prior from a hyperprior's g_a and g_s.
-    With `widen`, a narrower model of the same architecture is grown into this one (`zoo.train.widen`)."""
+    With `widen`, a narrower model of the same architecture is grown into this one (`zoo.train.widen`).
+    A context model started from a mean-scale model of its widths takes every shared weight and starts its
+    context parts as `context_start` says (`zoo.train.grow`; `calibration` gives training crops for it)."""
     path = Path(spec)
     source_lambda: float | None = None
     if not path.exists() and ":" not in spec and "/" in spec:
@@ -179,7 +191,15 @@ def load_init_weights(
         if q:
             source_lambda = get_arch(name).lmbda(int(q), metric)
     from zoo.models.variable_rate import VariableRateMixin
+    from zoo.train.grow import grow_context_model, is_mean_scale_source
 
+    if not parts and not widen and is_mean_scale_source(model, state):
+        crops = calibration() if calibration is not None and context_start == "identity" else None
+        try:
+            how = grow_context_model(model, state, context_start, crops)
+        except ValueError as exc:
+            raise InputError(f"--init {spec}: {exc}") from None
+        return f"{spec} (mean-scale, grown into a context model: {how})"
     if isinstance(model, VariableRateMixin) and not widen and not parts and "y_gain.log_gain" not in state:
         return _init_variable_rate_from_fixed(model, state, spec, source_lambda, metric)
     if widen:
@@ -298,7 +318,15 @@ class Trainer:
             ladder = LAMBDAS[cfg.metric]
             self.model.y_gain.init_from_lambdas(ladder, math.sqrt(ladder[0] * ladder[-1]))  # type: ignore[union-attr, operator]
         self.init_from = (
-            load_init_weights(self.model, cfg.init, cfg.init_parts, cfg.init_widen, metric=cfg.metric)
+            load_init_weights(
+                self.model,
+                cfg.init,
+                cfg.init_parts,
+                cfg.init_widen,
+                metric=cfg.metric,
+                context_start=cfg.init_context,
+                calibration=lambda: self._calibration_crops(sizes),
+            )
             if cfg.init
             else None
         )
@@ -359,6 +387,12 @@ class Trainer:
             inductor_config.compile_threads = 1
         self.forward = torch.compile(self.net) if cfg.compile else self.net
         self._compiled = False
+
+    def _calibration_crops(self, sizes: list[tuple[int, int]], batches: int = 4) -> Tensor:
+        """Training crops for calibrating a start (`zoo.train.grow`), drawn apart from the training batches."""
+        sampler = CropSampler(sizes, self.cfg.patch, self.cfg.batch_size, self.cfg.seed + 7919)
+        items = [item for step in range(batches) for item in sampler.batch_for_step(step)]
+        return torch.stack([self.dataset[item][0] for item in items]).to(self.device)
 
     def _forward(self, *inputs: torch.Tensor) -> Any:
         """The training forward. Under --compile the first call compiles, and a compiler that cannot (no C++

@@ -1,0 +1,55 @@
+"""Growing mbt2018(-vr) out of a mean-scale model: the identity start reproduces the mean-scale model's rate."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from zoo.registry import create_model
+from zoo.train.grow import grow_context_model, is_mean_scale_source
+
+
+def _trained_like(arch: str, **widths: int) -> torch.nn.Module:
+    torch.manual_seed(3)
+    model = create_model(arch, 1, **widths)
+    with torch.no_grad():  # gains away from 1, so the levels differ
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.normal_(0, 0.5)
+    return model.eval()
+
+
+@pytest.mark.parametrize(
+    ("source", "target", "levels"),
+    [("mbt2018-mean-vr", "mbt2018-vr", (1, 2.5, 8)), ("mbt2018-mean", "mbt2018", (None,))],
+)
+def test_identity_start_gives_the_mean_scale_likelihoods_exactly(source, target, levels):
+    src = _trained_like(source, N=8, M=12)
+    model = create_model(target, 1, N=8, M=12)
+    assert is_mean_scale_source(model, src.state_dict())
+    x = torch.rand(3, 3, 64, 64)
+    grow_context_model(model, src.state_dict(), "identity", crops=x)
+    model.eval()
+    with torch.no_grad():
+        for level in levels:
+            args = () if level is None else (level,)
+            a, b = model(x, *args), src(x, *args)
+            torch.testing.assert_close(a.likelihoods["y"], b.likelihoods["y"], rtol=1e-5, atol=1e-7)
+            torch.testing.assert_close(a.likelihoods["z"], b.likelihoods["z"])
+    # the context can learn from the first step: its weights get a gradient
+    model.train()
+    out = model(x, *(() if levels[0] is None else (levels[0],)))
+    out.likelihoods["y"].log().sum().backward()
+    assert model.context_prediction.weight.grad is not None
+    assert model.entropy_parameters[4].weight.grad[:, 24:].abs().sum() > 0
+
+
+def test_default_start_differs_and_an_unknown_start_is_refused():
+    src = _trained_like("mbt2018-mean-vr", N=8, M=12)
+    model = create_model("mbt2018-vr", 1, N=8, M=12)
+    grow_context_model(model, src.state_dict(), "default")
+    torch.testing.assert_close(model.g_s[0].weight, src.g_s[0].weight)
+    with pytest.raises(ValueError, match="identity, default"):
+        grow_context_model(model, src.state_dict(), "zeros")
+    # a model that already has context weights is not a mean-scale source
+    assert not is_mean_scale_source(model, model.state_dict())
