@@ -53,3 +53,16 @@ def test_default_start_differs_and_an_unknown_start_is_refused():
         grow_context_model(model, src.state_dict(), "zeros")
     # a model that already has context weights is not a mean-scale source
     assert not is_mean_scale_source(model, model.state_dict())
+
+
+def test_context_parts_get_their_own_learning_rate():
+    from zoo.train.optim import build_optimizers
+
+    model = create_model("mbt2018-vr", 1, N=8, M=12)
+    main, _ = build_optimizers(model, 1e-4, context_lr=1e-3)
+    rates = {id(p): g["lr"] for g in main.param_groups for p in g["params"]}
+    assert rates[id(model.context_prediction.weight)] == 1e-3
+    assert rates[id(model.entropy_parameters[0].weight)] == 1e-3
+    assert rates[id(model.g_s[0].weight)] == 1e-4
+    # every trained parameter is in exactly one group
+    assert len(rates) == sum(len(g["params"]) for g in main.param_groups) == len(list(model.main_parameters()))

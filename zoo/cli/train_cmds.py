@@ -35,6 +35,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         init_widen=args.init_widen,
         init_context=args.init_context,
         entropy_lr=args.entropy_lr,
+        context_lr=args.context_lr,
         amp=args.amp,
         channels_last=args.channels_last,
         ema_decay=args.ema,
@@ -171,6 +172,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="--init from a mean-scale model into mbt2018(-vr): how the new context parts start (identity: exactly "
         "the mean-scale model's predictions; default: PyTorch's initialization)",
     )
+    p.add_argument("--context-lr", type=float, help="own learning rate for a context model's context parts")
     p.add_argument("--entropy-lr", type=float, help="own learning rate for a fresh entropy bottleneck's density")
     p.add_argument(
         "--amp", choices=["bf16"], help="bf16 autocast of the transforms (entropy models stay float32); CPU or GPU"

@@ -14,19 +14,31 @@ from zoo.models.base import CompressionModel
 SCHEDULERS = ("plateau", "cosine", "multistep", "poly")
 
 
-def build_optimizers(model: CompressionModel, lr: float, aux_lr: float = 1e-3, entropy_lr: float | None = None):
-    """Adam for the network and Adam for the quantiles (aux loss). With `entropy_lr`, the factorized
-    entropy bottleneck's density parameters get their own rate: a bottleneck that starts fresh under
-    trained transforms (a warm start from another architecture) needs far larger steps than they do."""
+def build_optimizers(
+    model: CompressionModel,
+    lr: float,
+    aux_lr: float = 1e-3,
+    entropy_lr: float | None = None,
+    context_lr: float | None = None,
+):
+    """Adam for the network and Adam for the quantiles (aux loss). Parts that start fresh under trained
+    transforms (a warm start from another architecture) need far larger steps than they do, so they can get
+    their own rates: `entropy_lr` for the factorized entropy bottleneck's density parameters, `context_lr` for a
+    context model's context prediction and entropy parameters (grown from a mean-scale model, `zoo.train.grow`)."""
     main_params = model.main_parameters()
-    if entropy_lr is None:
-        main = torch.optim.Adam(main_params, lr=lr)
-    else:
+    own: list[tuple[list[torch.nn.Parameter], float]] = []
+    if entropy_lr is not None:
         density = [p for n, p in model.named_parameters() if "entropy_bottleneck." in n and not n.endswith("quantiles")]
-        ids = {id(p) for p in density}
-        rest = [p for p in main_params if id(p) not in ids]
-        groups: list[dict[str, Any]] = [{"params": rest}, {"params": density, "lr": entropy_lr}]
-        main = torch.optim.Adam(groups, lr=lr)
+        own.append((density, entropy_lr))
+    if context_lr is not None:
+        context = [
+            p for n, p in model.named_parameters() if n.startswith(("context_prediction.", "entropy_parameters."))
+        ]
+        own.append((context, context_lr))
+    ids = {id(p) for params, _ in own for p in params}
+    groups: list[dict[str, Any]] = [{"params": [p for p in main_params if id(p) not in ids]}]
+    groups += [{"params": params, "lr": rate} for params, rate in own if params]
+    main = torch.optim.Adam(groups, lr=lr)
     aux = torch.optim.Adam(model.aux_parameters(), lr=aux_lr)
     return main, aux
 

@@ -67,6 +67,7 @@ class TrainConfig:
     # start, "identity" (exactly the mean-scale model's predictions) or "default" (zoo.train.grow)
     init_context: str = "identity"
     entropy_lr: float | None = None  # own learning rate for the entropy bottleneck's density (fresh bottlenecks)
+    context_lr: float | None = None  # own learning rate for a context model's context parts (grown ones)
     amp: str | None = None  # "bf16": bfloat16 autocast of the transforms (entropy models stay float32)
     # channels-last tensors: with bf16 on a CPU with AMX (this machine), 2.5x the steps per CPU-second
     channels_last: bool = False
@@ -341,7 +342,9 @@ class Trainer:
         # the model's floating-point parameters and buffers, the very tensors training updates in place
         self._float_state = [t for t in self.model.state_dict(keep_vars=True).values() if t.is_floating_point()]
         self.ema = [t.detach().clone() for t in self._float_state] if cfg.ema_decay else None
-        self.optimizer, self.aux_optimizer = build_optimizers(self.model, cfg.lr, cfg.aux_lr, cfg.entropy_lr)
+        self.optimizer, self.aux_optimizer = build_optimizers(
+            self.model, cfg.lr, cfg.aux_lr, cfg.entropy_lr, cfg.context_lr
+        )
         self.elapsed = 0.0  # seconds of training so far (for a wall-clock budget)
         self.skipped = 0  # steps skipped for a non-finite loss or gradient (this process's run)
         self.bad_in_a_row = 0
