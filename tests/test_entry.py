@@ -136,3 +136,39 @@ def test_variable_rate_configs_are_checked_from_the_registry(change, message):
     assert check_config(_vr_config()).levels["8"] == {"lambda": 0.008}
     with pytest.raises(IntegrityError, match=message):
         check_config(_vr_config(**change))
+
+
+def _card_datasets(training: dict, arch: str = "bmshj2018-hyperprior") -> object:
+    """The `datasets` of the front matter of the card written for an entry trained as `training` records."""
+    import yaml
+
+    from zoo.compressed import EntryId
+    from zoo.entry import EntryInfo, model_card
+
+    quality = 0 if arch.endswith("-vr") else 1
+    info = EntryInfo(EntryId(arch, quality, "mse", "1.0"), {"N": 128, "M": 192}, None, bytes(16), 1, training=training)
+    card = model_card(info)
+    assert card.startswith("---\n")
+    return yaml.safe_load(card[4:].split("\n---\n", 1)[0]).get("datasets")
+
+
+@pytest.mark.parametrize("arch", ["bmshj2018-hyperprior", "bmshj2018-hyperprior-vr"])
+def test_a_card_names_the_zoo_training_photos_by_their_sources_and_licences(arch):
+    """The zoo's own releases record their data by its folder in the team's setup; the card names where a user
+    finds each collection and its licence instead."""
+    from zoo.entry import TRAINING_COLLECTIONS
+
+    both = "shared/datasets/wallpapers (178, licences in its SOURCES.md) + photos 001-035 (036-039 held out)"
+    named = _card_datasets({"dataset": both}, arch)
+    assert named == [*TRAINING_COLLECTIONS["wallpapers"], *TRAINING_COLLECTIONS["photos"]]
+    photos = _card_datasets({"dataset": "shared/datasets/photos 001-035 (036-039 held out for validation)"}, arch)
+    assert photos == list(TRAINING_COLLECTIONS["photos"])
+    for name in named:
+        assert "shared/" not in name and "datasets/" not in name and "(" in name, name  # a source and its licence
+
+
+def test_a_card_names_other_data_as_given_or_not_at_all():
+    own = "CLIC 2020 professional: 585 photos # mine"  # a YAML mapping and a comment, were it written bare
+    assert _card_datasets({"dataset": own}) == [own]
+    assert _card_datasets({"dataset": "my holiday photos"}) == ["my holiday photos"]
+    assert _card_datasets({"train_dir": "train"}) is None  # a folder name is no dataset a user can find

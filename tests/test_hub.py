@@ -263,7 +263,7 @@ def test_cli_publish_list_and_hub_errors(env, tmp_path, capsys):
     loaded = zoo.load("hf-hub:zoo-test/cli-published@v0.1")
     assert _same_weights(loaded, env["v1"])
 
-    assert main(["list", "--json"]) == 0
+    assert main(["list", "--all", "--json"]) == 0
     listed = json.loads(capsys.readouterr().out)
     assert [(e["version"], e["revision"]) for e in listed] == [("0.1", "v0.1"), ("0.2", "v0.2")]
 
@@ -328,7 +328,7 @@ def test_one_version_ordering_everywhere(fixture_entry, tmp_path, monkeypatch, c
     manifest = write_manifest(tmp_path / "manifest.json", lines)
     monkeypatch.setenv("ZOO_MANIFEST", str(manifest))
     assert resolve("bmshj2018-hyperprior", 1).version == "1.10"
-    assert main(["list"]) == 0
+    assert main(["list", "--all"]) == 0
     listed = [line.split()[3] for line in capsys.readouterr().out.splitlines()[1:]]
     assert listed == ["0-rc1", "0", "1.9", "1.10"]
     entries_dir = tmp_path / "entries"

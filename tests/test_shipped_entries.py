@@ -90,3 +90,20 @@ def test_each_architecture_curve_is_monotone_in_its_newest_versions(manifest):
         levels = [e.levels[k] for k in sorted(e.levels, key=float)]
         for lo, hi in zip(levels, levels[1:], strict=False):
             assert lo["bpp"] < hi["bpp"] and lo["psnr"] < hi["psnr"], f"{e.name}: levels are not monotone"
+
+
+def test_each_shipped_card_names_its_training_data_as_the_card_writer_does(manifest):
+    """A card's `datasets:` names the photo collections where a user finds them, with their licences (as
+    `model_card` writes it from the entry's training record), never a folder of this repository's setup."""
+    import yaml
+
+    from zoo.entry import CARD_NAME, card_datasets, read_config
+
+    for e in manifest:
+        if e.commit:  # retired: its card is history
+            continue
+        folder = REPO / e.path
+        card = (folder / CARD_NAME).read_text()
+        front = yaml.safe_load(card.removeprefix("---\n").split("\n---\n", 1)[0])
+        assert front["datasets"] == card_datasets(read_config(folder).training), e.name
+        assert front["datasets"] and not any("shared/" in d or "datasets/" in d for d in front["datasets"]), e.name

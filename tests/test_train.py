@@ -408,6 +408,7 @@ def test_release_counts_the_core_hours_behind_a_warm_start(folders, tmp_path, ca
     train(_cfg(folders, first, 3))
     assert main(["release", str(first), "--version", "0.1", "--out", str(entry), "--checkpoint", "last.pt"]) == 0
     before = json.loads((entry / "config.json").read_text())["training"]["total_cpu_hours"]
+    assert "datasets:" not in (entry / "README.md").read_text()  # no --dataset-name: the run's folder is no dataset
     second = tmp_path / "second"
     train(_cfg(folders, second, 3, init=str(entry)))
     for extra, lineage in (([], before), (["--lineage-cpu-hours", "2.5"], 2.5)):

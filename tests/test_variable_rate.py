@@ -357,28 +357,6 @@ def test_widen_grows_a_variable_rate_checkpoint_and_keeps_its_reconstruction():
             assert torch.allclose(a.g_s(y_hat), b.g_s(torch.cat([y_hat, pad], 1)), atol=1e-5)
 
 
-def test_zoo_list_shows_a_variable_rate_entry_once_with_its_levels(tmp_path, monkeypatch, capsys):
-    from zoo.cli import main
-
-    figures = {str(q): {"bpp": 0.1 * q, "psnr": 25 + q, "ms_ssim": 0.9} for q in range(1, 9)}
-    line = {
-        "arch": "bmshj2018-hyperprior-vr", "quality": 0, "metric": "mse", "version": "1.0",
-        "repo": "o/bmshj2018-hyperprior-vr-mse", "revision": "v1.0", "files": {}, "levels": figures,
-        "current_for": [1, 2, 3],
-    }  # fmt: skip
-    manifest = tmp_path / "manifest.json"
-    manifest.write_text(json.dumps({"format": 1, "org": "o", "entries": [line]}))
-    monkeypatch.setenv("ZOO_MANIFEST", str(manifest))
-    assert main(["list"]) == 0
-    out = capsys.readouterr().out
-    assert sum(row.startswith("bmshj2018-hyperprior-vr") for row in out.splitlines()) == 1
-    assert "current for quality 1-3" in out
-    assert sum(1 for row in out.splitlines() if row.lstrip().startswith("level")) == 8
-    assert main(["list", "--json"]) == 0
-    (listed,) = json.loads(capsys.readouterr().out)
-    assert listed["levels"]["8"]["psnr"] == 33 and listed["current_for"] == [1, 2, 3]
-
-
 @pytest.mark.parametrize("arch", VR_ARCHS[:2])
 def test_folding_on_another_device_matches_the_cpu(arch):
     """Training validates on the training device: `fold` of a model on a GPU must build its level tensors

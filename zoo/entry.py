@@ -10,6 +10,7 @@ import copy
 import hashlib
 import json
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -394,6 +395,38 @@ def _fmt(value: Any, digits: int = 4) -> str:
 
 KODAK_METRICS = (("bpp", "bpp"), ("psnr", "PSNR-RGB (dB)"), ("ms_ssim", "MS-SSIM-RGB"))
 
+# The photo collections the zoo's own entries are trained on, as a model card names them: where each part can
+# be found and under which licence. A training record names a collection by its folder ("datasets/photos") or
+# by a range of its files ("photos 001-035").
+TRAINING_COLLECTIONS: dict[str, tuple[str, ...]] = {
+    "wallpapers": (
+        "github.com/BuddiesOfBudgie/budgie-backgrounds (CC0-1.0)",
+        "github.com/elementary/wallpapers (CC0, Unsplash License, Pexels License or CC BY-SA 4.0, per photo)",
+        "github.com/pop-os/wallpapers (Unsplash photos, Unsplash License)",
+        "Debian package plasma-workspace-wallpapers (GPL-2+)",
+        "Debian package mate-backgrounds (GPL-2+)",
+        "Debian packages lomiri-wallpapers and lomiri-wallpapers-16.04 (CC BY 4.0, CC BY-SA 3.0, CC BY-SA 4.0 or "
+        "CC0, per file)",
+    ),
+    "photos": (
+        "Wikimedia Commons photographs as downsampled in github.com/Zelex/images, folder wikipedia-photos "
+        "(mostly Creative Commons, attribution per file on its Commons page)",
+    ),
+}
+
+
+def card_datasets(training: Mapping[str, Any]) -> list[str]:
+    """What a model card's `datasets:` names for a training record: the sources of each known collection the
+    record's `dataset` mentions, else that text as the releaser gave it, else nothing."""
+    text = str(training.get("dataset") or "").strip()
+    named = [
+        source
+        for key, sources in TRAINING_COLLECTIONS.items()
+        if re.search(rf"datasets/{key}\b|\b{key} \d+-\d+", text)
+        for source in sources
+    ]
+    return named or ([text] if text else [])
+
 
 def _card_head(info: EntryInfo, tags: list[str], name: str) -> list[str]:
     """A model card's YAML front matter up to its model-index results."""
@@ -410,12 +443,16 @@ def _card_head(info: EntryInfo, tags: list[str], name: str) -> list[str]:
         f"- {e.arch}",
         *([f"- {get_arch(e.arch).base}"] if info.variable_rate else []),
         f"- {e.metric}",
-        "datasets:",
-        f"- {info.training.get('dataset', 'unknown')}",
+        *_yaml_list("datasets", card_datasets(info.training)),
         "model-index:",
         f"- name: {name}",
         "  results:",
     ]
+
+
+def _yaml_list(key: str, items: list[str]) -> list[str]:
+    """A front-matter list of strings, each quoted (a JSON string is a YAML one) since free text may hold ": "."""
+    return [f"{key}:", *[f"- {json.dumps(item, ensure_ascii=False)}" for item in items]] if items else []
 
 
 def _kodak_result(task: str, kodak: dict[str, Any]) -> list[str]:

@@ -137,6 +137,37 @@ def resolve(
     return _pick_version(matching, version, f"{arch} q{quality} {metric}")
 
 
+@dataclass(frozen=True)
+class Served:
+    """A name `zoo.load` answers and what it runs: `zoo.load(arch, quality=quality, metric=metric)` gives
+    `point`. `quality` is None for a variable-rate architecture, which answers every level of one entry."""
+
+    arch: str
+    quality: int | None
+    metric: str
+    point: Resolved
+
+
+def served(arch: str | None = None, manifest: list[ManifestEntry] | None = None) -> list[Served]:
+    """Every (architecture, quality, metric) that `zoo.load` answers without a pinned version, with the entry it
+    resolves to today, found by `resolve_point` as loading finds it; `arch` narrows to one architecture."""
+    entries = manifest if manifest is not None else load_manifest()
+    names = [get_arch(arch).name] if arch is not None else list(ARCHITECTURES)
+    points = []
+    for name in names:
+        spec = get_arch(name)
+        for metric in METRICS:
+            # A variable-rate architecture's entry does not depend on the level: ask at its lowest one.
+            qualities: list[int | None] = [None] if spec.variable_rate else list(spec.qualities)
+            for q in qualities:
+                try:
+                    point = resolve_point(name, q if q is not None else spec.qualities[0], metric, manifest=entries)
+                except EntryNotFound:  # nothing released under that name
+                    continue
+                points.append(Served(name, q, metric, point if q is not None else Resolved(point.entry)))
+    return points
+
+
 def _endpoint() -> str:
     return os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
 

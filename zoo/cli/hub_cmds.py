@@ -6,63 +6,160 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from zoo.errors import InputError
 
+if TYPE_CHECKING:
+    from zoo.hub import ManifestEntry, Resolved, Served
+
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from zoo.entry import version_key
-    from zoo.hub import load_manifest
+    from zoo.hub import load_manifest, served
+    from zoo.registry import get_arch
 
     entries = load_manifest()
+    # --all says which names each version answers, under any architecture (a -vr entry serves its base's).
+    points = served(None if args.all else args.arch, manifest=entries)
+    points.sort(key=lambda s: (s.arch, s.metric, s.quality or 0))
+    if args.all:
+        rows = _all_rows(entries, points, get_arch(args.arch).name if args.arch else None)
+        if args.json:
+            print(json.dumps(rows, indent=2))
+        else:
+            _print_all(rows, args.arch)
+        return 0
+    rows = [_served_row(s) for s in points]
     if args.json:
-        print(
-            json.dumps(
-                [
-                    {
-                        "arch": e.arch,
-                        "quality": e.quality,
-                        "metric": e.metric,
-                        "version": e.version,
-                        "repo": e.repo,
-                        "revision": e.revision,
-                        "kodak": e.kodak,
-                        **({"levels": e.levels, "current_for": e.current_for} if e.levels else {}),
-                    }
-                    for e in entries
-                ],
-                indent=2,
-            )
-        )
-        return 0
-    if not entries:
-        print("no released entries")
-        return 0
-    print(f"{'architecture':<22} {'q':>2} {'metric':<8} {'version':<8} {'bpp':>7} {'PSNR':>7} {'MS-SSIM':>8}  repo")
-    nan = float("nan")
-    for e in sorted(entries, key=lambda e: (e.arch, e.metric, e.quality, version_key(e.version))):
-        if e.levels:  # a variable-rate entry: listed once, then one line per level
-            current = f"; current for quality {_spans(e.current_for)}" if e.current_for else ""
-            print(
-                f"{e.arch:<22} {'*':>2} {e.metric:<8} {e.version:<8} {'every level in [1, 8]':>24}  "
-                f"{e.repo}@{e.revision}{current}"
-            )
-            for level, k in sorted(e.levels.items(), key=lambda kv: float(kv[0])):
-                print(
-                    f"{'  level':<22} {level:>2} {'':<8} {'':<8} {k.get('bpp', nan):>7.4f} "
-                    f"{k.get('psnr', nan):>7.2f} {k.get('ms_ssim', nan):>8.4f}"
-                )
-            continue
-        k = e.kodak
-        print(
-            f"{e.arch:<22} {e.quality:>2} {e.metric:<8} {e.version:<8} {k.get('bpp', nan):>7.4f} "
-            f"{k.get('psnr', nan):>7.2f} {k.get('ms_ssim', nan):>8.4f}  {e.repo}@{e.revision}"
-        )
+        print(json.dumps(rows, indent=2))
+    else:
+        _print_served(rows, args.arch)
     return 0
 
 
+def _figures(point: Resolved) -> dict[str, float]:
+    """Kodak figures of what a point runs: its entry's, or those of the level it runs a variable-rate one at."""
+    if point.level is None:
+        return dict(point.entry.kodak)
+    for level, figures in point.entry.levels.items():
+        if float(level) == point.level:
+            return dict(figures)
+    return {}
+
+
+def _point_name(point: Resolved) -> str:
+    return point.entry.name + (f" level {point.level:g}" if point.level is not None else "")
+
+
+def _served_row(s: Served) -> dict[str, Any]:
+    e = s.point.entry
+    row: dict[str, Any] = {
+        "arch": s.arch,
+        "quality": s.quality,
+        "metric": s.metric,
+        "served_by": _point_name(s.point),
+        "entry": e.name,
+        "version": e.version,
+        "level": s.point.level,
+        "repo": e.repo,
+        "revision": e.revision,
+        "from_history": bool(e.commit),
+    }
+    if s.quality is None:  # a variable-rate architecture: every level of its entry
+        row["levels"] = e.levels
+    else:
+        row["kodak"] = _figures(s.point)
+    return row
+
+
+def _all_rows(entries: list[ManifestEntry], points: list[Served], arch: str | None) -> list[dict[str, Any]]:
+    """Every released version: what it serves today, or (retired) what `zoo.load` gives for its name instead."""
+    from zoo.entry import version_key
+    from zoo.registry import get_arch
+
+    answers = {(s.arch, s.quality, s.metric): s.point for s in points}
+    rows = []
+    for e in sorted(entries, key=lambda e: (e.arch, e.metric, e.quality, version_key(e.version))):
+        if arch is not None and e.arch != arch:
+            continue
+        serves = [s for s in points if s.point.entry == e]
+        own = answers.get((e.arch, None if get_arch(e.arch).variable_rate else e.quality, e.metric))
+        row: dict[str, Any] = {
+            "arch": e.arch,
+            "quality": e.quality,
+            "metric": e.metric,
+            "version": e.version,
+            "entry": e.name,
+            "repo": e.repo,
+            "revision": e.revision,
+            "kodak": e.kodak,
+            **({"levels": e.levels, "current_for": e.current_for} if e.levels else {}),
+            "retired": not serves,
+            "serves": _serves(serves),
+            "replaced_by": _point_name(own) if own is not None and not serves else None,
+            "from_history": bool(e.commit),
+        }
+        rows.append(row)
+    return rows
+
+
+def _serves(points: list[Served]) -> list[str]:
+    """The names an entry answers, one per architecture: "bmshj2018-hyperprior q1-8", "bmshj2018-hyperprior-vr"."""
+    groups: dict[str, list[int]] = {}
+    for s in points:
+        groups.setdefault(s.arch, []).extend([] if s.quality is None else [s.quality])
+    return [f"{a} q{_spans(qs)}" if qs else f"{a} (every level)" for a, qs in sorted(groups.items())]
+
+
 def _spans(qs: list[int]) -> str:
-    return f"{min(qs)}-{max(qs)}" if qs and sorted(qs) == list(range(min(qs), max(qs) + 1)) else ",".join(map(str, qs))
+    """1-8 for a run of qualities, else 1,3,5."""
+    low, high = min(qs), max(qs)
+    if low == high:
+        return str(low)
+    return f"{low}-{high}" if sorted(qs) == list(range(low, high + 1)) else ",".join(map(str, sorted(qs)))
+
+
+_HEAD = f"{'architecture':<24} {'q':>2} {'metric':<8}"
+
+
+def _figure_columns(k: dict[str, float]) -> str:
+    nan = float("nan")
+    return f"{k.get('bpp', nan):>7.4f} {k.get('psnr', nan):>7.2f} {k.get('ms_ssim', nan):>8.4f}"
+
+
+def _print_served(rows: list[dict[str, Any]], arch: str | None) -> None:
+    if not rows:
+        print(f"no released entries{' for ' + arch if arch else ''}")
+        return
+    print(f"{_HEAD} {'bpp':>7} {'PSNR':>7} {'MS-SSIM':>8}  served by")
+    for r in rows:
+        history = " (from git history)" if r["from_history"] else ""
+        if r["quality"] is None:
+            print(f"{r['arch']:<24} {'*':>2} {r['metric']:<8} {'every level in [1, 8]':>24}  {r['served_by']}{history}")
+            for level, k in sorted(r["levels"].items(), key=lambda kv: float(kv[0])):
+                print(f"{'  level':<24} {level:>2} {'':<8} {_figure_columns(k)}")
+            continue
+        figures = _figure_columns(r["kodak"])
+        print(f"{r['arch']:<24} {r['quality']:>2} {r['metric']:<8} {figures}  {r['served_by']}{history}")
+
+
+def _print_all(rows: list[dict[str, Any]], arch: str | None) -> None:
+    if not rows:
+        print(f"no released entries{' for ' + arch if arch else ''}")
+        return
+    print(f"{_HEAD} {'version':<8} {'bpp':>7} {'PSNR':>7} {'MS-SSIM':>8}  status")
+    for r in rows:
+        if r["retired"]:
+            status = f"retired, replaced by {r['replaced_by']}" if r["replaced_by"] else "retired"
+        else:
+            status = "serves " + ", ".join(r["serves"])
+        status += "; files from git history" if r["from_history"] else ""
+        if "levels" in r:
+            figures = f"{'every level in [1, 8]':>24}"
+            q = "*"
+        else:
+            figures, q = _figure_columns(r["kodak"]), str(r["quality"])
+        print(f"{r['arch']:<24} {q:>2} {r['metric']:<8} {r['version']:<8} {figures}  {status}")
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
@@ -135,7 +232,11 @@ def cmd_hub(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("list", help="released entries with their Kodak figures")
+    p = subparsers.add_parser(
+        "list", help="what zoo.load serves for each architecture and quality, with its Kodak figures"
+    )
+    p.add_argument("arch", nargs="?", metavar="ARCH", help="only this architecture")
+    p.add_argument("--all", action="store_true", help="every version ever released, retired ones marked")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_list)
 

@@ -214,7 +214,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--half", action="store_true", help="store fp16 weights (tables computed from them)")
     p.add_argument("--manifest", help="add the entry to this manifest ('package' for zoo/manifest.json)")
     p.add_argument("--repo-root", default=".", help="paths in the manifest are relative to this folder")
-    p.add_argument("--dataset-name", help="training data as the model card should name it")
+    p.add_argument(
+        "--dataset-name",
+        help="training data as the model card should name it: where a user finds it, and its licence (the zoo's "
+        "own collections, named by their folder, are replaced by their sources)",
+    )
     p.add_argument("--note", help="a line of provenance for the model card")
     p.add_argument(
         "--lineage-cpu-hours",

@@ -33,7 +33,8 @@ def _run_model(run: Path, checkpoint: str):
     summary: dict[str, Any] = {k: cfg.get(k) for k in recipe}
     summary.update(
         {
-            "dataset": Path(cfg["train_dir"]).name,
+            # the folder the run read; the card names the data only as `zoo release --dataset-name` gives it
+            "train_dir": Path(cfg["train_dir"]).name,
             "steps": int(ckpt["step"]),
             "wall_time_s": round(float(ckpt.get("wall", 0.0)), 1),
             **({"cpu_hours": round(float(ckpt["cpu_s"]) / 3600, 3)} if "cpu_s" in ckpt else {}),
@@ -43,6 +44,7 @@ def _run_model(run: Path, checkpoint: str):
     )
     if summary_path.exists():
         summary.update(json.loads(summary_path.read_text()))
+        summary.pop("dataset", None)  # the run's folder again, by its full path: train_dir above names it
     summary.update({"checkpoint": checkpoint, "checkpoint_step": int(ckpt["step"])})
     return model.eval(), cfg, summary
 
