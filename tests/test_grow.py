@@ -66,3 +66,21 @@ def test_context_parts_get_their_own_learning_rate():
     assert rates[id(model.g_s[0].weight)] == 1e-4
     # every trained parameter is in exactly one group
     assert len(rates) == sum(len(g["params"]) for g in main.param_groups) == len(list(model.main_parameters()))
+
+
+def test_train_only_freezes_everything_else():
+    from zoo.errors import InputError
+    from zoo.train.trainer import freeze_all_but
+
+    model = create_model("mbt2018-vr", 1, N=8, M=12)
+    freeze_all_but(model, ("context_prediction", "entropy_parameters"))
+    trainable = {n.split(".", 1)[0] for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {"context_prediction", "entropy_parameters", "entropy_bottleneck"}  # + the quantiles
+    assert [n for n, p in model.named_parameters() if p.requires_grad and n.startswith("entropy_bottleneck")] == [
+        "entropy_bottleneck.quantiles"
+    ]
+    x = torch.rand(2, 3, 64, 64)
+    model(x, 2.0).likelihoods["y"].log().sum().backward()
+    assert model.g_s[0].weight.grad is None and model.context_prediction.weight.grad is not None
+    with pytest.raises(InputError, match="no submodule 'context'"):
+        freeze_all_but(model, ("context",))

@@ -34,6 +34,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         init_parts=tuple(x for x in (args.init_parts or "").split(",") if x),
         init_widen=args.init_widen,
         init_context=args.init_context,
+        train_only=tuple(x for x in (args.train_only or "").split(",") if x),
         entropy_lr=args.entropy_lr,
         context_lr=args.context_lr,
         amp=args.amp,
@@ -171,6 +172,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default="identity",
         help="--init from a mean-scale model into mbt2018(-vr): how the new context parts start (identity: exactly "
         "the mean-scale model's predictions; default: PyTorch's initialization)",
+    )
+    p.add_argument(
+        "--train-only",
+        help="train only these submodules, comma-separated (the rest frozen), e.g. a grown model's "
+        "context_prediction,entropy_parameters",
     )
     p.add_argument("--context-lr", type=float, help="own learning rate for a context model's context parts")
     p.add_argument("--entropy-lr", type=float, help="own learning rate for a fresh entropy bottleneck's density")

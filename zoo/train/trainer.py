@@ -66,6 +66,9 @@ class TrainConfig:
     # with init from a mean-scale model into a context model (mbt2018, mbt2018-vr): how the new context parts
     # start, "identity" (exactly the mean-scale model's predictions) or "default" (zoo.train.grow)
     init_context: str = "identity"
+    # train only these submodules (the rest frozen, no backward through them): e.g. a grown context model's
+    # context_prediction and entropy_parameters first, under the trained transforms, before a cycle of all
+    train_only: tuple[str, ...] = ()
     entropy_lr: float | None = None  # own learning rate for the entropy bottleneck's density (fresh bottlenecks)
     context_lr: float | None = None  # own learning rate for a context model's context parts (grown ones)
     amp: str | None = None  # "bf16": bfloat16 autocast of the transforms (entropy models stay float32)
@@ -264,6 +267,21 @@ def _init_variable_rate_from_fixed(model, state: dict, spec: str, source_lambda:
     return f"{spec} (fixed-rate, λ={source_lambda:g}, gains from the λ ladder)"
 
 
+def freeze_all_but(model: torch.nn.Module, parts: tuple[str, ...]) -> None:
+    """Only `parts` train: every other parameter stops requiring a gradient, so no backward runs through the
+    frozen transforms (a step costs little more than their forward). The entropy bottleneck's quantiles stay
+    with the auxiliary loss."""
+    names = {name.split(".", 1)[0] for name, _ in model.named_parameters()}
+    unknown = sorted(set(parts) - names)
+    if unknown:
+        raise InputError(
+            f"--train-only: this model has no submodule {unknown[0]!r} (it has {', '.join(sorted(names))})"
+        )
+    for name, param in model.named_parameters():
+        if name.split(".", 1)[0] not in parts and not name.endswith("quantiles"):
+            param.requires_grad_(False)
+
+
 def level_lambdas(levels: torch.Tensor, metric: str) -> torch.Tensor:
     """λ per example for a tensor of levels: the standard table at integers, log-linear in between."""
     logs = torch.log(torch.tensor(LAMBDAS[metric], dtype=torch.float64, device=levels.device))
@@ -331,6 +349,8 @@ class Trainer:
             if cfg.init
             else None
         )
+        if cfg.train_only:
+            freeze_all_but(self.model, cfg.train_only)
         if cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         if cfg.amp == "bf16" and self.device.type == "cpu" and not cpu_has_fast_bf16() and self.is_main:
