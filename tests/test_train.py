@@ -550,7 +550,7 @@ def test_bf16_training_gradient_follows_float32(tmp_path):
         for cls, forward in kept.items():
             cls.forward = forward  # type: ignore[method-assign]
     # On this small high-rate batch: v1.3 0.998 vs 0.913; v1.4 (smaller residuals) 0.954 vs 0.310. The full
-    # measurement (benchmarks/grad_fidelity.py, 8 x 256^2, levels 1-8) on v1.4: 0.997 vs 0.704; v1.6 0.981 vs 0.881,
+    # measurement (experiments/grad_fidelity.py, 8 x 256^2, levels 1-8) on v1.4: 0.997 vs 0.704; v1.6 0.981 vs 0.881,
     # v1.7 0.968 vs 0.746 (on this small batch v1.7 gives 0.886: bfloat16 drifts as the model trains).
     assert islands > 0.9, islands
     assert 1 - everything_bf16 > 5 * (1 - islands), (everything_bf16, islands)  # the islands' error is far smaller

@@ -1,8 +1,8 @@
 """Quality per CPU-hour: CompressAI's training recipe against ours, for the same wall-clock budget.
 
-    python benchmarks/train_efficiency.py                # 30 minutes each, both at once, one thread each
-    python benchmarks/train_efficiency.py --minutes 10
-    python benchmarks/train_efficiency.py --clock cpu    # 30 minutes of each process's own CPU time
+    python experiments/train_efficiency.py                # 30 minutes each, both at once, one thread each
+    python experiments/train_efficiency.py --minutes 10
+    python experiments/train_efficiency.py --clock cpu    # 30 minutes of each process's own CPU time
 
 baseline: CompressAI's examples/train.py settings. bmshj2018-hyperprior at quality 3's λ, Adam 1e-4, aux Adam
           1e-3, gradient clipping 1.0, batch 16 of 256-px crops, constant learning rate.
