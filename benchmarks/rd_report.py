@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from zoo.evaluation.bd import psnr_at
+
 REPO = Path(__file__).resolve().parents[1]
 KODAK = Path(os.environ.get("ZOO_SHARED") or REPO.parent / "shared") / "datasets" / "kodak"
 OUT = REPO / "docs"
@@ -55,15 +57,6 @@ def psnr_to_rate(curve_bpp: list[float], curve_psnr: list[float], psnr: float) -
     if not ps[0] <= psnr <= ps[-1]:
         return math.nan
     return float(np.exp(np.interp(psnr, ps, rs)))
-
-
-def psnr_at(bpp: list[float], psnr: list[float], target: float = 0.5) -> float:
-    """PSNR of a curve at a rate (linear in log-rate between its points); NaN outside its range."""
-    order = np.argsort(bpp)
-    rs, ps = np.log(np.asarray(bpp)[order]), np.asarray(psnr)[order]
-    if not rs[0] <= math.log(target) <= rs[-1]:
-        return math.nan
-    return float(np.interp(math.log(target), rs, ps))
 
 
 def base_of(arch: str) -> str:
