@@ -3,7 +3,8 @@
 On this project's CPU (docs/training.md, "The memory allocator") glibc's malloc hands the large activation
 buffers of a training step back to the kernel and faults them in again at the next step: a quarter of the
 process's CPU time went to the kernel. tcmalloc keeps them, and a step takes about 30 % less CPU. It is a
-library preloaded at start (`LD_PRELOAD`), so `zoo train` can only say so: `LD_PRELOAD=$(python -m zoo.train.malloc) zoo train ...` (docs/training.md).
+library preloaded at start (`LD_PRELOAD`), so `zoo train` can only say so; preload it with
+`LD_PRELOAD=$(python -m zoo.train.malloc) zoo train ...` (docs/training.md).
 """
 
 from __future__ import annotations
