@@ -253,6 +253,7 @@ def test_load_local_onnx_backend_takes_its_thread_count(fixture_entry):
             zoo.load_local(fixture_entry, **bad)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ["mbt2018", "cheng2020-anchor-checkerboard"])
 def test_torchscript_graphs_load_without_zoo_and_match_eager(arch, tmp_path):
     model = fixture_model(arch)

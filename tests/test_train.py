@@ -317,6 +317,7 @@ def test_entropy_lr_gives_the_bottleneck_density_its_own_group():
     assert [names[id(p)] for p in aux.param_groups[0]["params"]] == ["entropy_bottleneck.quantiles"]
 
 
+@pytest.mark.slow
 def test_ddp_gloo_two_processes(folders, tmp_path):
     out = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
@@ -497,7 +498,7 @@ def test_bf16_training_gradient_follows_float32(tmp_path):
     gradient of the transforms points where float32's does (with every layer in bfloat16 it did not).
 
     Pinned to hyperprior-vr v1.4 (read from git history once retired), the weights the bounds were measured on:
-    the test checks the islands, not how far training has got. Newer weights drift (docs/training.md)."""
+    the test checks the islands, not how far training has got. Newer weights drift (docs/history.md)."""
     import zoo.layers as layers
     from zoo.entry import load_entry
     from zoo.imageio import read_image

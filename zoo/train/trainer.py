@@ -41,7 +41,7 @@ MAX_NONFINITE_IN_A_ROW = 20  # skipped steps in a row before a run is declared d
 
 def cpu_has_fast_bf16() -> bool:
     """Whether this CPU runs bfloat16 convolutions in hardware (AMX tiles or AVX-512 BF16): there, `--amp bf16
-    --channels-last` trains about 2.5x faster per CPU-second (docs/training.md); elsewhere bf16 is emulated
+    --channels-last` trains about 2.5x faster per CPU-second (docs/history.md); elsewhere bf16 is emulated
     and slower than float32."""
     probes = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
     return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in probes)
