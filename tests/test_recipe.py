@@ -115,3 +115,13 @@ def test_zoo_train_runs_a_recipe_and_keeps_it_with_the_run(tmp_path):
     # a finished cycle is released, not resumed
     done = subprocess.run([sys.executable, *argv, "--resume"], capture_output=True, text=True, cwd=REPO, timeout=600)
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1
+
+
+def test_resuming_with_another_version_of_the_recipe_is_refused(tmp_path, capsys):
+    recipe = small_recipe(tmp_path)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "recipe.toml").write_text(recipe.read_text().replace("lr = 1e-3", "lr = 2e-3"))
+    assert main(["train", "--recipe", str(recipe), "--out", str(run), "--resume"]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+    assert not (run / "config.json").exists()  # refused before any training

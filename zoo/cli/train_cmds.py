@@ -10,6 +10,10 @@ from typing import Any
 
 from zoo.errors import InputError
 
+if typing.TYPE_CHECKING:
+    from zoo.train.config import TrainConfig
+    from zoo.train.recipe import Recipe
+
 
 def cmd_train(args: argparse.Namespace) -> int:
     import shutil
@@ -22,12 +26,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     if threads:
         torch.set_num_threads(threads)
     if recipe is not None:
-        Path(cfg.out).mkdir(parents=True, exist_ok=True)
-        if Path(cfg.out, "summary.json").exists() and cfg.resume:
-            raise InputError(
-                f"{cfg.out} finished its cycle (summary.json): release it, then start the next cycle in a new --out"
-            )
-        shutil.copyfile(recipe.path, Path(cfg.out) / RUN_RECIPE)  # the run carries the recipe it was trained with
+        out = Path(cfg.out)
+        kept = out / RUN_RECIPE
+        if cfg.resume and (out / "summary.json").exists():
+            raise InputError(f"{out} finished its cycle (summary.json): release it, then start the next in a new --out")
+        if cfg.resume and kept.exists() and kept.read_bytes() != recipe.path.read_bytes():
+            raise InputError(f"{out} was started with another version of {recipe.path} (its copy: {kept})")
+        out.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(recipe.path, kept)  # the run carries the recipe it was trained with
     train(cfg)
     return 0
 
@@ -133,7 +139,7 @@ def add_config_flags(p: argparse.ArgumentParser) -> None:
         target.add_argument(_flag(f.name), dest=f.name, **_argument(f.name, types[f.name], f.default))
 
 
-def train_config(args: argparse.Namespace):
+def train_config(args: argparse.Namespace) -> tuple[TrainConfig, int | None, Recipe | None]:
     """The run's TrainConfig, threads and recipe: TrainConfig's defaults, overridden by the recipe's keys, those
     by the flags given. A budget flag replaces the recipe's whole budget (steps, epochs or minutes)."""
     from zoo.train.config import TrainConfig
