@@ -85,7 +85,8 @@ def test_flags_override_the_recipe_and_a_budget_flag_replaces_its_budget(tmp_pat
 def test_a_bad_recipe_is_one_line(tmp_path, capsys):
     bad = tmp_path / "recipes" / "x.toml"
     bad.parent.mkdir()
-    for text in ('[model]\narch = "bmshj2018-hyperprior-vr"\nlearning_rate = 1\n', "[model\n", "[nonsense]\na = 1\n"):
+    head = '[model]\narch = "bmshj2018-hyperprior-vr"\n'
+    for text in (head + "learning_rate = 1\n", head + 'lr = "fast"\n', "[model\n", "[nonsense]\na = 1\n"):
         bad.write_text(text)
         with pytest.raises(InputError):
             read_recipe(bad)

@@ -74,6 +74,29 @@ def _sources(value: Any, where: str) -> tuple[DataSource, ...]:
     return tuple(out)
 
 
+# The extra keys' types; TrainConfig's come from its annotations.
+EXTRA_TYPES: dict[str, Any] = {"threads": int, "first_init": str}
+
+
+def _fits(value: Any, kind: Any) -> bool:
+    """Whether a TOML value can stand for a setting of this type (an int for a float, an array for a tuple)."""
+    if kind is Any:
+        return True
+    args = typing.get_args(kind)
+    origin = typing.get_origin(kind)
+    if origin in (tuple, list):
+        return isinstance(value, list) and all(_fits(v, args[0]) for v in value)
+    if origin is dict:
+        return isinstance(value, dict) and all(_fits(v, args[1]) for v in value.values())
+    if args:  # a union: X | None, str | tuple[str, ...]
+        return any(_fits(value, a) for a in args if a is not type(None))
+    if kind is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, kind)
+
+
 def read_recipe(path: str | Path) -> Recipe:
     """Parse and check a recipe file; an unknown key or section is an InputError naming it."""
     path = Path(path)
@@ -86,6 +109,7 @@ def read_recipe(path: str | Path) -> Recipe:
     if unknown:
         raise InputError(f"{path}: unknown sections {sorted(unknown)} (known: {', '.join(SECTIONS)})")
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    types = config_types()
     settings: dict[str, Any] = {}
     for section, table in doc.items():
         if not isinstance(table, dict):
@@ -97,6 +121,9 @@ def read_recipe(path: str | Path) -> Recipe:
                 raise InputError(f"{path}: [{section}] {key} is not a recipe setting")
             if key in settings:
                 raise InputError(f"{path}: {key} is set twice")
+            kind = EXTRA_TYPES.get(key) or types[key]
+            if not _fits(value, kind):
+                raise InputError(f"{path}: [{section}] {key} = {value!r} is not a {kind}")
             settings[key] = value
     if "arch" not in settings:
         raise InputError(f"{path}: [model] arch is missing")
