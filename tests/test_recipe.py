@@ -73,13 +73,15 @@ def test_every_train_setting_is_a_flag_with_trainconfigs_default():
 
 
 def test_flags_override_the_recipe_and_a_budget_flag_replaces_its_budget(tmp_path):
-    recipe = small_recipe(tmp_path, extra='[budget]\nmax_minutes = 100\nbudget_clock = "cpu"\n')
+    extra = '[budget]\nmax_minutes = 100\nbudget_clock = "cpu"\n[precision]\ncompile = true\n'
+    recipe = small_recipe(tmp_path, extra=extra)
     cfg, _, _ = _parse("--recipe", str(recipe), "--lr", "5e-5", "--more-minutes", "30", "--resume", "--N", "16")
     assert (cfg.lr, cfg.max_minutes, cfg.more_minutes, cfg.budget_clock) == (5e-5, None, 30, "cpu")
     assert cfg.resume and cfg.widths == {"N": 16, "M": 24}
     assert len(cfg.train_dir) == 2 and len(cfg.val_dir) == 1
     cfg, _, _ = _parse("--recipe", str(recipe))
     assert (cfg.lr, cfg.max_minutes, cfg.out) == (1e-3, 100, str(tmp_path / "runs" / "bmshj2018-hyperprior-vr"))
+    assert cfg.compile and not _parse("--recipe", str(recipe), "--no-compile")[0].compile  # a recipe's true undone
 
 
 def test_a_bad_recipe_is_one_line(tmp_path, capsys):

@@ -112,7 +112,7 @@ def _argument(name: str, kind: Any, default: Any) -> dict:
     if typing.get_args(kind) and typing.get_origin(kind) is not tuple:  # X | None, or a folder | files: the first
         kind = next(a for a in typing.get_args(kind) if a is not type(None))
     if kind is bool:
-        kwargs["action"] = "store_true"
+        kwargs["action"] = argparse.BooleanOptionalAction  # --compile / --no-compile: a recipe's true can be undone
     elif typing.get_origin(kind) is tuple:
         kwargs["type"] = _comma_list(typing.get_args(kind)[0])
     else:
