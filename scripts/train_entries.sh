@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# How the shipped v1.0 entries were made: CPU, this repository's training module, 2 threads. Re-run on a GPU
+# How the fixed-rate v1.0 and v1.1 entries were made: CPU, this repository's training module, 2 threads. Re-run on a GPU
 # with far more --steps (and --amp bf16, larger --patch) for competitive models. Data: shared/datasets/photos
 # 001-035 for training, 036-039 held out for validation; Kodak only for the model cards' figures.
 #
@@ -140,31 +140,5 @@ mrelease mbt2018-mean-q3b 3 "800 steps (batch 4, 256px crops, cosine from lr 2e-
 mrelease mbt2018-mean-q2 2 "450 steps (batch 4, 256px crops, cosine from lr 1e-4) at its own lambda from the mbt2018-mean q3 run's 800-step checkpoint"
 mrelease mbt2018-mean-q1b 1 "450 steps (batch 4, 256px crops, cosine from lr 1e-4) at its own lambda from the mbt2018-mean q3 run's 800-step checkpoint, then 400 more (cosine from lr 1e-4)"
 
-# 6. Variable-rate entries (issue 15): one network per architecture for every level, trained on the wallpapers
-#    (178, open-licensed, shared/datasets/wallpapers/SOURCES.md) plus photos 001-035, validated on photos
-#    036-039. Each warm-starts from the fixed-rate quality-3 entry of its base architecture, with every level's
-#    gain started on the λ ladder (docs/variable-rate.md). The runs are long (--steps 20000, cosine over them) and
-#    resumable: start them in the background of every session, under nice, and release when the validation RD
-#    beats the current entries. --threads 1 each: the two runs share the two cores.
-VDATA=${VDATA:-$RUNS/data-vr}
-mkdir -p "$VDATA/train" "$VDATA/val"
-for f in ../shared/datasets/wallpapers/*.jpg; do ln -sf "$(realpath "$f")" "$VDATA/train/w$(basename "$f")"; done
-for f in ../shared/datasets/photos/0{01..35}.png; do ln -sf "$(realpath "$f")" "$VDATA/train/p$(basename "$f")"; done
-for f in ../shared/datasets/photos/0{36..39}.png; do ln -sf "$(realpath "$f")" "$VDATA/val/"; done
-vrun() {  # vrun ARCH RUN INIT
-    nice -n 19 zoo train --arch "$1" --train "$VDATA/train" --val "$VDATA/val" --out "$RUNS/$2" --steps 20000 \
-        --batch-size 8 --patch 256 --lr 1e-4 --scheduler cosine --val-every 250 --ckpt-every 50 --workers 1 \
-        --threads 1 --quiet --resume --amp bf16 --channels-last --ema 0.995 --compile --init "$3"
-}
-VDS="shared/datasets/wallpapers (178, licences in its SOURCES.md) + photos 001-035 (036-039 held out)"
-if [ "${VR_TRAIN:-0}" = 1 ]; then
-    # a run that lost its checkpoints starts again from the last release (the fixed-rate q3 entries it began
-    # from are retired: served by the embedded mirror, no longer in the working tree)
-    newest() { ls -d "model_store/entries/$1/mse/v"* | sort -V | tail -n 1; }
-    vrun bmshj2018-hyperprior-vr hp-vr "$(newest bmshj2018-hyperprior-vr)" &
-    vrun mbt2018-mean-vr msh-vr "$(newest mbt2018-mean-vr)" &
-    wait
-fi
-# Release (the levels the manifest marks current are chosen per level against the fixed-rate entries):
-#   zoo release runs/hp-vr --checkpoint last.pt --version 1.0 --half --out model_store/entries/bmshj2018-hyperprior-vr/mse/v1.0 \
-#       --eval ../shared/datasets/kodak --dataset-name "$VDS" --manifest package --current-for LEVELS
+# 6. The variable-rate families that zoo.load serves today are made by their recipes, not by this script:
+#    zoo train --recipe recipes/<family>.toml, then zoo release --recipe (docs/training.md).

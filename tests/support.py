@@ -97,3 +97,27 @@ def kodak_image(name: str = "kodim23.png") -> torch.Tensor:
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     mse = torch.mean((a.double() - b.double()) ** 2).item()
     return float("inf") if mse == 0 else 10 * torch.log10(torch.tensor(1.0 / mse)).item()
+
+
+def small_recipe(tmp_path: Path, extra: str = "[budget]\nsteps = 2\n") -> Path:
+    """A small variable-rate recipe at tmp_path/recipes (tmp_path plays the checkout) over three noise images of
+    its own data root: two to train on, one held out."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for name in ("train/a.png", "train/b.png", "held/c.png"):
+        (tmp_path / "data" / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (96, 96, 3), dtype=np.uint8)).save(tmp_path / "data" / name)
+    path = tmp_path / "recipes" / "bmshj2018-hyperprior-vr.toml"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(
+        '[model]\narch = "bmshj2018-hyperprior-vr"\nwidths = { N = 16, M = 24 }\n\n'
+        '[data]\nroot = "data"\ntrain = [{ folder = "train", pattern = "*.png" }]\n'
+        'val = [{ folder = "held", pattern = "*.png" }]\n\n'
+        "[schedule]\nbatch_size = 2\npatch = 64\nlr = 1e-3\nval_every = 1000\nckpt_every = 1\nval_levels = [3]\n\n"
+        + extra
+        + "\n[run]\nworkers = 0\nquiet = true\nthreads = 1\n"
+        + '\n[release]\neval = "held"\n'
+    )
+    return path

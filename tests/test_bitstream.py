@@ -5,18 +5,14 @@ from __future__ import annotations
 import dataclasses
 import struct
 import time
-import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from tests.support import fixture_model, fixture_state_dict
+from tests.bitstream_tools import field_offset, golden_codec, golden_input, reseal
 from zoo import bitstream
-from zoo.codec import Codec
-from zoo.compressed import EntryId
-from zoo.entry import weights_fingerprint
 from zoo.errors import BitstreamError
 from zoo.imageio import to_uint8
 
@@ -31,17 +27,6 @@ _CASES = [
     ("mbt2018-100x150.zoo", "mbt2018", 100, 150, 0),
 ]
 GOLDEN_CASES = [(f"v{v}-{name}", *rest) for v in bitstream.READABLE_VERSIONS for name, *rest in _CASES]
-
-
-def golden_codec(arch: str, tile_size: int = 0) -> Codec:
-    entry = EntryId(arch, 1, "mse", "fixture")
-    return Codec(fixture_model(arch), entry, weights_fingerprint(fixture_state_dict(arch)), tile_size=tile_size)
-
-
-def golden_input(h: int, w: int) -> torch.Tensor:
-    from tests.support import kodak_image
-
-    return kodak_image("kodim23.png")[:, 200 : 200 + h, 300 : 300 + w]
 
 
 def write_golden() -> None:  # run by hand when a format version is added: python -m tests.test_bitstream
@@ -88,7 +73,7 @@ def test_context_streams_of_both_formats_decode_to_the_same_image():
     relabelled = bytearray(v1)
     relabelled[4] = 2
     with pytest.raises(BitstreamError, match="index checksum|ended early|does not end"):
-        codec.decompress(bitstream.loads(_reseal(relabelled)))
+        codec.decompress(bitstream.loads(reseal(relabelled)))
 
 
 def test_round_trip_is_exact():
@@ -106,26 +91,7 @@ def test_a_nonzero_flags_byte_is_refused(stream):
     buf = bytearray(stream)
     buf[5] = 1  # the spec defines no flags: a reader that ignored one would misread what it means
     with pytest.raises(BitstreamError, match="flags"):
-        bitstream.loads(_reseal(buf))
-
-
-def _reseal(buf: bytearray) -> bytes:
-    """Fix both checksums after editing header fields, so the edit reaches the field checks."""
-    (body_len,) = struct.unpack_from("<I", buf, 6)
-    end = 10 + body_len
-    struct.pack_into("<I", buf, end, zlib.crc32(bytes(buf[:end])))
-    struct.pack_into("<I", buf, len(buf) - 4, zlib.crc32(bytes(buf[:-4])))
-    return bytes(buf)
-
-
-def _field_offset(data: bytes) -> int:
-    """Offset of the height field: magic(4) version/flags(2) body_len(4) then the entry strings."""
-    pos = 10
-    pos += 1 + data[pos]  # arch
-    pos += 2  # quality
-    pos += 1 + data[pos]  # metric
-    pos += 1 + data[pos]  # version
-    return pos + bitstream.FINGERPRINT_BYTES
+        bitstream.loads(reseal(buf))
 
 
 @pytest.fixture(scope="module")
@@ -134,7 +100,7 @@ def stream() -> bytes:
 
 
 def test_bad_files_raise_one_clear_error(stream):
-    size_at = _field_offset(stream)
+    size_at = field_offset(stream)
     huge = bytearray(stream)
     struct.pack_into("<II", huge, size_at, 100_000, 100_000)
     future = bytearray(stream)
@@ -142,10 +108,10 @@ def test_bad_files_raise_one_clear_error(stream):
     cases = {
         "empty": (b"", "empty"),
         "magic": (b"GIF89a" + stream[6:], "magic"),
-        "version": (_reseal(future), "version 99"),
+        "version": (reseal(future), "version 99"),
         "truncated": (stream[:-7], "truncated|checksum"),
         "flipped": (stream[:-20] + bytes([stream[-20] ^ 4]) + stream[-19:], "checksum"),
-        "absurd": (_reseal(huge), "outside the limits"),
+        "absurd": (reseal(huge), "outside the limits"),
         "padded": (stream + b"\0" * 10, "checksum|describes"),
     }
     for label, (data, message) in cases.items():

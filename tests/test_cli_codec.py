@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.bitstream_tools import field_offset, reseal
 from tests.support import PASS_ARCHS, REPO, kodak_path
-from tests.test_bitstream import _field_offset, _reseal
 from zoo import bitstream
 from zoo.cli import main
 from zoo.imageio import read_image
@@ -102,6 +102,7 @@ def _run(*args: str) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow
 def test_bad_inputs_exit_2_with_one_line(tmp_path, fixture_entry):
     stream = tmp_path / "ok.zoo"
     assert main(["encode", str(_crop(tmp_path)), str(stream), "--model", str(fixture_entry), "--quiet"]) == 0
@@ -115,10 +116,10 @@ def test_bad_inputs_exit_2_with_one_line(tmp_path, fixture_entry):
     (tmp_path / "flipped.zoo").write_bytes(flipped)
     future = bytearray(data)
     future[4] = 99
-    (tmp_path / "future.zoo").write_bytes(_reseal(future))
+    (tmp_path / "future.zoo").write_bytes(reseal(future))
     huge = bytearray(data)
-    struct.pack_into("<II", huge, _field_offset(data), 100_000, 100_000)
-    (tmp_path / "huge.zoo").write_bytes(_reseal(huge))
+    struct.pack_into("<II", huge, field_offset(data), 100_000, 100_000)
+    (tmp_path / "huge.zoo").write_bytes(reseal(huge))
     out = str(tmp_path / "o")
     cases = [
         (["decode", str(tmp_path / "trunc.zoo"), out], "truncated"),

@@ -253,6 +253,7 @@ def test_load_local_onnx_backend_takes_its_thread_count(fixture_entry):
             zoo.load_local(fixture_entry, **bad)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ["mbt2018", "cheng2020-anchor-checkerboard"])
 def test_torchscript_graphs_load_without_zoo_and_match_eager(arch, tmp_path):
     model = fixture_model(arch)
@@ -404,7 +405,7 @@ def test_every_graph_in_onnx_runtime_on_one_side(arch, exported, capsys):
 def test_a_float32_context_mismatch_is_refused(exported):
     """The risk as it occurs: on the whole of kodim02, mbt2018's float32 context graphs in ONNX Runtime put one
     scale across a table boundary that zoo's float64 scale stays below (8e-7 relative, measured with
-    benchmarks/index_mismatch.py --coding). The stream must be refused, never decoded into another image."""
+    experiments/index_mismatch.py --coding). The stream must be refused, never decoded into another image."""
     from zoo.export.ort_backend import onnx_everywhere
 
     eager = _model("mbt2018")

@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.test_bitstream import _reseal, golden_codec, golden_input
+from tests.bitstream_tools import golden_codec, golden_input, reseal
 from zoo import bitstream
 from zoo.errors import BitstreamError
 
@@ -62,7 +62,7 @@ def test_edited_header_fields_with_repaired_checksums(stream, pos, value, width)
     pos = 10 + pos % (header_end - 10 - width + 1)
     buf = bytearray(stream)
     buf[pos : pos + width] = bytes([value]) * width  # 0xFF.. makes huge u16/u32 fields, 0x00.. zero ones
-    _check(_reseal(buf))
+    _check(reseal(buf))
 
 
 @SETTINGS
@@ -74,6 +74,7 @@ def test_truncation_and_lying_body_length(stream, cut, body_len):
     _check(bytes(buf))
 
 
+@pytest.mark.slow
 def test_fuzz_slice_decodes_or_refuses_every_case():
     """2,000 structure-aware mutations of one- and multi-tile factorized, hyperprior and mean-scale files, each
     decoded in a worker process: no crash, hang, untyped error or silently different image, and the mutations

@@ -281,6 +281,7 @@ def test_cli_publish_list_and_hub_errors(env, tmp_path, capsys):
         assert len(err) == 1 and message in err[0], err
 
 
+@pytest.mark.slow
 def test_hub_serve_and_stop_over_the_shipped_entries(tmp_path, monkeypatch):
     """`zoo hub serve` builds git repos from the manifest's entries, olah serves them, `zoo hub stop` ends it."""
     import os

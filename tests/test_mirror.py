@@ -75,6 +75,7 @@ def test_retire_removes_the_folder_and_records_the_commit(retired_repo):
         retire_entry(RETIRED, retired_repo["manifest"], root)
 
 
+@pytest.mark.slow
 def test_a_file_made_with_a_retired_entry_decodes_through_the_mirror(retired_repo, tmp_path, monkeypatch, capsys):
     from zoo.cli import main
 
@@ -93,6 +94,7 @@ def test_a_file_made_with_a_retired_entry_decodes_through_the_mirror(retired_rep
     assert np.array_equal(np.asarray(Image.open(out)), expected)
 
 
+@pytest.mark.slow
 def test_without_the_history_the_error_names_the_retired_entry(retired_repo, tmp_path, monkeypatch, capsys):
     """A copy with no .git (like an installed wheel's user) and a shallow clone: the entry is reported as not
     served, the rest still is, and decoding its file fails with one line naming the entry."""
@@ -183,6 +185,7 @@ def test_a_retired_entry_stays_a_warm_start(tmp_path, monkeypatch):
         load_init_weights(model, str(REPO / "model_store/entries/bmshj2018-hyperprior/q3-mse/v9.9"))
 
 
+@pytest.mark.slow
 def test_rerunning_the_historic_recipe_retrains_nothing_released(tmp_path):
     """scripts/train_entries.sh skips every stage whose entry the manifest lists, retired ones included (their
     folders have left the working tree): with a `zoo` that records its calls, no stage calls it."""

@@ -99,6 +99,7 @@ def store(tmp_path_factory, fixture_entry, vr_entry, arch_entry):
     return store
 
 
+@pytest.mark.slow
 def test_a_variable_rate_level_round_trips_over_http(server, vr_entry):
     """One level of a variable-rate entry served as its folded standard model: the file names the entry and
     the level, and is the file the in-process codec makes at that level."""
@@ -135,6 +136,7 @@ def server(store):
     stop(state)
 
 
+@pytest.mark.slow
 def test_http_round_trip_equals_in_process(server, fixture_entry):
     import zoo
     from zoo.imageio import read_image, to_uint8
@@ -152,6 +154,7 @@ def test_http_round_trip_equals_in_process(server, fixture_entry):
     assert np.array_equal(np.asarray(Image.open(io.BytesIO(png))), expected)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(HTTP_CONTEXT_MODELS))
 def test_context_model_round_trip_over_http(server, arch_entry, name):
     """Two-pass context models served over HTTP: the file and the pixels are those of the in-process codec, to
@@ -172,6 +175,7 @@ def test_context_model_round_trip_over_http(server, arch_entry, name):
     assert np.array_equal(np.asarray(Image.open(io.BytesIO(png))), expected)
 
 
+@pytest.mark.slow
 def test_bad_inputs_are_4xx_json(server, tmp_path):
     from zoo.compressed import EntryId
     from zoo.registry import create_model
@@ -195,6 +199,7 @@ def test_bad_inputs_are_4xx_json(server, tmp_path):
     assert _post(f"{url}/predictions/hp-encode", _png(32, 32))[0] == 200
 
 
+@pytest.mark.slow
 def test_concurrent_clients_get_their_own_answers(server):
     url = f"{server['inference']}/predictions/hp-encode"
     sizes = [(32 + 16 * (i % 4), 48 + 8 * (i % 3)) for i in range(100)]
@@ -231,6 +236,7 @@ def _worker_threads():
 MIXED_SIZES = [(48, 32), (112, 80), (200, 144)]
 
 
+@pytest.mark.slow
 def test_bad_requests_do_not_spoil_their_batch(server, fixture_entry):
     import zoo
     from zoo.imageio import read_image, to_uint8
@@ -356,6 +362,7 @@ def test_onnx_archive_carries_its_graphs(store, tmp_path):
         archived_codec(tmp_path / "decode", "onnx")
 
 
+@pytest.mark.slow
 def test_onnx_backend_round_trip_over_http(server, tmp_path):
     from zoo.imageio import read_image, to_uint8
     from zoo.serve import archived_codec
@@ -422,6 +429,7 @@ def test_elic_handler_round_trip(arch, arch_entry, tmp_path):
         assert np.array_equal(np.asarray(Image.open(io.BytesIO(png))), expected)
 
 
+@pytest.mark.slow
 def test_killed_worker_is_restarted(server):
     import psutil
 

@@ -317,6 +317,7 @@ def test_entropy_lr_gives_the_bottleneck_density_its_own_group():
     assert [names[id(p)] for p in aux.param_groups[0]["params"]] == ["entropy_bottleneck.quantiles"]
 
 
+@pytest.mark.slow
 def test_ddp_gloo_two_processes(folders, tmp_path):
     out = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
@@ -498,7 +499,7 @@ def test_bf16_training_gradient_follows_float32(tmp_path):
     gradient of the transforms points where float32's does (with every layer in bfloat16 it did not).
 
     Pinned to hyperprior-vr v1.4 (read from git history once retired), the weights the bounds were measured on:
-    the test checks the islands, not how far training has got. Newer weights drift (docs/training.md)."""
+    the test checks the islands, not how far training has got. Newer weights drift (docs/history.md)."""
     import zoo.layers as layers
     from zoo.entry import load_entry
     from zoo.imageio import read_image
@@ -551,7 +552,7 @@ def test_bf16_training_gradient_follows_float32(tmp_path):
         for cls, forward in kept.items():
             cls.forward = forward  # type: ignore[method-assign]
     # On this small high-rate batch: v1.3 0.998 vs 0.913; v1.4 (smaller residuals) 0.954 vs 0.310. The full
-    # measurement (benchmarks/grad_fidelity.py, 8 x 256^2, levels 1-8) on v1.4: 0.997 vs 0.704; v1.6 0.981 vs 0.881,
+    # measurement (experiments/grad_fidelity.py, 8 x 256^2, levels 1-8) on v1.4: 0.997 vs 0.704; v1.6 0.981 vs 0.881,
     # v1.7 0.968 vs 0.746 (on this small batch v1.7 gives 0.886: bfloat16 drifts as the model trains).
     assert islands > 0.9, islands
     assert 1 - everything_bf16 > 5 * (1 - islands), (everything_bf16, islands)  # the islands' error is far smaller

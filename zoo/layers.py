@@ -32,7 +32,7 @@ def float32_under_autocast(forward):
     difference of two nearby CDF values, which bfloat16's 8-bit mantissa cannot resolve, so the rate term and
     its gradients would be mostly rounding noise. GDN (and the pixel convolutions below): in bfloat16 the
     transforms' gradient points elsewhere (on hyperprior-vr v1.2, cosine 0.565 with float32's; GDN alone in
-    float32, 0.83; with the pixel convolutions too, 0.991: `benchmarks/grad_fidelity.py`). The convolutions
+    float32, 0.83; with the pixel convolutions too, 0.991: `experiments/grad_fidelity.py`). The convolutions
     between them keep bfloat16, and so does GDN's channel mixing (`GDN._forward_mixed`)."""
 
     @functools.wraps(forward)
@@ -135,7 +135,7 @@ class GDN(nn.Module):
         two paths of x_i's own gradient nearly cancel, so their rounding errors dominate what is left (every
         layer in bfloat16: cosine 0.913 with float32's gradient on hyperprior-vr v1.3; elementwise float32 with
         the mixing in bfloat16: 0.998, the same as all of GDN in float32, for 20 % less CPU per compiled
-        training step: `benchmarks/grad_fidelity.py`, `benchmarks/train_step.py`)."""
+        training step: `experiments/grad_fidelity.py`, `experiments/train_step.py`)."""
         device = x.device.type
         with torch.autocast(device, enabled=False):
             x = x.float()
@@ -194,7 +194,7 @@ class PixelConv2d(nn.Conv2d):
 class PixelConvTranspose2d(nn.ConvTranspose2d):
     """The convolution that writes the image: float32 under autocast. A bfloat16 reconstruction is rounded to
     steps of 1/256 in [0.5, 1), as large as the residual error of a high-rate model, so the distortion's
-    gradient (the residual) would be largely rounding noise (`benchmarks/grad_fidelity.py`)."""
+    gradient (the residual) would be largely rounding noise (`experiments/grad_fidelity.py`)."""
 
     @float32_under_autocast
     def forward(self, input: Tensor, output_size: list[int] | None = None) -> Tensor:

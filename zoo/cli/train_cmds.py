@@ -3,62 +3,195 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import typing
 from pathlib import Path
+from typing import Any
+
+from zoo.errors import InputError
+
+if typing.TYPE_CHECKING:
+    from zoo.train.config import TrainConfig
+    from zoo.train.recipe import Recipe
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    import shutil
+
     import torch
 
-    from zoo.train.trainer import TrainConfig, train
+    from zoo.train.trainer import train
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    widths = {k: v for k, v in (("N", args.N), ("M", args.M)) if v}
-    cfg = TrainConfig(
-        arch=args.arch,
-        quality=args.quality or 0,
-        metric=args.metric,
-        train_dir=args.train,
-        val_dir=args.val,
-        out=args.out,
-        steps=args.steps,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        patch=args.patch,
-        lr=args.lr,
-        scheduler=args.scheduler,
-        val_every=args.val_every,
-        ckpt_every=args.ckpt_every,
-        resume=args.resume,
-        init=args.init,
-        init_parts=tuple(x for x in (args.init_parts or "").split(",") if x),
-        init_widen=args.init_widen,
-        init_context=args.init_context,
-        train_only=tuple(x for x in (args.train_only or "").split(",") if x),
-        entropy_lr=args.entropy_lr,
-        context_lr=args.context_lr,
-        amp=args.amp,
-        channels_last=args.channels_last,
-        ema_decay=args.ema,
-        compile=args.compile,
-        hard_samples=args.hard_samples,
-        workers=args.workers,
-        seed=args.seed,
-        widths=widths,
-        quiet=args.quiet,
-        clip=args.clip,
-        log_every=args.log_every,
-        integer_share=args.integer_share,
-        max_minutes=args.max_minutes,
-        more_minutes=args.more_minutes,
-        budget_clock=args.budget_clock,
-        warmup_steps=args.warmup,
-    )
+    cfg, threads, recipe = train_config(args)
+    if threads:
+        torch.set_num_threads(threads)
+    if recipe is not None:
+        out = Path(cfg.out)
+        kept = out / RUN_RECIPE
+        if cfg.resume and (out / "summary.json").exists():
+            raise InputError(f"{out} finished its cycle (summary.json): release it, then start the next in a new --out")
+        if cfg.resume and kept.exists() and kept.read_bytes() != recipe.path.read_bytes():
+            raise InputError(f"{out} was started with another version of {recipe.path} (its copy: {kept})")
+        out.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(recipe.path, kept)  # the run carries the recipe it was trained with
     train(cfg)
     return 0
 
 
+# The file a run folder keeps of the recipe it was trained with (zoo release names it in the model card).
+RUN_RECIPE = "recipe.toml"
+
+# TrainConfig fields whose flag is not the field's name (kept as users know them), and help texts; every other
+# flag is generated from TrainConfig: its name, type and default come from the field.
+FLAG_NAMES = {"train_dir": "--train", "val_dir": "--val", "ema_decay": "--ema", "warmup_steps": "--warmup"}
+NOT_FLAGS = {"widths"}  # --N and --M instead
+HELP: dict[str, dict] = {
+    "arch": {"help": "architecture (the registry's name)"},
+    "quality": {"type": int, "help": "the quality to train (not for variable-rate architectures)"},
+    "metric": {"choices": ["mse", "ms-ssim"]},
+    "train_dir": {"help": "folder of training images"},
+    "val_dir": {"help": "folder of validation images"},
+    "out": {"help": "run folder (checkpoints, log.csv, summary.json)"},
+    "max_minutes": {"help": "a wall-clock budget: train this long (schedules follow the clock)"},
+    "more_minutes": {
+        "help": "with --resume: go on this many minutes more; the budget becomes the minutes the run has trained "
+        "(read from last.pt) plus these, so its cosine ends then (without last.pt: a fresh run this long)"
+    },
+    "budget_clock": {
+        "choices": ["wall", "cpu"],
+        "help": "what --max-minutes counts: the wall clock, or this process's CPU time (fair beside other work)",
+    },
+    "warmup_steps": {"help": "linear learning-rate warm-up over this many steps"},
+    "scheduler": {"choices": ["plateau", "cosine", "multistep", "poly"]},
+    "clip": {"help": "gradient-norm clipping (0: off)"},
+    "resume": {"help": "continue exactly from OUT/last.pt"},
+    "init": {"help": "warm start from an entry folder, a checkpoint, or ARCH:QUALITY from the zoo"},
+    "init_parts": {"help": "with --init: only these submodules, comma-separated (e.g. g_a,g_s from another arch)"},
+    "init_widen": {"help": "with --init: grow a narrower model into this quality's widths"},
+    "init_context": {
+        "choices": ["identity", "default"],
+        "help": "--init from a mean-scale model into mbt2018(-vr): how the new context parts start (identity: "
+        "exactly the mean-scale model's predictions; default: PyTorch's initialization)",
+    },
+    "entropy_lr": {"help": "own learning rate for a fresh entropy bottleneck's density"},
+    "context_lr": {"help": "own learning rate for a context model's context parts (grown from a mean-scale model)"},
+    "train_only": {
+        "help": "train only these submodules, comma-separated (the rest frozen), e.g. a grown context model's "
+        "context_prediction,entropy_parameters"
+    },
+    "amp": {"choices": ["bf16"], "help": "bf16 autocast of the transforms (entropy models stay float32); CPU or GPU"},
+    "channels_last": {
+        "help": "channels-last tensors (with --amp bf16 on a CPU with AMX: about 2.5x the steps per CPU-second)"
+    },
+    "ema_decay": {
+        "metavar": "DECAY",
+        "help": "keep a moving average of the weights (e.g. 0.995): validated, saved as the checkpoint's weights",
+    },
+    "compile": {"help": "torch.compile the network"},
+    "hard_samples": {"help": "sample images by their running RD loss"},
+    "workers": {"help": "DataLoader workers"},
+    "integer_share": {"help": "variable-rate: share of examples at integer levels (the rest uniform in [1, 8])"},
+    "val_max_side": {"help": "validation images are centre crops of at most this many pixels a side"},
+    "val_levels": {"help": "variable-rate: the levels validated, comma-separated"},
+}
+
+
+def _flag(name: str) -> str:
+    return FLAG_NAMES.get(name, "--" + name.replace("_", "-"))
+
+
+def _comma_list(item: type):
+    def parse(text: str) -> tuple:
+        try:
+            return tuple(item(x) for x in text.split(",") if x)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"comma-separated values, not {text!r}") from None
+
+    return parse
+
+
+def _argument(name: str, kind: Any, default: Any) -> dict:
+    """argparse keyword arguments for one TrainConfig field. Defaults are not set here: an absent flag leaves
+    the recipe's value, else TrainConfig's default (`train_config`)."""
+    kwargs: dict[str, Any] = {"default": argparse.SUPPRESS}
+    if typing.get_args(kind) and typing.get_origin(kind) is not tuple:  # X | None, or a folder | files: the first
+        kind = next(a for a in typing.get_args(kind) if a is not type(None))
+    if kind is bool:
+        kwargs["action"] = argparse.BooleanOptionalAction  # --compile / --no-compile: a recipe's true can be undone
+    elif typing.get_origin(kind) is tuple:
+        kwargs["type"] = _comma_list(typing.get_args(kind)[0])
+    else:
+        kwargs["type"] = kind if kind in (int, float, str) else str
+    extra = dict(HELP.get(name, {}))
+    if default not in (dataclasses.MISSING, None, ()) and kind is not bool:
+        shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
+        extra["help"] = (extra.get("help", "") + f" (default: {shown})").strip()
+    kwargs.update(extra)
+    return kwargs
+
+
+def add_config_flags(p: argparse.ArgumentParser) -> None:
+    """One flag per TrainConfig field; the budget fields exclude each other."""
+    from zoo.train.config import TrainConfig
+    from zoo.train.recipe import BUDGET_KEYS, config_types
+
+    types = config_types()
+    budget = p.add_mutually_exclusive_group()
+    for f in dataclasses.fields(TrainConfig):
+        if f.name in NOT_FLAGS:
+            continue
+        target = budget if f.name in BUDGET_KEYS else p
+        target.add_argument(_flag(f.name), dest=f.name, **_argument(f.name, types[f.name], f.default))
+
+
+def train_config(args: argparse.Namespace) -> tuple[TrainConfig, int | None, Recipe | None]:
+    """The run's TrainConfig, threads and recipe: TrainConfig's defaults, overridden by the recipe's keys, those
+    by the flags given. A budget flag replaces the recipe's whole budget (steps, epochs or minutes)."""
+    from zoo.train.config import TrainConfig
+    from zoo.train.recipe import BUDGET_KEYS, read_recipe, resolve_files, starting_point
+
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(args, f.name)}
+    values: dict[str, Any] = {}
+    recipe = None
+    if args.recipe:
+        recipe = read_recipe(args.recipe)
+        values.update(recipe.settings)
+        if any(k in given for k in BUDGET_KEYS):
+            for k in BUDGET_KEYS:
+                values.pop(k, None)
+        if "train_dir" not in given:
+            values["train_dir"] = tuple(resolve_files(recipe, recipe.train, args.data_root))
+        if "val_dir" not in given:
+            values["val_dir"] = tuple(resolve_files(recipe, recipe.val, args.data_root))
+        values.setdefault("out", str(recipe.checkout / "runs" / recipe.family))  # runs/ is ignored by git
+    values.update(given)
+    if recipe is not None and "init" not in given:
+        values["init"] = starting_point(recipe, values)
+    threads = values.pop("threads", None) if args.threads is None else args.threads
+    values.pop("first_init", None)
+    widths = dict(values.pop("widths", {}) or {})
+    widths.update({k: v for k, v in (("N", args.N), ("M", args.M)) if v})
+    missing = [_flag(k) for k in ("arch", "train_dir", "val_dir", "out") if k not in values]
+    if missing:
+        raise InputError(f"give {', '.join(missing)} (or --recipe FILE)")
+    values.setdefault("quality", 0)
+    if "init_parts" in values and isinstance(values["init_parts"], str):
+        values["init_parts"] = tuple(x for x in values["init_parts"].split(",") if x)
+    for key in ("init_parts", "val_levels"):
+        if key in values:
+            values[key] = tuple(values[key])
+    try:
+        cfg = TrainConfig(**values, widths=widths)
+    except TypeError as exc:
+        raise InputError(f"not a training setting: {exc}") from None
+    return cfg, threads, recipe
+
+
 def cmd_release(args: argparse.Namespace) -> int:
+    if args.recipe:
+        return _release_recipe(args)
+    if not args.out:
+        raise InputError("give --out DIR (or --recipe FILE)")
     from zoo.train.release import add_to_manifest, manifest_line, release
 
     extra = {"dataset": args.dataset_name} if args.dataset_name else {}
@@ -98,6 +231,32 @@ def cmd_release(args: argparse.Namespace) -> int:
     return 0
 
 
+def _release_recipe(args: argparse.Namespace) -> int:
+    from zoo.train.release import release_family
+
+    root = Path(args.repo_root)
+    curve = args.learning_curve or root / "docs" / "results" / "learning_curve.json"
+    done = release_family(
+        args.recipe,
+        args.run,
+        args.version,
+        repo_root=root,
+        manifest=None if args.manifest in (None, "package") else args.manifest,
+        eval_dir=args.eval,
+        note=args.note,
+        lineage_cpu_hours=args.lineage_cpu_hours,
+        lineage_gpu_minutes=args.lineage_gpu_minutes,
+        learning_curve=curve if args.learning_curve or curve.exists() else None,
+    )
+    print(f"released {done.info.entry} to {done.folder}")
+    if "current_for" in done.line:
+        print(f"current for qualities: {', '.join(map(str, done.line['current_for'])) or 'none'}")
+    if done.curve_point:
+        p = done.curve_point
+        print(f"learning curve: {p['arch']} {p['curve']}, {p['cpu_hours']} core-hours, {p['psnr_at_0.5']:.2f} dB")
+    return 0
+
+
 def _non_negative(unit: str):
     """An argparse type: a finite, non-negative number of `unit`."""
 
@@ -125,106 +284,44 @@ def _qualities(text: str) -> list[int] | str:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("train", help="train a model and keep best/last checkpoints in --out")
-    p.add_argument("--arch", required=True)
-    p.add_argument("--quality", type=int, help="the quality to train (not for variable-rate architectures)")
-    p.add_argument("--metric", default="mse", choices=["mse", "ms-ssim"])
-    p.add_argument("--train", required=True, help="folder of training images")
-    p.add_argument("--val", required=True, help="folder of validation images")
-    p.add_argument("--out", required=True, help="run folder (checkpoints, log.csv, summary.json)")
-    g = p.add_mutually_exclusive_group(required=True)
-    g.add_argument("--steps", type=int)
-    g.add_argument("--epochs", type=int)
-    g.add_argument(
-        "--max-minutes", type=float, help="a wall-clock budget: train this long (schedules follow the clock)"
+    p = subparsers.add_parser(
+        "train",
+        help="train a model and keep best/last checkpoints in --out",
+        description="Train from a recipe (--recipe recipes/FAMILY.toml: its settings, data and starting point) or "
+        "from flags alone; a flag given overrides the recipe's key of the same name.",
     )
-    g.add_argument(
-        "--more-minutes",
-        type=float,
-        help="with --resume: go on this many minutes more; the budget becomes the minutes the run has trained "
-        "(read from last.pt) plus these, so its cosine ends then (without last.pt: a fresh run this long)",
-    )
-    p.add_argument(
-        "--budget-clock",
-        choices=["wall", "cpu"],
-        default="wall",
-        help="what --max-minutes counts: the wall clock, or this process's CPU time (fair beside other work)",
-    )
-    p.add_argument("--warmup", type=int, default=0, help="linear learning-rate warm-up over this many steps")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--patch", type=int, default=256)
-    p.add_argument("--lr", type=float, default=1e-4)
-    p.add_argument("--scheduler", default="plateau", choices=["plateau", "cosine", "multistep", "poly"])
-    p.add_argument("--val-every", type=int, default=500)
-    p.add_argument("--ckpt-every", type=int, default=200)
-    p.add_argument("--log-every", type=int, default=10)
-    p.add_argument("--clip", type=float, default=1.0, help="gradient-norm clipping (0: off)")
-    p.add_argument("--resume", action="store_true", help="continue exactly from OUT/last.pt")
-    p.add_argument("--init", help="warm start from an entry folder, a checkpoint, or ARCH:QUALITY from the zoo")
-    p.add_argument(
-        "--init-parts", help="with --init: only these submodules, comma-separated (e.g. g_a,g_s from another arch)"
-    )
-    p.add_argument(
-        "--init-widen", action="store_true", help="with --init: grow a narrower model into this quality's widths"
-    )
-    p.add_argument(
-        "--init-context",
-        default="identity",
-        help="--init from a mean-scale model into mbt2018(-vr): how the new context parts start (identity: exactly "
-        "the mean-scale model's predictions; default: PyTorch's initialization)",
-    )
-    p.add_argument(
-        "--train-only",
-        help="train only these submodules, comma-separated (the rest frozen), e.g. a grown model's "
-        "context_prediction,entropy_parameters",
-    )
-    p.add_argument("--context-lr", type=float, help="own learning rate for a context model's context parts")
-    p.add_argument("--entropy-lr", type=float, help="own learning rate for a fresh entropy bottleneck's density")
-    p.add_argument(
-        "--amp", choices=["bf16"], help="bf16 autocast of the transforms (entropy models stay float32); CPU or GPU"
-    )
-    p.add_argument(
-        "--channels-last",
-        action="store_true",
-        help="channels-last tensors (with --amp bf16 on a CPU with AMX: about 2.5x the steps per CPU-second)",
-    )
-    p.add_argument(
-        "--ema",
-        type=float,
-        default=0.0,
-        metavar="DECAY",
-        help="keep a moving average of the weights (e.g. 0.995): validated, saved as the checkpoint's weights",
-    )
-    p.add_argument("--compile", action="store_true", help="torch.compile the network")
-    p.add_argument("--hard-samples", action="store_true", help="sample images by their running RD loss")
-    p.add_argument("--workers", type=int, default=2, help="DataLoader workers")
+    p.add_argument("--recipe", help="a recipe file (recipes/FAMILY.toml); flags given override its keys")
+    p.add_argument("--data-root", help="with --recipe: the folder its data sources are under (default: the recipe's)")
+    add_config_flags(p)
     p.add_argument("--threads", type=int, help="torch CPU threads")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument(
-        "--integer-share",
-        type=float,
-        default=0.5,
-        help="variable-rate: share of examples at integer levels (the rest uniform in [1, 8])",
-    )
     p.add_argument("--N", type=int, help="override the quality's width N")
     p.add_argument("--M", type=int, help="override the quality's width M")
-    p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_train)
 
-    p = subparsers.add_parser("release", help="turn a training run into an entry folder")
+    p = subparsers.add_parser(
+        "release",
+        help="turn a training run into an entry folder",
+        description="With --recipe: release a version of the recipe's family into model_store/entries, measured "
+        "as the recipe says, named in its card, added to the manifest. Without: an entry folder at --out.",
+    )
     p.add_argument("run")
     p.add_argument("--version", required=True)
-    p.add_argument("--out", required=True)
+    p.add_argument("--recipe", help="the recipe the run followed (recipes/FAMILY.toml): release that family")
+    p.add_argument("--out", help="the entry folder to write (without --recipe)")
     p.add_argument("--eval", help="dataset folder to measure the model card's figures on (e.g. Kodak)")
     p.add_argument("--checkpoint", default="best.pt", choices=["best.pt", "last.pt"])
     p.add_argument("--half", action="store_true", help="store fp16 weights (tables computed from them)")
-    p.add_argument("--manifest", help="add the entry to this manifest ('package' for zoo/manifest.json)")
-    p.add_argument("--repo-root", default=".", help="paths in the manifest are relative to this folder")
     p.add_argument(
-        "--dataset-name",
-        help="training data as the model card should name it: where a user finds it, and its licence (the zoo's "
-        "own collections, named by their folder, are replaced by their sources)",
+        "--manifest", help="add the entry to this manifest ('package' for zoo/manifest.json, the default with --recipe)"
     )
+    p.add_argument(
+        "--learning-curve",
+        type=Path,
+        help="with --recipe: add the release's point to this file (default: docs/results/learning_curve.json "
+        "under --repo-root, where it exists)",
+    )
+    p.add_argument("--repo-root", default=".", help="paths in the manifest are relative to this folder")
+    p.add_argument("--dataset-name", help="training data as the model card should name it")
     p.add_argument("--note", help="a line of provenance for the model card")
     p.add_argument(
         "--lineage-cpu-hours",

@@ -59,3 +59,14 @@ def bd_psnr(
     if hi <= lo:
         raise InputError("the two curves do not overlap in rate; BD-PSNR is undefined")
     return (_integral(lr2, d2, lo, hi) - _integral(lr1, d1, lo, hi)) / (hi - lo)
+
+
+def psnr_at(bpp: Sequence[float], psnr: Sequence[float], target: float = 0.5) -> float:
+    """PSNR of a curve at a rate (linear in log-rate between its points); NaN outside its range."""
+    import math
+
+    order = np.argsort(bpp)
+    rs, ps = np.log(np.asarray(bpp, dtype=np.float64)[order]), np.asarray(psnr, dtype=np.float64)[order]
+    if not rs[0] <= math.log(target) <= rs[-1]:
+        return math.nan
+    return float(np.interp(math.log(target), rs, ps))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,11 +22,16 @@ class LoadReport:
     not_images: int
 
 
-def load_folder(folder: str | Path, min_size: int) -> tuple[list[np.ndarray], list[str], LoadReport]:
-    """Decode every image once (RGB uint8); skip, and count, unreadable files and images under min_size."""
+def load_folder(folder: str | Path | Sequence[str], min_size: int) -> tuple[list[np.ndarray], list[str], LoadReport]:
+    """Decode every image once (RGB uint8) of a folder, or of a list of image files (what a recipe's data sources
+    name); skip, and count, unreadable files and images under min_size."""
     from zoo.imageio import read_image, to_uint8
 
-    paths, not_images = list_images(folder)
+    if isinstance(folder, str | Path):
+        paths, not_images = list_images(folder)
+    else:
+        paths, not_images = [Path(p) for p in folder], 0
+        folder = f"the {len(paths)} listed files"
     images, names, small, bad = [], [], 0, 0
     for p in paths:
         try:

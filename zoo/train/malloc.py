@@ -1,9 +1,10 @@
 """Which malloc a training process runs with, and where tcmalloc is installed.
 
-On this project's CPU (docs/training.md, "The memory allocator") glibc's malloc hands the large activation
+On this project's CPU (docs/history.md, "The memory allocator") glibc's malloc hands the large activation
 buffers of a training step back to the kernel and faults them in again at the next step: a quarter of the
 process's CPU time went to the kernel. tcmalloc keeps them, and a step takes about 30 % less CPU. It is a
-library preloaded at start (`LD_PRELOAD`), so `zoo train` can only say so; scripts/resume_vr.sh preloads it.
+library preloaded at start (`LD_PRELOAD`), so `zoo train` can only say so; preload it with
+`LD_PRELOAD=$(python -m zoo.train.malloc) zoo train ...` (docs/training.md).
 """
 
 from __future__ import annotations
@@ -47,9 +48,9 @@ def allocator_notice() -> str | None:
     how = f"LD_PRELOAD={lib} zoo train ..." if lib else "install tcmalloc (Debian: libtcmalloc-minimal4) and preload it"
     return (
         "notice: training on the CPU with the C library's malloc, under which a step took 45 % more CPU than "
-        f"under tcmalloc on this project's machine; {how} (docs/training.md, 'The memory allocator')"
+        f"under tcmalloc on this project's machine; {how} (docs/history.md, 'The memory allocator')"
     )
 
 
-if __name__ == "__main__":  # the path scripts preload (scripts/resume_vr.sh, release_vr.sh): empty where none
+if __name__ == "__main__":  # the path to preload (docs/training.md): empty where none
     print(installed_tcmalloc() or "")

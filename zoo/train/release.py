@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +22,7 @@ from zoo.entry import (
 )
 from zoo.errors import EntryNotFound
 from zoo.registry import create_model, get_arch, load_checkpoint
+from zoo.train.config import describe_data
 
 
 def _run_model(run: Path, checkpoint: str):
@@ -33,8 +38,10 @@ def _run_model(run: Path, checkpoint: str):
     summary: dict[str, Any] = {k: cfg.get(k) for k in recipe}
     summary.update(
         {
-            # the folder the run read; the card names the data only as `zoo release --dataset-name` gives it
-            "train_dir": Path(cfg["train_dir"]).name,
+            # the data the run read; the card names the data only as --dataset-name or the recipe gives it
+            "train_dir": describe_data(cfg["train_dir"])
+            if isinstance(cfg["train_dir"], list)
+            else Path(cfg["train_dir"]).name,
             "steps": int(ckpt["step"]),
             "wall_time_s": round(float(ckpt.get("wall", 0.0)), 1),
             **({"cpu_hours": round(float(ckpt["cpu_s"]) / 3600, 3)} if "cpu_s" in ckpt else {}),
@@ -258,3 +265,132 @@ def add_to_manifest(line: dict[str, Any], manifest: Path) -> None:
     data["entries"].append(line)
     data["entries"].sort(key=lambda e: (e["arch"], e["metric"], e["quality"], version_key(e["version"])))
     manifest.write_text(json.dumps(data, indent=1) + "\n")
+
+
+@dataclass(frozen=True)
+class FamilyRelease:
+    info: EntryInfo
+    folder: Path
+    line: dict[str, Any]  # what the manifest now lists for it
+    curve_point: dict[str, Any] | None  # the learning-curve point added, if a curve file was given
+
+
+def release_family(
+    recipe_path: str | Path,
+    run: str | Path,
+    version: str,
+    *,
+    repo_root: str | Path = ".",
+    manifest: str | Path | None = None,
+    eval_dir: str | Path | None = None,
+    note: str | None = None,
+    lineage_cpu_hours: float | None = None,
+    lineage_gpu_minutes: float | None = None,
+    learning_curve: str | Path | None = None,
+) -> FamilyRelease:
+    """Release version `version` of a recipe's entry family from a run of it: the entry folder at
+    `model_store/entries/<family>/<metric>/v<version>` under `repo_root`, its card naming the recipe (file and
+    sha256; the run's own copy of it where the run kept one), measured on the recipe's evaluation set
+    (`eval_dir` overrides), added to `manifest` (default: the package's) and, for a variable-rate family,
+    marked current for the base qualities where it is at least as good as the fixed-rate ladder. Releases of
+    different families may run at once: each adds its line to the manifest under a lock. With `learning_curve`,
+    a variable-rate release also adds its point to that file."""
+    from zoo.errors import InputError
+    from zoo.hub import load_manifest, manifest_path
+    from zoo.train.recipe import read_recipe, root_of
+
+    recipe = read_recipe(recipe_path)
+    run, root = Path(run), Path(repo_root).resolve()
+    kept = run / "recipe.toml"  # what `zoo train --recipe` keeps with the run
+    trained_with = read_recipe(kept) if kept.exists() else recipe
+    if trained_with.family != recipe.family:
+        raise InputError(f"{run} trained {trained_with.family}, not {recipe.family} ({recipe.path})")
+    if trained_with is not recipe:
+        trained_with = dataclasses.replace(trained_with, path=recipe.path)  # named by its place in the checkout
+    metric = str(recipe.settings.get("metric", "mse"))
+    out = root / "model_store" / "entries" / recipe.family / metric / f"v{version}"
+    target = Path(manifest) if manifest else manifest_path()
+    if any(e.arch == recipe.family and e.metric == metric and e.version == version for e in load_manifest(target)):
+        raise InputError(f"{recipe.family} {version} is already released in {target}")
+    training: dict[str, Any] = {**trained_with.card(root)}
+    if recipe.dataset_name:
+        training["dataset"] = recipe.dataset_name
+    if note:
+        training["note"] = note
+    evaluate_on = Path(eval_dir) if eval_dir else root_of(recipe) / str(recipe.release["eval"])
+    info = release(
+        run,
+        version,
+        out,
+        evaluate_on,
+        checkpoint=str(recipe.release["checkpoint"]),
+        half=bool(recipe.release["half"]),
+        training=training,
+        lineage_cpu_hours=lineage_cpu_hours,
+        lineage_gpu_minutes=lineage_gpu_minutes,
+    )
+    with _locked(target):
+        line = manifest_line(info, out, root)
+        if info.variable_rate:
+            # the fixed-rate ladder it is compared with is the one in the manifest it joins
+            line["current_for"] = choose_current_for(info.entry.arch, metric, line["levels"], load_manifest(target))
+        add_to_manifest(line, target)
+    point = None
+    if learning_curve and info.variable_rate:
+        point = learning_point(out)
+        add_learning_point(Path(learning_curve), point)
+    return FamilyRelease(info, out, line, point)
+
+
+@contextlib.contextmanager
+def _locked(manifest: Path) -> Iterator[None]:
+    """Hold an exclusive lock beside the manifest while reading, changing and writing it."""
+    import fcntl
+
+    with open(manifest.with_name(manifest.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _init_name(init: str) -> str:
+    """How a note names a warm start: an entry folder by its version, a checkpoint by its run and file."""
+    path = Path(init)
+    return f"{path.parent.name}/{path.name}" if path.suffix == ".pt" else (path.name or "?")
+
+
+def learning_point(folder: str | Path) -> dict[str, Any]:
+    """The learning-curve point of a released variable-rate entry, from its card: Kodak PSNR at 0.5 bpp
+    (interpolated in log-rate between levels) against the training compute recorded behind it."""
+    from zoo.errors import InputError
+    from zoo.evaluation.bd import psnr_at
+
+    card = read_config(folder)
+    figures = [lv["kodak"] for lv in card.levels.values() if "kodak" in lv]
+    train = card.training
+    if len(figures) < 2 or "total_cpu_hours" not in train:
+        raise InputError(f"{folder}: needs Kodak figures at two levels or more and training.total_cpu_hours")
+    psnr = psnr_at([f["bpp"] for f in figures], [f["psnr"] for f in figures])
+    if psnr != psnr:  # NaN: 0.5 bpp outside the curve
+        raise InputError(f"{folder}: its Kodak curve does not reach 0.5 bpp")
+    lineage, own = train.get("lineage_cpu_hours", 0.0), train.get("cpu_hours", 0.0)
+    steps = train.get("checkpoint_step", train.get("steps", "?"))
+    gpu = f"; and {train['total_gpu_minutes']:.1f} GPU minutes" if train.get("total_gpu_minutes") else ""
+    return {
+        "arch": card.entry.arch,
+        "curve": f"v{card.entry.version}, every level",
+        "cpu_hours": round(float(train["total_cpu_hours"]), 2),
+        "gpu_minutes": round(float(train.get("total_gpu_minutes", 0.0)), 1),
+        "psnr_at_0.5": round(psnr, 3),
+        "note": f"{lineage:.2f} core-hours of lineage + {own:.2f} of its run ({steps} steps from "
+        f"{_init_name(str(train.get('init', '?')))}); process CPU time{gpu}",
+    }
+
+
+def add_learning_point(curve: Path, point: dict[str, Any]) -> None:
+    """Add a point to a learning-curve file, replacing one of the same architecture and version."""
+    points = json.loads(curve.read_text()) if curve.exists() else []
+    points = [q for q in points if (q["arch"], q["curve"]) != (point["arch"], point["curve"])] + [point]
+    curve.write_text(json.dumps(points, indent=2) + "\n")

@@ -15,7 +15,7 @@ import platform
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader
 from zoo.errors import CompileError, DivergedError, InputError
 from zoo.models.base import CompressionModel
 from zoo.registry import LAMBDAS, create_model, get_arch
+from zoo.train.config import TrainConfig, describe_data
 from zoo.train.data import CropDataset, full_images, load_folder
 from zoo.train.losses import RateDistortionLoss
 from zoo.train.malloc import allocator_notice
@@ -38,79 +39,9 @@ from zoo.train.sampler import CropSampler, HardSampleSampler
 MAX_NONFINITE_IN_A_ROW = 20  # skipped steps in a row before a run is declared diverged
 
 
-@dataclass
-class TrainConfig:
-    arch: str
-    quality: float  # a variable-rate architecture trains every level: 0 (ignored)
-    train_dir: str
-    val_dir: str
-    out: str
-    metric: str = "mse"
-    steps: int | None = None
-    epochs: int | None = None
-    batch_size: int = 8
-    patch: int = 256
-    lr: float = 1e-4
-    aux_lr: float = 1e-3
-    scheduler: str = "plateau"
-    val_every: int = 500
-    ckpt_every: int = 200
-    log_every: int = 10
-    clip: float = 1.0
-    workers: int = 2
-    seed: int = 0
-    resume: bool = False
-    init: str | None = None
-    init_parts: tuple[str, ...] = ()  # with init: load only these submodules (e.g. g_a, g_s of another arch)
-    init_widen: bool = False  # with init: grow a narrower model of the same arch into this quality's widths
-    # with init from a mean-scale model into a context model (mbt2018, mbt2018-vr): how the new context parts
-    # start, "identity" (exactly the mean-scale model's predictions) or "default" (zoo.train.grow)
-    init_context: str = "identity"
-    # train only these submodules (the rest frozen, no backward through them): e.g. a grown context model's
-    # context_prediction and entropy_parameters first, under the trained transforms, before a cycle of all
-    train_only: tuple[str, ...] = ()
-    entropy_lr: float | None = None  # own learning rate for the entropy bottleneck's density (fresh bottlenecks)
-    context_lr: float | None = None  # own learning rate for a context model's context parts (grown ones)
-    amp: str | None = None  # "bf16": bfloat16 autocast of the transforms (entropy models stay float32)
-    # channels-last tensors: with bf16 on a CPU with AMX (this machine), 2.5x the steps per CPU-second
-    channels_last: bool = False
-    # an exponential moving average of the weights (0: off): validation, best.pt and releases use the
-    # average ("model" in a checkpoint), training goes on from the raw weights ("raw")
-    ema_decay: float = 0.0
-    compile: bool = False
-    hard_samples: bool = False
-    widths: dict[str, int] = field(default_factory=dict)
-    val_max_side: int = 512
-    quiet: bool = False
-    # variable-rate architectures: the share of examples drawn at an integer level (the rest uniformly in
-    # [1, 8]), and the levels validated (a level's figures are logged as phase "val-q<level>")
-    integer_share: float = 0.5
-    # a wall-clock budget instead of a step count: the run stops after this many minutes of training, and
-    # the cosine/poly schedules follow the elapsed share of the budget instead of the step
-    max_minutes: float | None = None
-    # what max_minutes counts: "wall" (the clock) or "cpu" (the training process's CPU time, all its threads:
-    # a budget that a busy machine does not shrink, for comparing recipes fairly beside other work)
-    budget_clock: str = "wall"
-    # a budget that extends a resumed run: the minutes it has already trained (on budget_clock, read from
-    # last.pt) plus these, so a cosine cycle cut off by the end of one session ends this many minutes into the
-    # next; without last.pt, a fresh run of these minutes. Instead of max_minutes.
-    more_minutes: float | None = None
-    warmup_steps: int = 0  # linear learning-rate warm-up from 1% over this many steps
-    val_levels: tuple[float, ...] = (1, 2, 3, 4, 5, 6, 7, 8)
-
-    def total_steps(self, n_images: int) -> int:
-        if self.max_minutes or self.more_minutes:
-            return self.steps or 10**9  # the clock ends the run
-        if self.steps:
-            return self.steps
-        if self.epochs:
-            return self.epochs * max(1, math.ceil(n_images / self.batch_size))
-        raise InputError("give --steps or --epochs")
-
-
 def cpu_has_fast_bf16() -> bool:
     """Whether this CPU runs bfloat16 convolutions in hardware (AMX tiles or AVX-512 BF16): there, `--amp bf16
-    --channels-last` trains about 2.5x faster per CPU-second (docs/training.md); elsewhere bf16 is emulated
+    --channels-last` trains about 2.5x faster per CPU-second (docs/history.md); elsewhere bf16 is emulated
     and slower than float32."""
     probes = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
     return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in probes)
@@ -778,7 +709,7 @@ class Trainer:
         if not self.is_main:
             return
         summary = {
-            "dataset": str(self.cfg.train_dir),
+            "dataset": describe_data(self.cfg.train_dir),
             "images": self.report.loaded,
             "steps": self.step,
             "batch_size": self.cfg.batch_size,

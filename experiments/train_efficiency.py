@@ -1,13 +1,13 @@
 """Quality per CPU-hour: CompressAI's training recipe against ours, for the same wall-clock budget.
 
-    python benchmarks/train_efficiency.py                # 30 minutes each, both at once, one thread each
-    python benchmarks/train_efficiency.py --minutes 10
-    python benchmarks/train_efficiency.py --clock cpu    # 30 minutes of each process's own CPU time
+    python experiments/train_efficiency.py                # 30 minutes each, both at once, one thread each
+    python experiments/train_efficiency.py --minutes 10
+    python experiments/train_efficiency.py --clock cpu    # 30 minutes of each process's own CPU time
 
 baseline: CompressAI's examples/train.py settings. bmshj2018-hyperprior at quality 3's λ, Adam 1e-4, aux Adam
           1e-3, gradient clipping 1.0, batch 16 of 256-px crops, constant learning rate.
 ours:     the zoo recipe. bmshj2018-hyperprior-vr with λ sampled per example over the whole ladder, read at
-          level 3; see RECIPE below and docs/training.md.
+          level 3; see RECIPE below and docs/history.md.
 
 Both start from the same random initialisation (seed 0, N=128, M=192), train on the same data
 (wallpapers + photos 001-035), and run as two processes at the same time with one thread each, so a busy
@@ -37,7 +37,7 @@ SHARED = REPO.parent / "shared" / "datasets"
 BASELINE = dict(
     arch="bmshj2018-hyperprior", quality=3, batch_size=16, patch=256, lr=1e-4, scheduler="plateau", clip=1.0
 )
-# The recipe measured to give the most quality per CPU-hour on 2 cores (docs/training.md): bfloat16 autocast
+# The recipe measured to give the most quality per CPU-hour on 2 cores (docs/history.md): bfloat16 autocast
 # of the convolutions with channels-last tensors, compiled (the CPU's AMX units: 2.65x the steps per
 # CPU-second of float32; the entropy models, GDN and the pixel convolutions stay float32), a larger learning
 # rate with a short warm-up and a cosine decay over the budget, smaller batches (more updates per hour).

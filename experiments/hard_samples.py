@@ -1,6 +1,6 @@
 """Does hard-sample mode help? Two short runs from the same start, equal steps, uniform vs hard sampling.
 
-    python benchmarks/hard_samples.py [--steps 300] [--arch bmshj2018-hyperprior] [--quality 3]
+    python experiments/hard_samples.py [--steps 300] [--arch bmshj2018-hyperprior] [--quality 3]
 
 Trains small-width models (N=M=64) on 128-px crops of shared/datasets/photos 001-035 and validates on
 036-039 with real bitstreams. Ends with `uniform_val_loss=<a> hard_val_loss=<b> delta_pct=<c>`.

@@ -1,8 +1,8 @@
 """Training throughput: bmshj2018-hyperprior quality 3 (or --arch, e.g. a variable-rate one) at batch 8 x 256^2.
 
-    python benchmarks/train_step.py [--steps 5] [--amp bf16] [--channels-last] [--compile] [--threads N]
-    python benchmarks/train_step.py --arch bmshj2018-hyperprior-vr --threads 1                    # float32
-    python benchmarks/train_step.py --arch bmshj2018-hyperprior-vr --threads 1 --amp bf16 --channels-last
+    python experiments/train_step.py [--steps 5] [--amp bf16] [--channels-last] [--compile] [--threads N]
+    python experiments/train_step.py --arch bmshj2018-hyperprior-vr --threads 1                    # float32
+    python experiments/train_step.py --arch bmshj2018-hyperprior-vr --threads 1 --amp bf16 --channels-last
 
 Times full optimisation steps (forward, RD loss, backward, clipping, both optimizers) after one warm-up
 step, on CUDA when available, else CPU. Ends with

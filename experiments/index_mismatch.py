@@ -1,6 +1,6 @@
 """How often do eager PyTorch and ONNX Runtime disagree on entropy-model table indexes?
 
-    python benchmarks/index_mismatch.py [--images 6] [--archs bmshj2018-hyperprior mbt2018-mean]
+    python experiments/index_mismatch.py [--images 6] [--archs bmshj2018-hyperprior mbt2018-mean]
 
 For each architecture and quality (standard widths, random initialisation: no trained entries exist for
 most), for each Kodak image: z_hat from the eager encoder, then the table indexes of y computed
@@ -10,7 +10,7 @@ computes, at every position, the indexes from the float32 context_prediction and
 in ONNX Runtime and from eager float32 (naive), and zoo's float64 context step (canonical). Prints mismatch
 rates for both.
 
-    python benchmarks/index_mismatch.py --coding [--images 2] [--archs ...]
+    python experiments/index_mismatch.py --coding [--images 2] [--archs ...]
 
 The coding path itself, on CompressAI's small trained fixtures (../shared/fixtures/compressai, every
 architecture with a hyperprior by default) and whole Kodak images: each image is coded by eager zoo (float64

@@ -1,7 +1,7 @@
 """What the moving average of the weights is worth: a run checkpoint's raw weights against their average.
 
-    python benchmarks/ema_gain.py runs/hp-vr            # last.pt of a run trained with --ema
-    python benchmarks/ema_gain.py runs/hp-vr --checkpoint best.pt --levels 1,3,5,8
+    python experiments/ema_gain.py runs/hp-vr            # last.pt of a run trained with --ema
+    python experiments/ema_gain.py runs/hp-vr --checkpoint best.pt --levels 1,3,5,8
 
 Both weight sets are validated exactly as the run validates (real bitstreams on its validation folder, at
 each level's own λ: λ·255²·MSE + bpp), one after the other in this process. Ends with

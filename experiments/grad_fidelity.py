@@ -1,7 +1,7 @@
 """How far a reduced-precision training step's gradient is from float32's, on the same batch and noise.
 
-    python benchmarks/grad_fidelity.py                        # the newest bmshj2018-hyperprior-vr entry
-    python benchmarks/grad_fidelity.py --entry model_store/entries/mbt2018-mean-vr/mse/v1.3 --no-compile
+    python experiments/grad_fidelity.py                        # the newest bmshj2018-hyperprior-vr entry
+    python experiments/grad_fidelity.py --entry model_store/entries/mbt2018-mean-vr/mse/v1.3 --no-compile
 
 One batch (8 crops of 256² from `samples/kodim23.png`, one at each level 1..8) through a variable-rate
 entry's network in training mode, the quantisation noise drawn from the same seed each time. The loss's

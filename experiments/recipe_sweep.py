@@ -1,7 +1,7 @@
 """Which training settings give the most validation quality per CPU-minute: a sweep of recipe variants.
 
-    python benchmarks/recipe_sweep.py                                   # from scratch, the default variants
-    python benchmarks/recipe_sweep.py --init runs/hp-vr/last.pt --cpu-minutes 8 \\
+    python experiments/recipe_sweep.py                                   # from scratch, the default variants
+    python experiments/recipe_sweep.py --init runs/hp-vr/last.pt --cpu-minutes 8 \\
         --variant base:lr=1e-4 --variant lr3:lr=3e-4 --variant p128:batch_size=16,patch=128
 
 Every variant starts from the same weights (seed 0; `--init` a run checkpoint or an entry folder to sweep a
@@ -29,7 +29,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "datasets"
-sys.path.insert(0, str(REPO / "benchmarks"))
+sys.path.insert(0, str(REPO / "experiments"))
 
 from train_efficiency import _data  # noqa: E402  (the same split: wallpapers + photos 001-035 / 036-039)
 
