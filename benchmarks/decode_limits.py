@@ -34,6 +34,7 @@ one-off script on the same file: 1908 MB after the tile, 2702 MB peak.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -64,9 +65,9 @@ def peak_rss_mb() -> float:
 # -- forging (parent process) --------------------------------------------------------------------
 
 
-def forge(entry: Path, height: int, width: int, tile_size: int) -> bytes:
+def forge(entry: Path, height: int, width: int, tile_size: int, version: int | None = None) -> bytes:
     """A valid file for `entry` declaring that geometry, coded from all-zero latents (so forging costs no
-    analysis transform, and the payload is tiny)."""
+    analysis transform, and the payload is tiny), in this zoo's format or an older `version`."""
     import torch
 
     import zoo
@@ -83,7 +84,10 @@ def forge(entry: Path, height: int, width: int, tile_size: int) -> bytes:
 
     model.g_a = ZeroLatent()
     image = torch.zeros(3, 1, 1).expand(3, height, width)  # no pixel memory: only the shape is read
-    return bitstream.dumps(codec.compress(image))
+    c = codec.compress(image)
+    if version is not None and version < 3:  # formats 1 and 2 store the whole fingerprint, no per-tile checks
+        c = dataclasses.replace(c, format_version=version, fingerprint=codec.fingerprint, tile_checksums=())
+    return bitstream.dumps(c)
 
 
 def reseal(buf: bytearray) -> bytes:
@@ -95,10 +99,11 @@ def reseal(buf: bytearray) -> bytes:
 
 
 def grid_bomb(entry: Path) -> bytes:
-    """A real 2-tile file whose header then claims a 2000x2000 image in 1-pixel tiles."""
+    """A real 2-tile format-2 file (which states its tile count) whose header then claims a 2000x2000 image in
+    1-pixel tiles. Format 3 states no count: its grid follows from the sizes, refused by arithmetic alone."""
     from zoo import bitstream
 
-    data = bytearray(forge(entry, 64, 128, 64))
+    data = bytearray(forge(entry, 64, 128, 64, version=2))
     pos = 10
     for _ in range(3):  # arch, quality (u16) between, metric, version
         pos += 1 + data[pos] + (2 if pos == 10 else 0)

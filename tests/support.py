@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import struct
+import zlib
 from functools import cache
 from pathlib import Path
 
@@ -97,3 +99,83 @@ def kodak_image(name: str = "kodim23.png") -> torch.Tensor:
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     mse = torch.mean((a.double() - b.double()) ** 2).item()
     return float("inf") if mse == 0 else 10 * torch.log10(torch.tensor(1.0 / mse)).item()
+
+
+# -- editing files as a forger would (docs/bitstream.md): fix the checks after an edit -------------------------
+
+
+def reseal_v2(buf: bytearray) -> bytes:
+    """Fix both checksums of a format-1/2 file after editing header fields, so the edit reaches the checks."""
+    (body_len,) = struct.unpack_from("<I", buf, 6)
+    end = 10 + body_len
+    struct.pack_into("<I", buf, end, zlib.crc32(bytes(buf[:end])))
+    struct.pack_into("<I", buf, len(buf) - 4, zlib.crc32(bytes(buf[:-4])))
+    return bytes(buf)
+
+
+def quality_offset(data: bytes) -> int:
+    """Offset of the quality field of a format-1/2 file: magic(4) version/flags(2) body_len(4), the arch."""
+    return 10 + 1 + data[10]
+
+
+def _leb128(data: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        value |= (data[pos] & 0x7F) << shift
+        shift += 7
+        pos += 1
+        if not data[pos - 1] & 0x80:
+            return value, pos
+
+
+def v3_rows(data: bytes) -> tuple[int, list[tuple[int, int]]]:
+    """Where a format-3 file's tile table starts, and each tile's row (start, end), read as the spec says."""
+    from zoo.bitstream import grid_size
+
+    pos = 5
+    for _ in range(2):  # architecture, entry version
+        pos += 1 + data[pos]
+    kind, pos = data[pos] & 3, pos + 1  # the entry byte: point kind, metric
+    pos = {2: pos + 4, 3: pos + 8}.get(kind) or _leb128(data, pos)[1]
+    pos += 8  # fingerprint
+    height, pos = _leb128(data, pos)
+    width, pos = _leb128(data, pos)
+    tile_size, pos = _leb128(data, pos)
+    n_streams, pos = data[pos], pos + 1
+    n_extra, pos = _leb128(data, pos)
+    for _ in range(2 * n_extra):
+        pos += 1 + data[pos]
+    table = pos
+    rows = []
+    n_tiles = grid_size(height, width, tile_size)
+    if n_tiles > 65_535:
+        raise IndexError("more tiles than a file can have")
+    for _ in range(n_tiles):
+        start = pos
+        for _ in range(n_streams):
+            pos = _leb128(data, pos)[1]
+        pos += 8  # index checksum, tile check
+        rows.append((start, pos))
+    return table, rows
+
+
+def reseal_v3(buf: bytearray) -> bytes:
+    """Recompute every tile check of a format-3 file after an edit, as the spec defines the check (a file the
+    edit left unreadable comes back as it is)."""
+    try:
+        table, rows = v3_rows(bytes(buf))
+    except IndexError:
+        return bytes(buf)
+    header_crc = zlib.crc32(bytes(buf[:table]))
+    pos = rows[-1][1]
+    for i, (start, end) in enumerate(rows):
+        lengths, p = [], start
+        while p < end - 8:
+            n, p = _leb128(bytes(buf), p)
+            lengths.append(n)
+        streams = bytes(buf[pos : pos + sum(lengths)])
+        pos += sum(lengths)
+        crc = zlib.crc32(struct.pack("<I", i), header_crc)
+        crc = zlib.crc32(streams, zlib.crc32(bytes(buf[start : end - 4]), crc))
+        struct.pack_into("<I", buf, end - 4, crc)
+    return bytes(buf)

@@ -119,12 +119,13 @@ def test_tiles_cover_the_image_and_decode_independently():
     # Each tile is its own stream: decoding one needs no other tile.
     one = dataclasses.replace(c, tiles=c.tiles[:1], tile_size=0, height=128, width=128)
     tile_only = Codec(codec.model, codec.entry, codec.fingerprint, tile_size=0)
-    # The per-tile checksum is folded into the image checksum, so recompute it for a one-tile image.
-    from zoo.codec import combine_checksums, tile_checksum
+    # The per-tile checksum binds a tile to its place and is folded into the image checksum: recompute both
+    # for a one-tile image.
+    from zoo.compressed import combine_checksums, tile_checksum
 
     (latents,) = codec.model.compress(codec._pad(x[None, :, :128, :128]))
     crc = tile_checksum(one.format_version, 0, one.tiles[0], latents.index_checksum)
-    one = dataclasses.replace(one, index_checksum=combine_checksums([crc]))
+    one = dataclasses.replace(one, index_checksum=combine_checksums([crc]), tile_checksums=(crc,))
     assert torch.equal(tile_only.decompress(one), x_hat[..., :128, :128])
 
 
