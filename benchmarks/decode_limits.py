@@ -1,12 +1,18 @@
 """What a forged file can make a decoder spend at the default limits: peak memory and time to refusal.
 
     python benchmarks/decode_limits.py [--entry DIR] [--factorized DIR] [--skip-handler] [--skip-legal-max]
+        [--only-moved-tiles]
 
 Each decode runs in a fresh process (so its peak RSS is its own), through `zoo.codec.Codec` and, for the
 TorchServe case, through zoo/handlers/zoo_handler.py's decode handler with a stub context. The forged files are valid
 zoo files made here from all-zero latents by a codec whose limits are raised (what an attacker's encoder does):
 
-    grid-2000x2000-tile1   a 2-tile file edited to declare a 2000x2000 image in tiles of 1 px (checksums redone)
+    moved-tiles-4096x4096  16 tiles of 1024, each carrying tile 0's table row and streams (a splice): refused
+                           by tile 1's check before any tile is decoded
+    moved-tiles-resealed-4096x4096  the same with every tile check recomputed (a forger who knows the format):
+                           refused by tile 1's index checksum once tiles 0 and 1 are decoded, not all 16
+    grid-2000x2000-tile1   a 2-tile format-2 file edited to declare a 2000x2000 image in tiles of 1 px (checksums
+                           redone); format 3 states no tile count, so its grid is refused by arithmetic
     one-tile-8000x8000     one 8000x8000 tile (tile size 0), factorized entry
     one-tile-2048x2048     one 2048x2048 tile, largest-width hyperprior entry (also through the handler)
     one-tile-1024x1024     one tile at the default per-tile limit, largest-width entry: decodes (the worst legal tile)
@@ -113,6 +119,32 @@ def grid_bomb(entry: Path) -> bytes:
     struct.pack_into("<II", data, pos, 2000, 2000)
     struct.pack_into("<I", data, pos + 10, 1)
     return reseal(data)
+
+
+def moved_tiles(entry: Path, resealed: bool) -> bytes:
+    """A 4096x4096 file in 16 tiles, every one carrying tile 0's table row and streams (all tiles have one size,
+    so the lengths fit). Not `resealed`: the rows are copied whole, tile checks included, as a splice makes
+    them; `resealed`: every tile check recomputed, as a forger who knows the format does."""
+    from zoo import bitstream
+    from zoo.compressed import combine_checksums
+
+    c = bitstream.loads(forge(entry, 4096, 4096, 1024))
+    tiles = tuple(dataclasses.replace(c.tiles[0], rect=t.rect) for t in c.tiles)
+    checks = (c.tile_checksums[0],) * len(tiles)
+    moved = dataclasses.replace(c, tiles=tiles, tile_checksums=checks, index_checksum=combine_checksums(checks))
+    data = bitstream.dumps(moved)
+    if resealed:
+        return data
+    # every row has one length: tile 0's check copied into the other rows
+    row = sum(max(1, -(-n.bit_length() // 7)) for _, n in c.tiles[0].lengths) + 8
+    table = bitstream.peek_header(bitstream.dumps(c)).header_bytes - sum(
+        sum(max(1, -(-n.bit_length() // 7)) for _, n in t.lengths) + 8 for t in c.tiles
+    )
+    buf = bytearray(data)
+    check0 = data[table + row - 4 : table + row]
+    for i in range(1, len(tiles)):
+        buf[table + (i + 1) * row - 4 : table + (i + 1) * row] = check0
+    return bytes(buf)
 
 
 def legal_max_file(entry: Path) -> tuple[Path, dict]:
@@ -287,6 +319,7 @@ def main() -> None:
         "an upper bound of the full decode's peak for a machine too busy to decode 64 tiles",
     )
     ap.add_argument("--only-legal-max", action="store_true", help="run the legal-maximum case alone")
+    ap.add_argument("--only-moved-tiles", action="store_true", help="run the two moved-tiles cases alone")
     ap.add_argument("--child", nargs=2, metavar=("ENTRY", "FILE"), help=argparse.SUPPRESS)
     ap.add_argument("--encode-child", nargs=3, metavar=("ENTRY", "FILE", "SIDE"), help=argparse.SUPPRESS)
     ap.add_argument("--handler", action="store_true", help=argparse.SUPPRESS)
@@ -300,6 +333,13 @@ def main() -> None:
     entry, factorized = Path(args.entry), Path(args.factorized)
     cases = []
     if not args.only_legal_max:
+        # 16 tiles all carrying tile 0's streams: refused by tile 1's check before anything is decoded, or, with
+        # the checks recomputed, by tile 1's index checksum after decoding tiles 0 and 1 only
+        cases += [
+            ("moved-tiles-4096x4096", entry, moved_tiles(entry, resealed=False), False),
+            ("moved-tiles-resealed-4096x4096", entry, moved_tiles(entry, resealed=True), False),
+        ]
+    if not (args.only_legal_max or args.only_moved_tiles):
         cases += [
             ("grid-2000x2000-tile1", entry, grid_bomb(entry), False),
             ("one-tile-8000x8000", factorized, forge(factorized, 8000, 8000, 0), False),
@@ -310,7 +350,7 @@ def main() -> None:
         cases.append(("one-tile-1024x1024", entry, forge(entry, 1024, 1024, 0), False))
         # Tiles are decoded one after another: a second tile adds its share of the output image, not a tile's peak.
         cases.append(("two-tiles-1024x2048", entry, forge(entry, 1024, 2048, 1024), False))
-    if not args.skip_legal_max:
+    if not (args.skip_legal_max or args.only_moved_tiles):
         path, stats = legal_max_file(entry)
         print(
             f"legal maximum: {path} ({stats['bytes']:,d} B, {stats['tiles']} tiles), "

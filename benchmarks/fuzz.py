@@ -474,7 +474,7 @@ def mutate_v3(data: bytes, rng: random.Random) -> tuple[str, bytes]:
                 f.streams[t][s], f.streams[t2][s2] = joined[: old + d], joined[old + d :]
             family = "lengths:move"
         else:
-            f.lengths[t][s] = _number(rng, old, 4)
+            f.lengths[t][s] = max(_number(rng, old, 4), 0)
             family = "lengths:change"
         return family, f.write()
     if family == "payload":

@@ -128,16 +128,40 @@ def _leb128(data: bytes, pos: int) -> tuple[int, int]:
             return value, pos
 
 
-def v3_rows(data: bytes) -> tuple[int, list[tuple[int, int]]]:
-    """Where a format-3 file's tile table starts, and each tile's row (start, end), read as the spec says."""
-    from zoo.bitstream import grid_size
-
+def _v3_size_at(data: bytes) -> int:
+    """Offset of a format-3 file's height field."""
     pos = 5
     for _ in range(2):  # architecture, entry version
         pos += 1 + data[pos]
     kind, pos = data[pos] & 3, pos + 1  # the entry byte: point kind, metric
     pos = {2: pos + 4, 3: pos + 8}.get(kind) or _leb128(data, pos)[1]
-    pos += 8  # fingerprint
+    return pos + 8  # the fingerprint
+
+
+def with_v3_arch(data: bytes, arch: str) -> bytes:
+    """A format-3 file naming another architecture, its checks recomputed."""
+    raw = arch.encode()
+    return reseal_v3(bytearray(data[:5] + bytes([len(raw)]) + raw + data[6 + data[5] :]))
+
+
+def with_v3_size(data: bytes, height: int, width: int) -> bytes:
+    """A format-3 file declaring another image size, its checks recomputed (what a forger makes)."""
+    at = _v3_size_at(data)
+    end = _leb128(data, _leb128(data, at)[1])[1]
+    size = bytearray()
+    for value in (height, width):
+        while value > 0x7F:
+            size.append(0x80 | (value & 0x7F))
+            value >>= 7
+        size.append(value)
+    return reseal_v3(bytearray(data[:at] + bytes(size) + data[end:]))
+
+
+def v3_rows(data: bytes) -> tuple[int, list[tuple[int, int]]]:
+    """Where a format-3 file's tile table starts, and each tile's row (start, end), read as the spec says."""
+    from zoo.bitstream import grid_size
+
+    pos = _v3_size_at(data)
     height, pos = _leb128(data, pos)
     width, pos = _leb128(data, pos)
     tile_size, pos = _leb128(data, pos)
@@ -165,6 +189,8 @@ def reseal_v3(buf: bytearray) -> bytes:
     try:
         table, rows = v3_rows(bytes(buf))
     except IndexError:
+        return bytes(buf)
+    if not rows or rows[-1][1] > len(buf):
         return bytes(buf)
     header_crc = zlib.crc32(bytes(buf[:table]))
     pos = rows[-1][1]

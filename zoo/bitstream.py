@@ -446,8 +446,8 @@ def _parse_v3(r: _Reader, version: int) -> Header:
         if _level_point(level)[0] != kind:
             raise BitstreamError(f"level {level!r} is not stored in its shortest exact form")
     fingerprint = r.take(SHORT_FINGERPRINT_BYTES, "fingerprint")
-    height, width = r.varint("height", MAX_DIM), r.varint("width", MAX_DIM)
-    if height < 1 or width < 1 or height * width > MAX_PIXELS:
+    height, width = r.varint("height", 0xFFFFFFFF), r.varint("width", 0xFFFFFFFF)
+    if not (1 <= height <= MAX_DIM and 1 <= width <= MAX_DIM) or height * width > MAX_PIXELS:
         raise BitstreamError(f"image size {height}x{width} is outside the limits ({MAX_DIM} per side)")
     tile_size = r.varint("tile size", MAX_DIM)
     (n_streams,) = r.unpack("<B", "stream count")
