@@ -28,6 +28,10 @@ TorchServe case is the handler's own decode.
 Prints one line per case, then `max_peak_rss_mb=<a> max_refusal_s=<b>`; targets: peak RSS <= 1536 MB and every
 refusal in < 1 s.
 
+Moved tiles, measured 2026-12-07 at load 14-16 with bmshj2018-hyperprior q1 v1.1 (`--only-moved-tiles`): the
+splice refused in < 1 ms at the loaded model's 286 MB; with every check recomputed, refused at tile 1 after
+28.7 s and 906 MB (two of 16 tiles decoded; format 2 decoded all 16 before its image checksum refused them).
+
 Measured 2026-11-26 on the project's 2-core machine at load 12-22 (so times are upper bounds), hyperprior q7 v1.0:
 refusals in <= 0.2 s at <= 369 MB; one 1024^2 tile 1180 MB, two 1218 MB. The legal maximum (7.4 MB file) took
 3189 s and 2397 MB to encode; a full decode of its 64 tiles needs about 64 x 5 CPU-seconds, which that machine could

@@ -24,7 +24,20 @@ from zoo.compressed import (
 )
 from zoo.errors import BitstreamError
 
-__all__ = ["FORMAT_VERSION", "READABLE_VERSIONS", "Header", "dumps", "loads", "peek_header", "symbol_order"]
+# FORMAT_VERSION, READABLE_VERSIONS and symbol_order are zoo.compressed's, named here too for the format's readers
+__all__ = [
+    "FORMAT_VERSION",
+    "READABLE_VERSIONS",
+    "Header",
+    "dumps",
+    "grid_rect",
+    "grid_size",
+    "loads",
+    "peek_header",
+    "read_file",
+    "stream_layout",
+    "symbol_order",
+]
 
 MAGIC = b"\x89ZOO"
 MAX_DIM = 65_535  # per side

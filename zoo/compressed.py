@@ -109,7 +109,7 @@ class Compressed:
     channels: int = 3
     bit_depth: int = 8
     extra: tuple[tuple[str, str], ...] = field(default=())
-    # The bitstream format the streams follow (zoo.bitstream.FORMAT_VERSION when made by this zoo); the decoder
+    # The bitstream format the streams follow (FORMAT_VERSION above when made by this zoo); the decoder
     # applies that version's rules (docs/bitstream.md), so a file read from disk keeps the version it was made in.
     format_version: int = FORMAT_VERSION
     tile_checksums: tuple[int, ...] = field(default=())
