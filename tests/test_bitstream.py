@@ -14,7 +14,7 @@ import torch
 from tests.support import fixture_model, fixture_state_dict, quality_offset, reseal_v2, reseal_v3, v3_rows
 from zoo import bitstream
 from zoo.codec import Codec
-from zoo.compressed import Compressed, EntryId, combine_checksums
+from zoo.compressed import EntryId
 from zoo.entry import weights_fingerprint
 from zoo.errors import BitstreamError
 from zoo.imageio import to_uint8
@@ -201,63 +201,18 @@ def test_bad_files_raise_one_clear_error(stream, version):
         assert time.perf_counter() - t0 < 2, label
 
 
-def _tiled(arch: str = "bmshj2018-factorized") -> tuple[Codec, Compressed]:
-    """Four equal 64x64 tiles of a 128x128 crop."""
-    codec = golden_codec(arch, tile_size=64)
-    return codec, codec.compress(golden_input(128, 128))
-
-
-def test_a_tile_carrying_another_tile_s_streams_is_refused_before_anything_is_decoded(monkeypatch):
+def test_a_tile_carrying_another_tile_s_streams_is_refused_before_anything_is_decoded():
     """Every tile of a forged file carries tile 0's table row and streams (all tiles have one size, so the
     lengths fit): the reader refuses tile 1 by its check, before any tile is decoded."""
-    codec, c = _tiled()
+    c = golden_codec("bmshj2018-factorized", tile_size=64).compress(golden_input(128, 128))  # 4 equal tiles
     data = bitstream.dumps(c)
     table, rows = v3_rows(data)
     payload = rows[-1][1]
     row0, streams0 = data[rows[0][0] : rows[0][1]], data[payload : payload + c.tiles[0].num_bytes]
     forged = data[:table] + row0 * len(rows) + streams0 * len(rows)
-    assert bitstream.peek_header(data).total_bytes != len(forged) or forged != data
+    assert forged != data
     with pytest.raises(BitstreamError, match=r"tile 1 of 4 \(at row 0, column 64\)"):
         bitstream.loads(forged)
-
-
-def test_a_forger_who_recomputes_the_checks_is_stopped_at_the_first_moved_tile(monkeypatch):
-    """The same forgery with every container check recomputed: the decoder refuses tile 1 as soon as it is
-    decoded (its index checksum binds its streams to its place), without decoding the tiles after it."""
-    codec, c = _tiled()
-    moved = tuple(dataclasses.replace(c.tiles[0], rect=t.rect, latent_hw=t.latent_hw) for t in c.tiles)
-    checks = (c.tile_checksums[0],) * len(moved)
-    forged = dataclasses.replace(c, tiles=moved, tile_checksums=checks, index_checksum=combine_checksums(checks))
-    decoded = []
-    real = codec.model.decompress_unchecked
-
-    def counting(tiles, **kwargs):
-        decoded.append(len(tiles))
-        return real(tiles, **kwargs)
-
-    monkeypatch.setattr(codec.model, "decompress_unchecked", counting)
-    with pytest.raises(BitstreamError, match=r"tile 1 of 4 \(at row 0, column 64\)"):
-        codec.decompress_uint8(bitstream.loads(bitstream.dumps(forged)))
-    assert decoded == [1, 1]
-
-
-def test_an_edited_header_names_what_differs():
-    """A variable-rate file whose quality was edited (format 2 stores one beside the level) names the field;
-    its name alone (which shows the level) would read the same on both sides."""
-    fixture = golden_codec("bmshj2018-hyperprior")
-    entry = EntryId("bmshj2018-hyperprior-vr", 0, "mse", "fixture", 2.0)
-    codec = Codec(fixture.model, entry, fixture.fingerprint)
-    c = codec.compress(golden_input(32, 48))
-    v2 = bytearray(
-        bitstream.dumps(dataclasses.replace(c, format_version=2, fingerprint=codec.fingerprint, tile_checksums=()))
-    )
-    struct.pack_into("<H", v2, quality_offset(bytes(v2)), 3)
-    edited = bitstream.loads(reseal_v2(v2))
-    with pytest.raises(BitstreamError, match="quality 3 in the stream, 0 here") as refused:
-        codec.decompress(edited)
-    assert "level" not in str(refused.value).split(":")[-1]  # only the field that differs is named
-    with pytest.raises(BitstreamError, match="level 2.5 in the stream, 2.0 here"):
-        codec.decompress(dataclasses.replace(c, entry=dataclasses.replace(entry, level=2.5)))
 
 
 def test_the_file_format_and_the_models_do_not_import_each_other_in_a_cycle():
