@@ -1,12 +1,18 @@
 """What a forged file can make a decoder spend at the default limits: peak memory and time to refusal.
 
     python benchmarks/decode_limits.py [--entry DIR] [--factorized DIR] [--skip-handler] [--skip-legal-max]
+        [--only-moved-tiles]
 
 Each decode runs in a fresh process (so its peak RSS is its own), through `zoo.codec.Codec` and, for the
 TorchServe case, through zoo/handlers/zoo_handler.py's decode handler with a stub context. The forged files are valid
 zoo files made here from all-zero latents by a codec whose limits are raised (what an attacker's encoder does):
 
-    grid-2000x2000-tile1   a 2-tile file edited to declare a 2000x2000 image in tiles of 1 px (checksums redone)
+    moved-tiles-4096x4096  16 tiles of 1024, each carrying tile 0's table row and streams (a splice): refused
+                           by tile 1's check before any tile is decoded
+    moved-tiles-resealed-4096x4096  the same with every tile check recomputed (a forger who knows the format):
+                           refused by tile 1's index checksum once tiles 0 and 1 are decoded, not all 16
+    grid-2000x2000-tile1   a 2-tile format-2 file edited to declare a 2000x2000 image in tiles of 1 px (checksums
+                           redone); format 3 states no tile count, so its grid is refused by arithmetic
     one-tile-8000x8000     one 8000x8000 tile (tile size 0), factorized entry
     one-tile-2048x2048     one 2048x2048 tile, largest-width hyperprior entry (also through the handler)
     one-tile-1024x1024     one tile at the default per-tile limit, largest-width entry: decodes (the worst legal tile)
@@ -22,6 +28,10 @@ TorchServe case is the handler's own decode.
 Prints one line per case, then `max_peak_rss_mb=<a> max_refusal_s=<b>`; targets: peak RSS <= 1536 MB and every
 refusal in < 1 s.
 
+Moved tiles, measured 2026-12-07 at load 14-16 with bmshj2018-hyperprior q1 v1.1 (`--only-moved-tiles`): the
+splice refused in < 1 ms at the loaded model's 286 MB; with every check recomputed, refused at tile 1 after
+28.7 s and 906 MB (two of 16 tiles decoded; format 2 decoded all 16 before its image checksum refused them).
+
 Measured 2026-11-26 on the project's 2-core machine at load 12-22 (so times are upper bounds), hyperprior q7 v1.0:
 refusals in <= 0.2 s at <= 369 MB; one 1024^2 tile 1180 MB, two 1218 MB. The legal maximum (7.4 MB file) took
 3189 s and 2397 MB to encode; a full decode of its 64 tiles needs about 64 x 5 CPU-seconds, which that machine could
@@ -34,6 +44,7 @@ one-off script on the same file: 1908 MB after the tile, 2702 MB peak.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -64,9 +75,9 @@ def peak_rss_mb() -> float:
 # -- forging (parent process) --------------------------------------------------------------------
 
 
-def forge(entry: Path, height: int, width: int, tile_size: int) -> bytes:
+def forge(entry: Path, height: int, width: int, tile_size: int, version: int | None = None) -> bytes:
     """A valid file for `entry` declaring that geometry, coded from all-zero latents (so forging costs no
-    analysis transform, and the payload is tiny)."""
+    analysis transform, and the payload is tiny), in this zoo's format or an older `version`."""
     import torch
 
     import zoo
@@ -83,7 +94,10 @@ def forge(entry: Path, height: int, width: int, tile_size: int) -> bytes:
 
     model.g_a = ZeroLatent()
     image = torch.zeros(3, 1, 1).expand(3, height, width)  # no pixel memory: only the shape is read
-    return bitstream.dumps(codec.compress(image))
+    c = codec.compress(image)
+    if version is not None and version < 3:  # formats 1 and 2 store the whole fingerprint, no per-tile checks
+        c = dataclasses.replace(c, format_version=version, fingerprint=codec.fingerprint, tile_checksums=())
+    return bitstream.dumps(c)
 
 
 def reseal(buf: bytearray) -> bytes:
@@ -95,10 +109,11 @@ def reseal(buf: bytearray) -> bytes:
 
 
 def grid_bomb(entry: Path) -> bytes:
-    """A real 2-tile file whose header then claims a 2000x2000 image in 1-pixel tiles."""
+    """A real 2-tile format-2 file (which states its tile count) whose header then claims a 2000x2000 image in
+    1-pixel tiles. Format 3 states no count: its grid follows from the sizes, refused by arithmetic alone."""
     from zoo import bitstream
 
-    data = bytearray(forge(entry, 64, 128, 64))
+    data = bytearray(forge(entry, 64, 128, 64, version=2))
     pos = 10
     for _ in range(3):  # arch, quality (u16) between, metric, version
         pos += 1 + data[pos] + (2 if pos == 10 else 0)
@@ -108,6 +123,32 @@ def grid_bomb(entry: Path) -> bytes:
     struct.pack_into("<II", data, pos, 2000, 2000)
     struct.pack_into("<I", data, pos + 10, 1)
     return reseal(data)
+
+
+def moved_tiles(entry: Path, resealed: bool) -> bytes:
+    """A 4096x4096 file in 16 tiles, every one carrying tile 0's table row and streams (all tiles have one size,
+    so the lengths fit). Not `resealed`: the rows are copied whole, tile checks included, as a splice makes
+    them; `resealed`: every tile check recomputed, as a forger who knows the format does."""
+    from zoo import bitstream
+    from zoo.compressed import combine_checksums
+
+    c = bitstream.loads(forge(entry, 4096, 4096, 1024))
+    tiles = tuple(dataclasses.replace(c.tiles[0], rect=t.rect) for t in c.tiles)
+    checks = (c.tile_checksums[0],) * len(tiles)
+    moved = dataclasses.replace(c, tiles=tiles, tile_checksums=checks, index_checksum=combine_checksums(checks))
+    data = bitstream.dumps(moved)
+    if resealed:
+        return data
+    # every row has one length: tile 0's check copied into the other rows
+    row = sum(max(1, -(-n.bit_length() // 7)) for _, n in c.tiles[0].lengths) + 8
+    table = bitstream.peek_header(bitstream.dumps(c)).header_bytes - sum(
+        sum(max(1, -(-n.bit_length() // 7)) for _, n in t.lengths) + 8 for t in c.tiles
+    )
+    buf = bytearray(data)
+    check0 = data[table + row - 4 : table + row]
+    for i in range(1, len(tiles)):
+        buf[table + (i + 1) * row - 4 : table + (i + 1) * row] = check0
+    return bytes(buf)
 
 
 def legal_max_file(entry: Path) -> tuple[Path, dict]:
@@ -282,6 +323,7 @@ def main() -> None:
         "an upper bound of the full decode's peak for a machine too busy to decode 64 tiles",
     )
     ap.add_argument("--only-legal-max", action="store_true", help="run the legal-maximum case alone")
+    ap.add_argument("--only-moved-tiles", action="store_true", help="run the two moved-tiles cases alone")
     ap.add_argument("--child", nargs=2, metavar=("ENTRY", "FILE"), help=argparse.SUPPRESS)
     ap.add_argument("--encode-child", nargs=3, metavar=("ENTRY", "FILE", "SIDE"), help=argparse.SUPPRESS)
     ap.add_argument("--handler", action="store_true", help=argparse.SUPPRESS)
@@ -295,6 +337,13 @@ def main() -> None:
     entry, factorized = Path(args.entry), Path(args.factorized)
     cases = []
     if not args.only_legal_max:
+        # 16 tiles all carrying tile 0's streams: refused by tile 1's check before anything is decoded, or, with
+        # the checks recomputed, by tile 1's index checksum after decoding tiles 0 and 1 only
+        cases += [
+            ("moved-tiles-4096x4096", entry, moved_tiles(entry, resealed=False), False),
+            ("moved-tiles-resealed-4096x4096", entry, moved_tiles(entry, resealed=True), False),
+        ]
+    if not (args.only_legal_max or args.only_moved_tiles):
         cases += [
             ("grid-2000x2000-tile1", entry, grid_bomb(entry), False),
             ("one-tile-8000x8000", factorized, forge(factorized, 8000, 8000, 0), False),
@@ -305,7 +354,7 @@ def main() -> None:
         cases.append(("one-tile-1024x1024", entry, forge(entry, 1024, 1024, 0), False))
         # Tiles are decoded one after another: a second tile adds its share of the output image, not a tile's peak.
         cases.append(("two-tiles-1024x2048", entry, forge(entry, 1024, 2048, 1024), False))
-    if not args.skip_legal_max:
+    if not (args.skip_legal_max or args.only_moved_tiles):
         path, stats = legal_max_file(entry)
         print(
             f"legal maximum: {path} ({stats['bytes']:,d} B, {stats['tiles']} tiles), "

@@ -3,13 +3,16 @@
     python benchmarks/fuzz.py [--cases 20000] [--workers 2] [--seed 0] [--json]
 
 Base files: small crops of kodim23 coded by CompressAI's fixture models (bmshj2018-factorized,
-bmshj2018-hyperprior, mbt2018-mean), each as one tile and as several. Each case takes one base and applies one
-structure-aware mutation: a header field (version, flags, sizes, tile size, index checksum, counts, strings,
-extra fields), the tile layout (rects, latent sizes, two tiles' entries or payloads swapped), the stream lengths
-(bytes moved between streams, lengths changed), the payload (bit flips, bytes replaced, cut or inserted), or the
-file's ends. Most mutations recompute both CRCs so they reach the checks behind them. Each file is parsed and
-decoded (`bitstream.loads` + `Codec.decompress`) in a worker process; a worker that dies or passes 5 s is
-replaced.
+bmshj2018-hyperprior, mbt2018-mean), each as one tile and as several, in format 3 (what this zoo writes) and in
+format 2 (which it still reads). Each case takes one base and applies one structure-aware mutation: a header
+field (format 2: version, flags, sizes, tile size, index checksum, counts, strings, extra fields; format 3: the
+operating point, sizes, tile size, counts, varints written overlong, strings, fingerprint, extra fields), the
+tiles (format 2: rects, latent sizes, two tiles' entries or payloads swapped; format 3: two tiles' rows and
+streams swapped, tile 0 copied into another tile, an index checksum changed), the stream lengths (bytes moved
+between streams, lengths changed), the payload (bit flips, bytes replaced, cut or inserted), or the file's ends.
+Most mutations recompute the checksums (format 2: both CRCs; format 3: every tile check) so they reach the
+checks behind them. Each file is parsed and decoded (`bitstream.loads` + `Codec.decompress`) in a worker
+process; a worker that dies or passes 5 s is replaced.
 
 Outcomes: refused (a zoo.errors exception: the expected answer), same (decoded to exactly the base's own decode:
 the mutation touched nothing that matters, e.g. an extra field), and the failures: crash (the worker died),
@@ -38,8 +41,9 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 HANG_S = 5.0
-# (architecture, height, width, tile size): one tile and several for each family
-BASES = [
+# (architecture, height, width, tile size, format version): one tile and several for each family, in the format
+# this zoo writes (3) and in format 2, which it still reads
+_IMAGES = [
     ("bmshj2018-factorized", 40, 56, 0),
     ("bmshj2018-factorized", 70, 100, 32),
     ("bmshj2018-hyperprior", 40, 56, 0),
@@ -47,6 +51,7 @@ BASES = [
     ("mbt2018-mean", 40, 56, 0),
     ("mbt2018-mean", 70, 100, 64),
 ]
+BASES = [(*image, version) for version in (3, 2) for image in _IMAGES]
 
 
 def _codec(arch: str, tile_size: int):
@@ -56,17 +61,26 @@ def _codec(arch: str, tile_size: int):
 
 
 def make_bases() -> list[bytes]:
+    import dataclasses
+
     from tests.test_bitstream import golden_input
     from zoo import bitstream
 
-    return [bitstream.dumps(_codec(a, t).compress(golden_input(h, w))) for a, h, w, t in BASES]
+    bases = []
+    for arch, h, w, tile, version in BASES:
+        codec = _codec(arch, tile)
+        c = codec.compress(golden_input(h, w))
+        if version < 3:
+            c = dataclasses.replace(c, format_version=version, fingerprint=codec.fingerprint, tile_checksums=())
+        bases.append(bitstream.dumps(c))
+    return bases
 
 
 # -- the file's structure --------------------------------------------------------------------------
 
 
 class Layout:
-    """Byte offsets of every field of a valid file (docs/bitstream.md), so mutations can aim at them."""
+    """Byte offsets of every field of a valid format-1/2 file (docs/bitstream.md), so mutations can aim at them."""
 
     def __init__(self, data: bytes):
         from zoo import bitstream
@@ -121,7 +135,8 @@ class Layout:
 
 
 def reseal(buf: bytearray) -> bytes:
-    """Recompute both CRCs, using the body length the file states (so edits reach the checks behind them)."""
+    """Recompute both CRCs of a format-1/2 file, using the body length the file states (so edits reach the
+    checks behind them)."""
     if len(buf) < 14:
         return bytes(buf)
     (body_len,) = struct.unpack_from("<I", buf, 6)
@@ -183,7 +198,14 @@ def _set_length(buf: bytearray, lay: Layout, tile: int, stream: int, value: int)
 
 
 def mutate(data: bytes, rng: random.Random) -> tuple[str, bytes]:
-    """One structure-aware mutation; returns (family, file)."""
+    """One structure-aware mutation of a file of any format; returns (family, file)."""
+    if data[4] >= 3:
+        return mutate_v3(data, rng)
+    return mutate_v2(data, rng)
+
+
+def mutate_v2(data: bytes, rng: random.Random) -> tuple[str, bytes]:
+    """One structure-aware mutation of a format-1/2 file; returns (family, file)."""
     lay = Layout(data)
     buf = bytearray(data)
     family = rng.choice(["header", "header", "tiles", "lengths", "payload", "payload", "ends", "raw"])
@@ -288,6 +310,206 @@ def mutate(data: bytes, rng: random.Random) -> tuple[str, bytes]:
     return "raw:flip", bytes(buf)
 
 
+# -- format 3: the file as fields, mutated and written again (its checks recomputed or not) ----------------------
+
+
+def _leb128(value: int, overlong: bool = False) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append(0x80 | (value & 0x7F))
+        value >>= 7
+    out.append(value)
+    if overlong:  # the same value with a redundant zero group: a reader must refuse it
+        out[-1] |= 0x80
+        out.append(0)
+    return bytes(out)
+
+
+class File3:
+    """A valid format-3 file (docs/bitstream.md) as its fields: numbers as numbers, strings and fixed fields as
+    raw bytes, so a mutation can set any of them to anything and `write` lays the file out again."""
+
+    NUMBERS = ("entry", "point", "height", "width", "tile_size", "n_streams", "n_extra")
+
+    def __init__(self, data: bytes):
+        from zoo import bitstream
+
+        header = bitstream.peek_header(data)
+        pos = 5
+        self.strings: list[bytes] = []  # architecture, entry version
+        for _ in range(2):
+            self.strings.append(data[pos : pos + 1 + data[pos]])
+            pos += 1 + data[pos]
+        self.num = {"entry": data[pos]}  # point kind and metric
+        pos += 1
+        self.point_raw = b""
+        size = {2: 4, 3: 8}.get(data[pos - 1] & 3, 0)
+        if size:
+            self.point_raw, pos = data[pos : pos + size], pos + size
+            self.num["point"] = 0
+        else:
+            self.num["point"], pos = self._var(data, pos)
+        self.fingerprint, pos = data[pos : pos + 8], pos + 8
+        for name in ("height", "width", "tile_size"):
+            self.num[name], pos = self._var(data, pos)
+        self.num["n_streams"], pos = data[pos], pos + 1
+        self.num["n_extra"], pos = self._var(data, pos)
+        self.extra: list[bytes] = []
+        for _ in range(2 * self.num["n_extra"]):
+            self.extra.append(data[pos : pos + 1 + data[pos]])
+            pos += 1 + data[pos]
+        self.lengths = [[n for _, n in t.lengths] for t in header.tiles]
+        self.index = list(header.tile_checksums)
+        self.checks = []
+        for lengths in self.lengths:
+            for _ in lengths:
+                pos = self._var(data, pos)[1]
+            self.checks.append(int.from_bytes(data[pos + 4 : pos + 8], "little"))
+            pos += 8
+        self.streams = [[bytes(d) for _, d in t.streams] for t in header.tiles]
+        self.overlong = ""  # a number field written with a redundant zero group
+
+    @staticmethod
+    def _var(data: bytes, pos: int) -> tuple[int, int]:
+        value = shift = 0
+        while True:
+            value |= (data[pos] & 0x7F) << shift
+            shift += 7
+            pos += 1
+            if not data[pos - 1] & 0x80:
+                return value, pos
+
+    def write(self, reseal: bool = True) -> bytes:
+        def var(name: str) -> bytes:
+            return _leb128(self.num[name], overlong=self.overlong == name)
+
+        head = bytearray(bitstream_magic() + bytes([3])) + b"".join(self.strings)
+        head += bytes([self.num["entry"] % 256])
+        head += self.point_raw if self.num["entry"] & 2 else var("point")
+        head += self.fingerprint + var("height") + var("width") + var("tile_size")
+        head += bytes([self.num["n_streams"] % 256]) + var("n_extra") + b"".join(self.extra)
+        header_crc = zlib.crc32(head)
+        table = bytearray()
+        tiles = zip(self.lengths, self.index, self.checks, self.streams, strict=True)
+        for i, (lengths, index, check, streams) in enumerate(tiles):
+            row = b"".join(_leb128(n) for n in lengths) + struct.pack("<I", index % (1 << 32))
+            if reseal:
+                crc = zlib.crc32(struct.pack("<I", i), header_crc)
+                check = zlib.crc32(b"".join(streams), zlib.crc32(row, crc))
+            table += row + struct.pack("<I", check)
+        return bytes(head + table + b"".join(b"".join(s) for s in self.streams))
+
+
+def bitstream_magic() -> bytes:
+    from zoo import bitstream
+
+    return bitstream.MAGIC
+
+
+def mutate_v3(data: bytes, rng: random.Random) -> tuple[str, bytes]:
+    """One structure-aware mutation of a format-3 file; returns (family, file). Most recompute every tile check,
+    as a forger would, so the mutation reaches the checks behind them."""
+    f = File3(data)
+    n, k = len(f.lengths), len(f.lengths[0])
+    family = rng.choice(["header", "header", "tiles", "lengths", "payload", "payload", "ends", "raw"])
+    if family == "header":
+        kind = rng.random()
+        if kind < 0.55:
+            name = rng.choice(File3.NUMBERS)
+            f.num[name] = max(_number(rng, f.num[name], 4), 0)
+            family = f"header:{name}"
+        elif kind < 0.65:
+            f.overlong = rng.choice(File3.NUMBERS[1:])
+            family = "header:overlong"
+        elif kind < 0.8:  # a string: its length byte or one of its characters
+            i = rng.randrange(len(f.strings))
+            raw = bytearray(f.strings[i])
+            if rng.random() < 0.5:
+                raw[0] = rng.choice([0, 1, raw[0] + 1, max(raw[0] - 1, 0), 64, 65, 255]) % 256
+            elif raw[0]:
+                raw[1 + rng.randrange(raw[0])] = rng.randrange(256)
+            f.strings[i] = bytes(raw)
+            family = "header:string"
+        elif kind < 0.9:
+            fp = bytearray(f.fingerprint)
+            fp[rng.randrange(8)] ^= 1 << rng.randrange(8)
+            f.fingerprint = bytes(fp)
+            family = "header:fingerprint"
+        else:  # an extra key/value added, the count kept consistent
+            key, value = rng.choice([(b"level", b"3"), (b"zoo.level", b"2"), (b"k" * 64, b"v"), (b"", b"")])
+            f.extra += [bytes([len(key)]) + key, bytes([len(value)]) + value]
+            f.num["n_extra"] += 1
+            family = "header:extra"
+        return family, f.write()
+    if family == "tiles":
+        kind = rng.random()
+        if kind < 0.3 and n > 1:  # two tiles trade rows and streams (each tile's check recomputed)
+            i, j = rng.sample(range(n), 2)
+            for part in (f.lengths, f.index, f.streams):
+                part[i], part[j] = part[j], part[i]
+            family = "tiles:swap"
+        elif kind < 0.5 and n > 1:  # tile 0's row and streams copied into another tile, checks kept or redone
+            j = rng.randrange(1, n)
+            f.lengths[j], f.index[j], f.streams[j], f.checks[j] = f.lengths[0], f.index[0], f.streams[0], f.checks[0]
+            family = "tiles:copy"
+            return family, f.write(reseal=rng.random() < 0.5)
+        else:  # a tile's index checksum
+            t = rng.randrange(n)
+            f.index[t] = _number(rng, f.index[t], 4)
+            family = "tiles:index"
+        return family, f.write()
+    if family == "lengths":
+        t, s = rng.randrange(n), rng.randrange(k)
+        old = f.lengths[t][s]
+        if rng.random() < 0.6:  # move bytes to the next stream: the total stays right, the boundary moves
+            flat = [(ti, si) for ti in range(n) for si in range(k)]
+            pos = flat.index((t, s))
+            if pos + 1 < len(flat):
+                t2, s2 = flat[pos + 1]
+                d = rng.choice([-8, -4, -1, 1, 4, 8])
+                d = max(-old, min(d, f.lengths[t2][s2]))
+                joined = f.streams[t][s] + f.streams[t2][s2]
+                f.lengths[t][s] += d
+                f.lengths[t2][s2] -= d
+                f.streams[t][s], f.streams[t2][s2] = joined[: old + d], joined[old + d :]
+            family = "lengths:move"
+        else:
+            f.lengths[t][s] = max(_number(rng, old, 4), 0)
+            family = "lengths:change"
+        return family, f.write()
+    if family == "payload":
+        t, s = rng.randrange(n), rng.randrange(k)
+        buf = bytearray(f.streams[t][s])
+        kind = rng.random()
+        if kind < 0.5 and buf:
+            for _ in range(rng.randint(1, 3)):
+                buf[rng.randrange(len(buf))] ^= 1 << rng.randrange(8)
+            family = "payload:flip"
+        elif kind < 0.7 and buf:
+            buf[rng.randrange(len(buf))] = rng.randrange(256)
+            family = "payload:byte"
+        else:  # cut or insert bytes inside a stream, its length adjusted to match
+            if rng.random() < 0.5 and buf:
+                cut = rng.randint(1, min(len(buf), 8))
+                at = rng.randrange(len(buf) - cut + 1)
+                del buf[at : at + cut]
+            else:
+                at = rng.randint(0, len(buf))
+                buf[at:at] = bytes(rng.randrange(256) for _ in range(rng.randint(1, 8)))
+            f.lengths[t][s] = len(buf)
+            family = "payload:resize"
+        f.streams[t][s] = bytes(buf)
+        return family, f.write()
+    buf = bytearray(data)
+    if family == "ends":
+        if rng.random() < 0.5:
+            return "ends:truncate", bytes(buf[: rng.randrange(len(buf))])
+        return "ends:append", bytes(buf) + bytes(rng.randrange(256) for _ in range(rng.randint(1, 16)))
+    for _ in range(rng.randint(1, 4)):  # raw bit flips anywhere, checks left as they are
+        buf[rng.randrange(len(buf))] ^= 1 << rng.randrange(8)
+    return "raw:flip", bytes(buf)
+
+
 # -- workers ---------------------------------------------------------------------------------------
 
 
@@ -305,7 +527,7 @@ def worker(conn: Connection, bases: list[bytes]) -> None:
     from zoo import bitstream
     from zoo.errors import ZooError
 
-    codecs = [_codec(arch, tile) for arch, _, _, tile in BASES]
+    codecs = [_codec(arch, tile) for arch, _, _, tile, _ in BASES]
     refs = [codecs[i].decompress(bitstream.loads(b)) for i, b in enumerate(bases)]
     conn.send(("ready", _peak_rss_mb()))
     while True:
@@ -419,8 +641,8 @@ def fuzz(n_cases: int, workers: int, seed: int, verbose: bool = True) -> dict:
         stages[stage] += 1
         by_family.setdefault(family.split(":")[0], Counter())[outcome] += 1
         if outcome in ("crash", "hang", "untyped", "silent"):
-            arch, h, w, tile = BASES[base]
-            failures.append(f"case {i} {outcome} [{family}] {arch} {h}x{w} tile {tile}: {detail}")
+            arch, h, w, tile, version = BASES[base]
+            failures.append(f"case {i} {outcome} [{family}] v{version} {arch} {h}x{w} tile {tile}: {detail}")
 
     t0 = time.perf_counter()
     pool = Pool(workers, bases)

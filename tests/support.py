@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import struct
+import zlib
 from functools import cache
 from pathlib import Path
 
@@ -121,3 +123,109 @@ def small_recipe(tmp_path: Path, extra: str = "[budget]\nsteps = 2\n") -> Path:
         + '\n[release]\neval = "held"\n'
     )
     return path
+
+
+# -- editing files as a forger would (docs/bitstream.md): fix the checks after an edit -------------------------
+
+
+def reseal_v2(buf: bytearray) -> bytes:
+    """Fix both checksums of a format-1/2 file after editing header fields, so the edit reaches the checks."""
+    (body_len,) = struct.unpack_from("<I", buf, 6)
+    end = 10 + body_len
+    struct.pack_into("<I", buf, end, zlib.crc32(bytes(buf[:end])))
+    struct.pack_into("<I", buf, len(buf) - 4, zlib.crc32(bytes(buf[:-4])))
+    return bytes(buf)
+
+
+def quality_offset(data: bytes) -> int:
+    """Offset of the quality field of a format-1/2 file: magic(4) version/flags(2) body_len(4), the arch."""
+    return 10 + 1 + data[10]
+
+
+def _leb128(data: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        value |= (data[pos] & 0x7F) << shift
+        shift += 7
+        pos += 1
+        if not data[pos - 1] & 0x80:
+            return value, pos
+
+
+def _v3_size_at(data: bytes) -> int:
+    """Offset of a format-3 file's height field."""
+    pos = 5
+    for _ in range(2):  # architecture, entry version
+        pos += 1 + data[pos]
+    kind, pos = data[pos] & 3, pos + 1  # the entry byte: point kind, metric
+    pos = {2: pos + 4, 3: pos + 8}.get(kind) or _leb128(data, pos)[1]
+    return pos + 8  # the fingerprint
+
+
+def with_v3_arch(data: bytes, arch: str) -> bytes:
+    """A format-3 file naming another architecture, its checks recomputed."""
+    raw = arch.encode()
+    return reseal_v3(bytearray(data[:5] + bytes([len(raw)]) + raw + data[6 + data[5] :]))
+
+
+def with_v3_size(data: bytes, height: int, width: int) -> bytes:
+    """A format-3 file declaring another image size, its checks recomputed (what a forger makes)."""
+    at = _v3_size_at(data)
+    end = _leb128(data, _leb128(data, at)[1])[1]
+    size = bytearray()
+    for value in (height, width):
+        while value > 0x7F:
+            size.append(0x80 | (value & 0x7F))
+            value >>= 7
+        size.append(value)
+    return reseal_v3(bytearray(data[:at] + bytes(size) + data[end:]))
+
+
+def v3_rows(data: bytes) -> tuple[int, list[tuple[int, int]]]:
+    """Where a format-3 file's tile table starts, and each tile's row (start, end), read as the spec says."""
+    from zoo.bitstream import grid_size
+
+    pos = _v3_size_at(data)
+    height, pos = _leb128(data, pos)
+    width, pos = _leb128(data, pos)
+    tile_size, pos = _leb128(data, pos)
+    n_streams, pos = data[pos], pos + 1
+    n_extra, pos = _leb128(data, pos)
+    for _ in range(2 * n_extra):
+        pos += 1 + data[pos]
+    table = pos
+    rows = []
+    n_tiles = grid_size(height, width, tile_size)
+    if n_tiles > 65_535:
+        raise IndexError("more tiles than a file can have")
+    for _ in range(n_tiles):
+        start = pos
+        for _ in range(n_streams):
+            pos = _leb128(data, pos)[1]
+        pos += 8  # index checksum, tile check
+        rows.append((start, pos))
+    return table, rows
+
+
+def reseal_v3(buf: bytearray) -> bytes:
+    """Recompute every tile check of a format-3 file after an edit, as the spec defines the check (a file the
+    edit left unreadable comes back as it is)."""
+    try:
+        table, rows = v3_rows(bytes(buf))
+    except IndexError:
+        return bytes(buf)
+    if not rows or rows[-1][1] > len(buf):
+        return bytes(buf)
+    header_crc = zlib.crc32(bytes(buf[:table]))
+    pos = rows[-1][1]
+    for i, (start, end) in enumerate(rows):
+        lengths, p = [], start
+        while p < end - 8:
+            n, p = _leb128(bytes(buf), p)
+            lengths.append(n)
+        streams = bytes(buf[pos : pos + sum(lengths)])
+        pos += sum(lengths)
+        crc = zlib.crc32(struct.pack("<I", i), header_crc)
+        crc = zlib.crc32(streams, zlib.crc32(bytes(buf[start : end - 4]), crc))
+        struct.pack_into("<I", buf, end - 4, crc)
+    return bytes(buf)

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import struct
 
 import pytest
 import torch
 
-from tests.support import FIXTURE_ARCHS, fixture_codec, fixture_model, kodak_image, psnr
+from tests.support import FIXTURE_ARCHS, fixture_codec, fixture_model, kodak_image, psnr, quality_offset, reseal_v2
+from zoo import bitstream
 from zoo.codec import Codec, tile_grid
-from zoo.compressed import EntryId
+from zoo.compressed import EntryId, combine_checksums
 from zoo.errors import BitstreamError, ImageTooLarge, InputError
 
 SIZES = [(1, 1), (17, 33), (64, 64), (250, 377)]
@@ -119,12 +121,13 @@ def test_tiles_cover_the_image_and_decode_independently():
     # Each tile is its own stream: decoding one needs no other tile.
     one = dataclasses.replace(c, tiles=c.tiles[:1], tile_size=0, height=128, width=128)
     tile_only = Codec(codec.model, codec.entry, codec.fingerprint, tile_size=0)
-    # The per-tile checksum is folded into the image checksum, so recompute it for a one-tile image.
-    from zoo.codec import combine_checksums, tile_checksum
+    # The per-tile checksum binds a tile to its place and is folded into the image checksum: recompute both
+    # for a one-tile image.
+    from zoo.compressed import combine_checksums, tile_checksum
 
     (latents,) = codec.model.compress(codec._pad(x[None, :, :128, :128]))
     crc = tile_checksum(one.format_version, 0, one.tiles[0], latents.index_checksum)
-    one = dataclasses.replace(one, index_checksum=combine_checksums([crc]))
+    one = dataclasses.replace(one, index_checksum=combine_checksums([crc]), tile_checksums=(crc,))
     assert torch.equal(tile_only.decompress(one), x_hat[..., :128, :128])
 
 
@@ -296,3 +299,44 @@ def test_one_tile_is_bounded_by_the_decoders_limit_not_the_file():
         untiled.compress(_image(64, 96))
     with pytest.raises(ImageTooLarge, match="smaller tile_size"):
         untiled.compress_batch([_image(64, 96)])
+
+
+def test_a_forger_who_recomputes_the_checks_is_stopped_at_the_first_moved_tile(monkeypatch):
+    """Every tile carrying tile 0's streams, with every check a file has recomputed (what a forger who knows
+    the format writes): the decoder refuses tile 1 as soon as it is decoded (its index checksum binds its
+    streams to its place), without decoding the tiles after it."""
+    codec = fixture_codec("bmshj2018-factorized", tile_size=64)
+    c = codec.compress(_image(128, 128))  # four equal tiles
+    moved = tuple(dataclasses.replace(c.tiles[0], rect=t.rect, latent_hw=t.latent_hw) for t in c.tiles)
+    checks = (c.tile_checksums[0],) * len(moved)
+    forged = dataclasses.replace(c, tiles=moved, tile_checksums=checks, index_checksum=combine_checksums(checks))
+    decoded = []
+    real = codec.model.decompress_unchecked
+
+    def counting(tiles, **kwargs):
+        decoded.append(len(tiles))
+        return real(tiles, **kwargs)
+
+    monkeypatch.setattr(codec.model, "decompress_unchecked", counting)
+    with pytest.raises(BitstreamError, match=r"tile 1 of 4 \(at row 0, column 64\)"):
+        codec.decompress_uint8(forged)
+    assert decoded == [1, 1]
+
+
+def test_an_edited_header_names_what_differs():
+    """A variable-rate file whose quality was edited (format 2 stores one beside the level) names the field;
+    its name alone (which shows the level) would read the same on both sides."""
+    fixture = fixture_codec("bmshj2018-hyperprior")
+    entry = EntryId("bmshj2018-hyperprior-vr", 0, "mse", "fixture", 2.0)
+    codec = Codec(fixture.model, entry, fixture.fingerprint)
+    c = codec.compress(_image(32, 48))
+    v2 = bytearray(
+        bitstream.dumps(dataclasses.replace(c, format_version=2, fingerprint=codec.fingerprint, tile_checksums=()))
+    )
+    struct.pack_into("<H", v2, quality_offset(bytes(v2)), 3)
+    edited = bitstream.loads(reseal_v2(v2))
+    with pytest.raises(BitstreamError, match="quality 3 in the stream, 0 here") as refused:
+        codec.decompress(edited)
+    assert "level" not in str(refused.value).split(":")[-1]  # only the field that differs is named
+    with pytest.raises(BitstreamError, match="level 2.5 in the stream, 2.0 here"):
+        codec.decompress(dataclasses.replace(c, entry=dataclasses.replace(entry, level=2.5)))

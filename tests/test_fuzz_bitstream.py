@@ -6,6 +6,7 @@ The decoder itself is fuzzed by benchmarks/fuzz.py (structure-aware mutations de
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import struct
 import subprocess
@@ -17,7 +18,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.bitstream_tools import golden_codec, golden_input, reseal
+from tests.bitstream_tools import golden_codec, golden_input
+from tests.support import reseal_v2, reseal_v3, v3_rows
 from zoo import bitstream
 from zoo.errors import BitstreamError
 
@@ -28,6 +30,14 @@ SETTINGS = settings(max_examples=400, deadline=None, suppress_health_check=[Heal
 def stream() -> bytes:
     codec = golden_codec("bmshj2018-hyperprior", tile_size=64)
     return bitstream.dumps(codec.compress(golden_input(40, 90)))
+
+
+@pytest.fixture(scope="module")
+def stream_v2(stream) -> bytes:
+    """The same image in format 2 (which stores the whole fingerprint and one index checksum)."""
+    c = bitstream.loads(stream)
+    fingerprint = golden_codec("bmshj2018-hyperprior").fingerprint
+    return bitstream.dumps(dataclasses.replace(c, format_version=2, fingerprint=fingerprint, tile_checksums=()))
 
 
 def _check(data: bytes) -> None:
@@ -57,19 +67,30 @@ def test_random_bytes(data):
 
 @SETTINGS
 @given(pos=st.integers(min_value=10), value=st.integers(0, 255), width=st.sampled_from([1, 2, 4]))
-def test_edited_header_fields_with_repaired_checksums(stream, pos, value, width):
-    header_end = bitstream.peek_header(stream).header_bytes - 4
+def test_edited_header_fields_with_repaired_checksums(stream_v2, pos, value, width):
+    header_end = bitstream.peek_header(stream_v2).header_bytes - 4
     pos = 10 + pos % (header_end - 10 - width + 1)
-    buf = bytearray(stream)
+    buf = bytearray(stream_v2)
     buf[pos : pos + width] = bytes([value]) * width  # 0xFF.. makes huge u16/u32 fields, 0x00.. zero ones
-    _check(reseal(buf))
+    _check(reseal_v2(buf))
+
+
+@SETTINGS
+@given(pos=st.integers(min_value=5), value=st.integers(0, 255), width=st.sampled_from([1, 2, 4]))
+def test_edited_format_3_headers_and_tile_rows_with_repaired_checks(stream, pos, value, width):
+    table_end = v3_rows(stream)[1][-1][1]
+    pos = 5 + pos % (table_end - 5 - width + 1)
+    buf = bytearray(stream)
+    buf[pos : pos + width] = bytes([value]) * width
+    _check(reseal_v3(buf))
 
 
 @SETTINGS
 @given(cut=st.integers(min_value=0), body_len=st.integers(0, 2**32 - 1))
-def test_truncation_and_lying_body_length(stream, cut, body_len):
+def test_truncation_and_lying_body_length(stream, stream_v2, cut, body_len):
     _check(stream[: cut % len(stream)])
-    buf = bytearray(stream)
+    _check(stream_v2[: cut % len(stream_v2)])
+    buf = bytearray(stream_v2)
     struct.pack_into("<I", buf, 6, body_len)
     _check(bytes(buf))
 

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import struct
-import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
@@ -19,8 +17,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from zoo.bitstream import FORMAT_VERSION, READABLE_VERSIONS, grid_rect, grid_size, symbol_order
-from zoo.compressed import Compressed, EntryId, TileStreams
+from zoo.bitstream import SHORT_FINGERPRINT_BYTES, grid_rect, grid_size
+from zoo.compressed import (
+    FORMAT_VERSION,
+    READABLE_VERSIONS,
+    Compressed,
+    EntryId,
+    TileStreams,
+    combine_checksums,
+    symbol_order,
+    tile_checksum,
+)
 from zoo.errors import BitstreamError, ImageTooLarge, InputError
 from zoo.models.base import CompressionModel, check_index_crc
 
@@ -48,24 +55,6 @@ def tile_grid(height: int, width: int, tile_size: int) -> list[TileRect]:
     """Tiles in raster order (the grid docs/bitstream.md defines); tile_size 0 means one tile for the whole
     image. Callers check `grid_size` first: the list has one entry per tile."""
     return [TileRect(*grid_rect(height, width, tile_size, i)) for i in range(grid_size(height, width, tile_size))]
-
-
-def combine_checksums(checksums: Sequence[int]) -> int:
-    """One CRC over the per-tile index checksums, in tile order: what `Compressed.index_checksum` holds."""
-    return zlib.crc32(b"".join(struct.pack("<I", c & 0xFFFFFFFF) for c in checksums))
-
-
-def tile_checksum(format_version: int, index: int, tile: TileStreams, index_crc: int) -> int:
-    """What tile number `index` contributes to the image's index checksum, given the CRC of the table indexes
-    its model used. Format 1: that CRC alone, so a factorized tile's value depends only on its size and two
-    tiles' streams could trade places unnoticed. Format 2 binds each tile's streams to its place: a CRC32 over
-    the tile number, rect and latent size, then each stream's name, length and bytes, then the index CRC."""
-    if format_version < 2:
-        return index_crc
-    crc = zlib.crc32(struct.pack("<IIIIIHH", index, *tile.rect, *tile.latent_hw))
-    for name, data in tile.streams:
-        crc = zlib.crc32(data, zlib.crc32(name.encode() + struct.pack("<I", len(data)), crc))
-    return zlib.crc32(struct.pack("<I", index_crc & 0xFFFFFFFF), crc)
 
 
 class Codec:
@@ -197,15 +186,18 @@ class Codec:
         return dataclasses.replace(coded, rect=rect, index_checksum=0)
 
     def _compressed(self, h: int, w: int, tiles: list[TileStreams], checksums: list[int]) -> Compressed:
+        # the fingerprint and checksums as the format this zoo writes stores them, so a file reads back equal
+        per_tile = FORMAT_VERSION >= 3
         return Compressed(
             entry=self.entry,
-            fingerprint=self.fingerprint,
+            fingerprint=self.fingerprint[:SHORT_FINGERPRINT_BYTES] if per_tile else self.fingerprint,
             height=h,
             width=w,
             tiles=tuple(tiles),
             index_checksum=combine_checksums(checksums),
             tile_size=self.tile_size if len(tiles) > 1 else 0,
             format_version=FORMAT_VERSION,
+            tile_checksums=tuple(checksums) if per_tile else (),
         )
 
     # -- decompress -----------------------------------------------------------------------------
@@ -217,14 +209,20 @@ class Codec:
                 "zoo.bitstream.loads(data) parses file bytes"
             )
         mine, theirs = self.entry, c.entry
-        if (mine.arch, mine.quality, mine.metric, mine.level) != (
-            theirs.arch,
-            theirs.quality,
-            theirs.metric,
-            theirs.level,
-        ):
-            raise BitstreamError(f"stream was made by {theirs}, but this codec is {mine}")
-        if c.fingerprint != self.fingerprint:
+        differs = [
+            f"{what} {a if a is not None else 'none'} in the stream, {b if b is not None else 'none'} here"
+            for what, a, b in (
+                ("architecture", theirs.arch, mine.arch),
+                ("quality", theirs.quality, mine.quality),
+                ("metric", theirs.metric, mine.metric),
+                ("level", theirs.level, mine.level),
+            )
+            if a != b
+        ]
+        if differs:
+            raise BitstreamError(f"stream was made by {theirs}, but this codec is {mine}: {'; '.join(differs)}")
+        # a file stores the fingerprint's first bytes (all 16 in formats 1 and 2, 8 from format 3 on)
+        if len(c.fingerprint) < SHORT_FINGERPRINT_BYTES or not self.fingerprint.startswith(c.fingerprint):
             raise BitstreamError(
                 f"stream was made by {theirs} with weights {c.fingerprint.hex()[:12]}, but this codec's "
                 f"weights are {self.fingerprint.hex()[:12]} ({mine})"
@@ -266,6 +264,13 @@ class Codec:
         needed = grid_size(c.height, c.width, tile_size)
         if needed != len(c.tiles):
             raise BitstreamError(f"stream has {len(c.tiles)} tiles where its layout needs {needed}")
+        if c.format_version >= 3 and (
+            len(c.tile_checksums) != needed or combine_checksums(c.tile_checksums) != c.index_checksum
+        ):
+            raise BitstreamError(
+                f"a format-{c.format_version} stream has one index checksum per tile ({len(c.tile_checksums)} "
+                f"for {needed} tiles), combining to its index checksum"
+            )
         self._check_tile(*self._largest_tile(c.height, c.width, tile_size), declared=True)
         grid = tile_grid(c.height, c.width, tile_size)
         names = set(self.model.latent_names)
@@ -290,14 +295,16 @@ class Codec:
         return self._expected_layout(c)
 
     def _decoded_tiles(self, c: Compressed, grid: list[TileRect]) -> Iterator[tuple[TileRect, Tensor]]:
-        """Each tile's reconstruction, float (1, 3, h, w) cropped to its rect, one at a time in raster order;
-        the image's index checksum is compared after the last one, so callers consume the whole iterator
-        before they return anything made from it."""
+        """Each tile's reconstruction, float (1, 3, h, w) cropped to its rect, one at a time in raster order.
+        From format 3 on each tile's checksum is compared as soon as it is decoded; formats 1 and 2 store one
+        for the image, compared after the last tile, so callers consume the whole iterator before they return
+        anything made from it."""
         checksums = []
         for i, (rect, tile) in enumerate(zip(grid, c.tiles, strict=True)):
-            # The checksum is compared per image, once every tile is decoded, not per tile by the model.
             x_hat, (crc,) = self.model.decompress_unchecked([tile], order=symbol_order(c.format_version))
             checksums.append(tile_checksum(c.format_version, i, tile, crc))
+            if c.tile_checksums:
+                _check_tile_crc(c, i, checksums[-1])
             yield rect, x_hat[..., : rect.height, : rect.width]
         check_index_crc(c.index_checksum, combine_checksums(checksums))
 
@@ -349,6 +356,22 @@ class Codec:
             x_hat, checksums = self.model.decompress_unchecked(tiles, order=symbol_order(version))
             for j, i in enumerate(members):
                 crc = tile_checksum(cs[i].format_version, 0, cs[i].tiles[0], checksums[j])
+                if cs[i].tile_checksums:
+                    _check_tile_crc(cs[i], 0, crc)
                 check_index_crc(cs[i].index_checksum, combine_checksums([crc]))
                 results[i] = convert(x_hat[j : j + 1, :, : cs[i].height, : cs[i].width])
         return [r for r in results if r is not None]
+
+
+def _check_tile_crc(c: Compressed, index: int, computed: int) -> None:
+    """Refuse tile `index` as soon as it is decoded if its checksum differs from the encoder's (format 3 on)."""
+    expected = c.tile_checksums[index]
+    if computed == expected:
+        return
+    top, left = c.tiles[index].rect[:2]
+    where = f"tile {index} of {len(c.tiles)} (at row {top}, column {left})" if len(c.tiles) > 1 else "the image"
+    raise BitstreamError(
+        f"{where} does not decode to what the encoder coded there (index checksum {computed:08x}, stream says "
+        f"{expected:08x}): its streams belong to another place or image, or were made with other weights, or "
+        "by a backend or device that computes different scales"
+    )

@@ -10,13 +10,13 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from zoo.bitstream import FORMAT_VERSION, symbol_order
 from zoo.compressed import TileStreams
 from zoo.entropy import EntropyBottleneck, GaussianConditional, default_scale_table
 from zoo.errors import BitstreamError
 
-# Orders in which context models code y's symbols: "wavefront" (bitstream format 2, the default) and
-# "raster" (format 1). Models without a context model have one order, and ignore the argument.
+# Orders in which context models code y's symbols: "wavefront" (the default; bitstream formats 2 and 3) and
+# "raster" (format 1): `zoo.compressed.symbol_order` maps a format version to its order. Models without a
+# context model have one order, and ignore the argument.
 SYMBOL_ORDERS = ("wavefront", "raster")
 
 
@@ -43,6 +43,12 @@ class CompressionModel(nn.Module):
 
     downsample: int = 16
     latent_names: tuple[str, ...] = ("y",)
+
+    @classmethod
+    def latent_names_for(cls, count: int) -> tuple[str, ...] | None:
+        """The names of this architecture's `count` streams, in coding order (what a file without names stores
+        lengths for), or None when it codes another number of streams."""
+        return cls.latent_names if count == len(cls.latent_names) else None
 
     def f64(self, name: str) -> nn.Module:
         """A float64 copy of a submodule, for the path that feeds the entropy models (see `entropy_params`).
@@ -136,11 +142,11 @@ class CompressionModel(nn.Module):
     ) -> tuple[Tensor, list[int]]:
         """Decode and return the index checksums the decoder computed, for the caller to compare
         (`zoo.codec` compares one checksum over all tiles of an image). `order` (SYMBOL_ORDERS) is the one the
-        streams were coded in: `zoo.bitstream.symbol_order` of their file's format version; by default this
-        zoo's (`FORMAT_VERSION`), which `compress` uses by default."""
+        streams were coded in: `zoo.compressed.symbol_order` of their file's format version; by default
+        "wavefront", which `compress` uses by default."""
         if not streams:
             raise ValueError("nothing to decompress")
-        order = symbol_order(FORMAT_VERSION) if order is None else order
+        order = SYMBOL_ORDERS[0] if order is None else order
         check_order(order)
         hw = streams[0].latent_hw
         if any(s.latent_hw != hw for s in streams):

@@ -89,6 +89,16 @@ class _Elic2022(HyperpriorContextModel):
     """Transforms and coding shared by both ELIC variants; they differ in what feeds the contexts."""
 
     latent_names = ("z", *(f"y{k}:{p}" for k in range(5) for p in ("anchors", "non_anchors")))
+
+    @staticmethod
+    def _names(groups: int) -> tuple[str, ...]:
+        return ("z", *(f"y{k}:{p}" for k in range(groups) for p in ("anchors", "non_anchors")))
+
+    @classmethod
+    def latent_names_for(cls, count: int) -> tuple[str, ...] | None:
+        """z, then each channel group's two checkerboard passes: 1 + 2 × groups streams."""
+        return cls._names((count - 1) // 2) if count >= 3 and count % 2 else None
+
     side_uses_M = False  # h_s output and parameter aggregation width: 2N (official) or 2M (Chandelier)
 
     def __init__(self, N: int = 192, M: int = 320, groups: Sequence[int] | None = None):
@@ -97,7 +107,7 @@ class _Elic2022(HyperpriorContextModel):
         self.groups = tuple(int(g) for g in (default_groups(M) if groups is None else groups))
         if sum(self.groups) != M or any(g <= 0 for g in self.groups):
             raise ValueError(f"channel groups {self.groups} must be positive and add up to M={M}")
-        self.latent_names = ("z", *(f"y{k}:{p}" for k in range(len(self.groups)) for p in ("anchors", "non_anchors")))
+        self.latent_names = self._names(len(self.groups))
         rbb = ResidualBottleneckBlock
         self.g_a = nn.Sequential(
             conv(3, N, 5, 2),
