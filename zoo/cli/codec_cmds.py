@@ -50,12 +50,22 @@ def _write_output(path: str, data: bytes | Callable[[BinaryIO], None]) -> None:
 
 
 def _resolve_codec(
-    model: str, quality: float | None, metric: str, version: str | None, device: str, backend: str = "torch"
+    model: str,
+    quality: float | None,
+    metric: str,
+    version: str | None,
+    device: str,
+    backend: str = "torch",
+    source: str = "zoo",
 ):
     import zoo
 
     if Path(model).is_dir():
         return zoo.load_local(model, device=device, backend=backend, quality=quality)
+    if source == "compressai":
+        if version is not None:
+            raise InputError("--version does not apply to --source compressai (its weights have one version)")
+        return zoo.load(model, quality=quality, metric=metric, device=device, backend=backend, source=source)
     return zoo.load(model, quality=quality, metric=metric, version=version, device=device, backend=backend)
 
 
@@ -73,7 +83,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
     from zoo.imageio import read_image
 
     _refuse_same_file(args.image, args.output)
-    codec = _resolve_codec(args.model, args.quality, args.metric, args.version, args.device, args.backend)
+    codec = _resolve_codec(args.model, args.quality, args.metric, args.version, args.device, args.backend, args.source)
     x, notices = read_image(args.image, max_pixels=codec.max_pixels)
     for n in notices:
         if not args.quiet:
@@ -93,6 +103,8 @@ def cmd_encode(args: argparse.Namespace) -> int:
 
 def cmd_decode(args: argparse.Namespace) -> int:
     from zoo import bitstream
+    from zoo.compressai import is_published_entry
+    from zoo.compressai import load as load_published
     from zoo.hub import load_released
     from zoo.imageio import write_png
 
@@ -104,6 +116,8 @@ def cmd_decode(args: argparse.Namespace) -> int:
     if args.model:
         local = Path(args.model).is_dir()
         codec = _resolve_codec(args.model, e.level if local else point, e.metric, e.version, args.device, args.backend)
+    elif is_published_entry(e):  # CompressAI's published weights, found by name in their table
+        codec = load_published(e.arch, e.quality, e.metric, device=args.device, backend=args.backend)
     else:
         # The header's strings name a released entry or nothing: they never become paths.
         codec = load_released(e, device=args.device, backend=args.backend)
@@ -148,6 +162,12 @@ def _model_args(p: argparse.ArgumentParser, required: bool) -> None:
     )
     p.add_argument("--metric", default="mse", choices=["mse", "ms-ssim"])
     p.add_argument("--version", help="entry version (default: the newest)")
+    p.add_argument(
+        "--source",
+        default="zoo",
+        choices=["zoo", "compressai"],
+        help="compressai: CompressAI's own published weights for --model/--quality (downloaded once, verified)",
+    )
     p.add_argument("--device", default="cpu")
     p.add_argument("--backend", default="torch", choices=["torch", "onnx"])
     p.add_argument("--quiet", action="store_true", help="print nothing on success")
