@@ -223,6 +223,8 @@ def test_names_outside_the_table_say_what_exists(env):
 
     with pytest.raises(EntryNotFound, match="publishes no weights for bmshj2018-factorized-relu"):
         published("bmshj2018-factorized-relu", 1)
+    with pytest.raises(EntryNotFound, match="needs a quality"):
+        published("bmshj2018-hyperprior", None)
     with pytest.raises(EntryNotFound, match="qualities 1, 2, 3, 4, not 7"):
         zoo.load("bmshj2018-hyperprior", quality=7, source="compressai")
     with pytest.raises(EntryNotFound, match="unknown source"):

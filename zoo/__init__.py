@@ -35,7 +35,7 @@ def load(name: str, quality: float | None = None, *, source: str = "zoo", **kwar
     if source == "compressai":
         from zoo.compressai import load as _load_compressai
 
-        return _load_compressai(name, quality, **kwargs)  # type: ignore[arg-type]
+        return _load_compressai(name, quality, **kwargs)
     if source != "zoo":
         raise EntryNotFound(f"unknown source {source!r}; sources are zoo, compressai")
     from zoo.hub import load as _load

@@ -89,7 +89,7 @@ def base_url(table: dict[str, Any] | None = None) -> str:
     return url.rstrip("/")
 
 
-def published(arch: str, quality: int | None, metric: str = "mse") -> Published:
+def published(arch: str, quality: float | None, metric: str = "mse") -> Published:
     """The published checkpoint for a name, or EntryNotFound saying what CompressAI publishes."""
     spec = get_arch(arch)
     models = load_table()["models"]
@@ -99,7 +99,11 @@ def published(arch: str, quality: int | None, metric: str = "mse") -> Published:
         raise EntryNotFound(f"unknown metric {metric!r}; metrics are {', '.join(METRICS)}")
     files = models[arch].get(metric, {})
     have = ", ".join(sorted(files, key=int)) or "none"
-    if quality is None or isinstance(quality, bool) or str(quality) not in files:
+    if quality is None:
+        raise EntryNotFound(f"{arch} needs a quality: CompressAI publishes it ({metric}) at qualities {have}")
+    if isinstance(quality, float) and quality.is_integer():
+        quality = int(quality)
+    if isinstance(quality, bool) or str(quality) not in files:
         raise EntryNotFound(f"CompressAI publishes {arch} ({metric}) at qualities {have}, not {quality}")
     spec.check_quality(quality)
     return Published(arch, int(quality), metric, files[str(quality)])
@@ -228,7 +232,7 @@ def import_checkpoint(
     )
 
 
-def entry_folder(arch: str, quality: int | None, metric: str = "mse") -> Path:
+def entry_folder(arch: str, quality: float | None, metric: str = "mse") -> Path:
     """The entry made from CompressAI's published checkpoint for this name: from the cache under $ZOO_HOME,
     else downloaded, verified and converted into it (the checkpoint itself is not kept)."""
     model = published(arch, quality, metric)
@@ -284,7 +288,7 @@ def is_published_entry(entry: EntryId) -> bool:
 
 def load(
     arch: str,
-    quality: int | None = None,
+    quality: float | None = None,
     metric: str = "mse",
     device: str | torch.device = "cpu",
     backend: str = "torch",

@@ -14,6 +14,8 @@ import json
 import multiprocessing
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -186,9 +188,15 @@ def run_batch(args: argparse.Namespace, mode: str) -> int:
             threads = max(1, torch.get_num_threads() // args.workers)
             # spawn, not fork: a forked copy of a process that has run torch can deadlock in its thread pools
             context = multiprocessing.get_context("spawn")
-            with context.Pool(args.workers, initializer=_init, initargs=(worker_args, mode, threads)) as pool:
-                for result in pool.imap_unordered(_run, todo):
-                    record(*result)
+            with ProcessPoolExecutor(args.workers, context, _init, (worker_args, mode, threads)) as pool:
+                pending = {pool.submit(_run, job): job for job in todo}
+                try:
+                    for future in as_completed(pending):
+                        record(*future.result())
+                        del pending[future]
+                except BrokenProcessPool:  # a worker died (killed, out of memory): the others cannot go on
+                    for job in pending.values():
+                        record(job, None, "not coded: a worker process died")
     finally:
         bar.close()
     summary.seconds = round(time.perf_counter() - t0, 3)
