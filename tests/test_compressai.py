@@ -294,7 +294,9 @@ def test_cli_encode_and_decode_with_compressai_weights(env, tmp_path):
     base = ["--model", "bmshj2018-hyperprior", "--quality", "1", "--source", "compressai", "--quiet"]
     assert main(["encode", str(SAMPLE), str(stream), *base]) == 0
     assert main(["decode", str(stream), str(png), "--quiet"]) == 0
-    assert png.stat().st_size > 0
+    named = tmp_path / "b.png"
+    assert main(["decode", str(stream), str(named), *base]) == 0
+    assert png.read_bytes() == named.read_bytes() and png.stat().st_size > 0
 
 
 def test_a_local_path_imports_a_file_as_before(tmp_path):

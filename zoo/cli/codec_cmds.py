@@ -144,6 +144,8 @@ def decode_codec(args: argparse.Namespace, e: EntryId):
     point = e.level if e.level is not None else e.quality
     if args.model:
         local = Path(args.model).is_dir()
+        if args.source == "compressai" and not local:
+            return load_published(args.model, point, e.metric, device=args.device, backend=args.backend)
         return _resolve_codec(args.model, e.level if local else point, e.metric, e.version, args.device, args.backend)
     if is_published_entry(e):  # CompressAI's published weights, found by name in their table
         return load_published(e.arch, e.quality, e.metric, device=args.device, backend=args.backend)
