@@ -50,7 +50,8 @@ def _publish(folder: Path, name: str, state: dict, legacy_format: bool = False) 
 
 
 class _Server:
-    """Files from a folder; any path under /silent/ is accepted and never answered."""
+    """Files from a folder; a path under /silent/ is accepted and never answered, one under /short/ announces
+    1000 bytes and sends 10."""
 
     def __init__(self, root: Path):
         stop = self.stop_event = threading.Event()
@@ -59,6 +60,12 @@ class _Server:
             def do_GET(self):  # noqa: N802
                 if self.path.startswith("/silent/"):
                     stop.wait(60)
+                    return
+                if self.path.startswith("/short/"):
+                    self.send_response(200)
+                    self.send_header("Content-Length", "1000")
+                    self.end_headers()
+                    self.wfile.write(b"0123456789")
                     return
                 path = root / self.path.lstrip("/")
                 if not path.is_file():
@@ -102,6 +109,7 @@ def published_files(tmp_path_factory):
     models["bmshj2018-hyperprior"]["mse"]["2"] = "bmshj2018-hyperprior-2-0badc0de.pth.tar"
     models["bmshj2018-hyperprior"]["mse"]["3"] = "bmshj2018-hyperprior-3-12345678.pth.tar"
     models["bmshj2018-hyperprior"]["mse"]["4"] = "silent/bmshj2018-hyperprior-4-12345678.pth.tar"
+    models["bmshj2018-hyperprior"]["mse"]["5"] = "short/bmshj2018-hyperprior-5-12345678.pth.tar"
     # a file whose name and hash agree but whose weights are another architecture's
     models["mbt2018-mean"]["mse"]["2"] = _publish(root, "mbt2018-mean-2", fixture_state_dict("bmshj2018-factorized"))
     table = root / "table.json"
@@ -171,11 +179,14 @@ def test_wrong_architecture_behind_a_good_name_is_refused(env, tmp_path):
     assert list((_cache(tmp_path) / "entries" / "mbt2018-mean").iterdir()) == []
 
 
-def test_missing_and_silent_files_fail_fast(env):
+def test_missing_silent_and_truncated_files_fail_fast(env, tmp_path):
     from zoo.compressai import entry_folder
 
     with pytest.raises(HubError, match="HTTP 404"):
         entry_folder("bmshj2018-hyperprior", 3)
+    with pytest.raises(HubError, match="ended after 10 "):
+        entry_folder("bmshj2018-hyperprior", 5)
+    assert list((_cache(tmp_path) / "entries" / "bmshj2018-hyperprior").iterdir()) == []
     t0 = time.monotonic()
     with pytest.raises(HubError, match="timeout 2 s"):
         entry_folder("bmshj2018-hyperprior", 4)
@@ -225,7 +236,7 @@ def test_names_outside_the_table_say_what_exists(env):
         published("bmshj2018-factorized-relu", 1)
     with pytest.raises(EntryNotFound, match="needs a quality"):
         published("bmshj2018-hyperprior", None)
-    with pytest.raises(EntryNotFound, match="qualities 1, 2, 3, 4, not 7"):
+    with pytest.raises(EntryNotFound, match="qualities 1, 2, 3, 4, 5, not 7"):
         zoo.load("bmshj2018-hyperprior", quality=7, source="compressai")
     with pytest.raises(EntryNotFound, match="unknown source"):
         zoo.load("bmshj2018-hyperprior", quality=1, source="tfc")

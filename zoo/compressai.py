@@ -7,6 +7,7 @@ checkpoint is read with a weights-only `torch.load`, renamed to the current layo
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import re
@@ -152,7 +153,10 @@ def download(url: str, dest: Path, max_bytes: int = MAX_CHECKPOINT_BYTES, min_ra
             raise
         if isinstance(exc, urllib.error.HTTPError):
             raise HubError(f"{url} answered HTTP {exc.code} {exc.reason}") from None
-        if isinstance(exc, urllib.error.URLError | OSError | ValueError):  # refused, timed out, DNS, TLS, bad URL
+        if isinstance(exc, http.client.IncompleteRead):
+            raise HubError(f"{url} ended after {received} bytes, before the size it announced") from None
+        # refused, timed out, DNS, TLS, a malformed answer, a bad URL
+        if isinstance(exc, urllib.error.URLError | OSError | http.client.HTTPException | ValueError):
             reason = getattr(exc, "reason", None) or exc
             raise HubError(f"could not download {url} (timeout {timeout:g} s): {reason}") from None
         raise
