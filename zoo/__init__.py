@@ -26,9 +26,18 @@ if TYPE_CHECKING:
     from zoo.codec import Codec
 
 
-def load(name: str, quality: float | None = None, **kwargs: Any) -> Codec:
+def load(name: str, quality: float | None = None, *, source: str = "zoo", **kwargs: Any) -> Codec:
     """A ready codec for a released entry, e.g. `zoo.load("bmshj2018-hyperprior", quality=3)`; a variable-rate
-    entry takes any level in [1, 8], e.g. `zoo.load("bmshj2018-hyperprior-vr", quality=3.5)`."""
+    entry takes any level in [1, 8], e.g. `zoo.load("bmshj2018-hyperprior-vr", quality=3.5)`.
+
+    `source="compressai"` loads CompressAI's own published weights for that name instead, downloaded and
+    verified once, then cached as an entry (docs/compressai.md)."""
+    if source == "compressai":
+        from zoo.compressai import load as _load_compressai
+
+        return _load_compressai(name, quality, **kwargs)
+    if source != "zoo":
+        raise EntryNotFound(f"unknown source {source!r}; sources are zoo, compressai")
     from zoo.hub import load as _load
 
     return _load(name, quality=quality, **kwargs)

@@ -434,7 +434,7 @@ def _card_head(info: EntryInfo, tags: list[str], name: str) -> list[str]:
     return [
         "---",
         "library_name: zoo",
-        "license: apache-2.0",
+        f"license: {info.training.get('license', 'apache-2.0')}",  # an import keeps its origin's licence
         "pipeline_tag: image-to-image",
         "tags:",
         "- learned-image-compression",

@@ -176,29 +176,57 @@ def cmd_publish(args: argparse.Namespace) -> int:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-    from zoo.entry import save_entry
-    from zoo.registry import get_arch, model_from_state_dict, state_dict_from_checkpoint
+    """A CompressAI checkpoint becomes an entry: a file on disk (with --arch), or by name one of CompressAI's
+    published checkpoints, downloaded, verified and cached (then copied to --out, or published)."""
+    import shutil
+    import tempfile
 
-    spec = get_arch(args.arch)
-    state = state_dict_from_checkpoint(args.checkpoint)
-    model = model_from_state_dict(args.arch, state)
-    quality = args.quality or 0
-    if quality:
-        spec.check_quality(quality)
-    if not model.has_tables:
-        model.update(force=True)
-    info = save_entry(
-        model,
-        args.out,
-        arch=args.arch,
-        quality=quality,
-        metric=args.metric,
-        version=args.version,
-        lmbda=spec.lmbda(quality, args.metric) if quality else 0.0,
-        training={"source": f"imported from CompressAI checkpoint {Path(args.checkpoint).name}"},
-    )
-    print(f"wrote {args.out}: {info.entry}, widths {info.widths}, fingerprint {info.fingerprint.hex()[:12]}")
+    from zoo.compressai import entry_folder, import_checkpoint
+    from zoo.entry import read_config
+    from zoo.registry import ARCHITECTURES
+
+    if args.mirror and not args.publish:
+        raise InputError("--mirror goes with --publish ORG")
+    by_name = args.checkpoint in ARCHITECTURES and not Path(args.checkpoint).exists()
+    with tempfile.TemporaryDirectory(prefix="zoo-import-") as scratch:
+        if by_name:
+            if args.arch and args.arch != args.checkpoint:
+                raise InputError(f"--arch {args.arch} contradicts the name {args.checkpoint}")
+            folder = entry_folder(args.checkpoint, args.quality, args.metric)
+            info = read_config(folder)
+            if args.out:
+                _refuse_non_empty(args.out)
+                shutil.copytree(folder, args.out, dirs_exist_ok=True)
+                folder = Path(args.out)
+        else:
+            if not args.arch:
+                raise InputError(
+                    f"{args.checkpoint} is not an architecture name: importing a checkpoint file needs --arch"
+                )
+            if not (args.out or args.publish):
+                raise InputError("importing a checkpoint file needs --out DIR or --publish ORG")
+            folder = Path(args.out) if args.out else Path(scratch) / "entry"
+            info = import_checkpoint(
+                args.checkpoint, args.arch, folder, quality=args.quality or 0, metric=args.metric, version=args.version
+            )
+        e = info.entry
+        print(f"{folder}: {e}, widths {info.widths}, fingerprint {info.fingerprint.hex()[:12]}")
+        if args.publish:
+            from zoo.mirror import publish_to_hub, publish_to_mirror
+
+            repo = f"{args.publish}/{e.arch}-q{e.quality}-{e.metric}"
+            if args.mirror:
+                sha = publish_to_mirror(folder, args.mirror, repo, e.version)
+            else:
+                sha = publish_to_hub(folder, repo, e.version)
+            print(f"published {e} as {repo} v{e.version} (commit {sha[:12]})")
     return 0
+
+
+def _refuse_non_empty(folder: str) -> None:
+    out = Path(folder)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise InputError(f"--out {folder} exists and is not an empty folder")
 
 
 def cmd_hub(args: argparse.Namespace) -> int:
@@ -247,13 +275,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--mirror", help="write a commit and tag into this mirror folder instead of the Hub")
     p.set_defaults(func=cmd_publish)
 
-    p = subparsers.add_parser("import-compressai", help="turn a CompressAI checkpoint into an entry folder")
-    p.add_argument("checkpoint")
-    p.add_argument("--arch", required=True)
+    p = subparsers.add_parser(
+        "import-compressai",
+        help="CompressAI's published weights by name (e.g. bmshj2018-hyperprior --quality 3), or a checkpoint file "
+        "(with --arch), as an entry",
+    )
+    p.add_argument("checkpoint", help="an architecture CompressAI publishes weights for, or a checkpoint file")
+    p.add_argument("--arch", help="the architecture of a checkpoint file")
     p.add_argument("--quality", type=int)
     p.add_argument("--metric", default="mse", choices=["mse", "ms-ssim"])
-    p.add_argument("--version", default="1.0")
-    p.add_argument("--out", required=True)
+    p.add_argument("--version", default="1.0", help="entry version of a checkpoint file's entry")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--out", help="write the entry folder here (a name is cached under $ZOO_HOME/compressai anyway)")
+    where.add_argument("--publish", metavar="ORG", help="push the entry to the Hub as ORG/ARCH-qQ-METRIC")
+    p.add_argument("--mirror", help="with --publish: commit into this local mirror folder instead of the Hub")
     p.set_defaults(func=cmd_import)
 
     p = subparsers.add_parser("hub", help="the embedded Hub mirror (olah) over the released entries")
