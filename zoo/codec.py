@@ -162,19 +162,20 @@ class Codec:
             crop = x[..., rect.top : rect.top + rect.height, rect.left : rect.left + rect.width]
             yield rect, crop
 
-    def compress(self, x: Tensor, *, effort: int = 0, seed: int = 0) -> Compressed:
+    def compress(self, x: Tensor, *, effort: int | EffortLevel = 0, seed: int = 0) -> Compressed:
         """Compress one image, float (3, H, W) or (1, 3, H, W) in [0, 1].
 
         `effort` (0 to `zoo.refine.MAX_EFFORT`, docs/effort.md): above 0 the encoder refines each tile's
         latents for the entry's rate–distortion cost and keeps whichever of the refined and the plain file
         costs less in real coded bytes and decoded pixels; the result is an ordinary file of the entry.
-        `seed` makes a refined encode repeatable; decoding never needs it."""
-        from zoo.refine import EFFORTS, check_effort
+        `seed` makes a refined encode repeatable; decoding never needs it. An `EffortLevel` instead of a
+        level number runs that refinement (benchmarks sweep the number of steps this way)."""
+        from zoo.refine import EFFORTS, EffortLevel, check_effort
 
         x = self._as_image(x)
-        effort = check_effort(effort)
-        if effort:
-            return self._compress_refined(x, EFFORTS[effort], seed)
+        level = effort if isinstance(effort, EffortLevel) else EFFORTS[check_effort(effort)]
+        if level.steps:
+            return self._compress_refined(x, level, seed)
         return self._compress_plain(x)
 
     def _compress_plain(self, x: Tensor) -> Compressed:
