@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import sys
 import time
@@ -30,7 +31,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-KODAK = REPO.parent / "shared" / "datasets" / "kodak"
+KODAK = Path(os.environ.get("ZOO_SHARED") or REPO.parent / "shared") / "datasets" / "kodak"
 ENTRIES = {
     "bmshj2018-hyperprior-vr": REPO / "model_store/entries/bmshj2018-hyperprior-vr/mse/v1.12",
     "mbt2018-mean-vr": REPO / "model_store/entries/mbt2018-mean-vr/mse/v1.12",
