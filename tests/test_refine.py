@@ -172,3 +172,18 @@ def test_sga_samples_lie_between_floor_and_ceil_and_harden_as_tau_falls():
     hard = sga(0.01, g)(v)
     away = (v - torch.floor(v) - 0.5).abs() > 0.1  # clear of the half-way points
     assert torch.allclose(hard[away], torch.round(v[away]), atol=1e-3)
+
+
+def test_a_refinement_that_makes_things_worse_is_never_kept(monkeypatch):
+    """Keep-the-better is decided on real bytes and pixels: latents pushed far off (a refinement gone wrong)
+    cost more, so the file is the plain encoder's, byte for byte."""
+    from zoo import refine
+
+    def worse(model, x, size, objective, level, *, seed=0):
+        with torch.no_grad():
+            return {name: t + 4.0 for name, t in model.analyze(x).items()}
+
+    monkeypatch.setattr(refine, "refine_latents", worse)
+    codec = fixture_codec("mbt2018-mean")
+    x = _crop("kodim03.png", 200, 200, 64, 96)
+    assert bitstream.dumps(codec.compress(x, effort=2)) == bitstream.dumps(codec.compress(x))
