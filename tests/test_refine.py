@@ -187,3 +187,31 @@ def test_a_refinement_that_makes_things_worse_is_never_kept(monkeypatch):
     codec = fixture_codec("mbt2018-mean")
     x = _crop("kodim03.png", 200, 200, 64, 96)
     assert bitstream.dumps(codec.compress(x, effort=2)) == bitstream.dumps(codec.compress(x))
+
+
+@pytest.mark.parametrize(
+    "arch,cls",
+    [
+        ("bmshj2018-factorized", "FactorizedPrior"),
+        ("bmshj2018-hyperprior", "ScaleHyperprior"),
+        ("mbt2018-mean", "MeanScaleHyperprior"),
+    ],
+)
+def test_a_refined_stream_of_a_compressai_fixture_decodes_in_compressai_to_the_same_pixels(arch, cls):
+    """Where CompressAI is installed: its own model class, loaded with the fixture's state dict, decodes the
+    refined y/z strings (its `decompress`, its entropy coder) to the pixels zoo decodes."""
+    models = pytest.importorskip("compressai.models")
+    from tests.support import fixture_state_dict
+
+    codec = fixture_codec(arch)
+    x = _crop("kodim23.png", 200, 300, 64, 64)
+    c = codec.compress(x, effort=1)
+    (tile,) = c.tiles
+    theirs = getattr(models, cls)(N=32, M=48)
+    theirs.load_state_dict(fixture_state_dict(arch))
+    theirs.eval()
+    strings = [[tile.stream(name)] for name in ("y", "z") if name in codec.model.latent_names]
+    assert c != codec.compress(x)  # refinement changed the streams
+    with torch.no_grad():
+        out = theirs.decompress(strings, list(tile.latent_hw))["x_hat"]
+    assert np.array_equal(to_uint8(out.clamp(0, 1)), codec.decompress_uint8(c))
