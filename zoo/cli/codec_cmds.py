@@ -165,21 +165,27 @@ def _quality_ladder(args: argparse.Namespace) -> tuple[Callable[[float], Codec],
     return codec_at, {"choices": released}
 
 
-def encode_image(args: argparse.Namespace, options: EncodeOptions) -> tuple[Codec, Tensor, Compressed, list[str]]:
-    """Read --image and encode it as `options` ask: (the codec used, the image, the file, notices)."""
+def encode_image(
+    args: argparse.Namespace, options: EncodeOptions
+) -> tuple[Codec, Tensor, Compressed, list[str], float]:
+    """Read --image and encode it as `options` ask: (the codec used, the image, the file, notices, seconds
+    spent encoding, every trial encode of a size search included)."""
     from zoo.imageio import read_image
 
     if not options.rate_controlled:
         codec = _resolve_codec(args.model, args.quality, args.metric, args.version, args.device, args.backend)
         x, notices = read_image(args.image, max_pixels=codec.max_pixels)
-        return codec, x, codec.compress(x, effort=options.effort, seed=options.seed), notices
+        t0 = time.perf_counter()
+        c = codec.compress(x, effort=options.effort, seed=options.seed)
+        return codec, x, c, notices, time.perf_counter() - t0
     from zoo.ratecontrol import compress_to_size
 
     codec_at, space = _quality_ladder(args)
     x, notices = read_image(args.image)
     budget = options.budget(int(x.shape[-2]), int(x.shape[-1]))
+    t0 = time.perf_counter()
     c, setting = compress_to_size(codec_at, x, budget, effort=options.effort, seed=options.seed, **space)
-    return codec_at(setting), x, c, notices
+    return codec_at(setting), x, c, notices, time.perf_counter() - t0
 
 
 def cmd_encode(args: argparse.Namespace) -> int:
@@ -187,13 +193,11 @@ def cmd_encode(args: argparse.Namespace) -> int:
 
     _refuse_same_file(args.image, args.output)
     options = encode_options(args)
-    t0 = time.perf_counter()
-    codec, x, compressed, notices = encode_image(args, options)
+    codec, x, compressed, notices, seconds = encode_image(args, options)
     for n in notices:
         if not args.quiet:
             print(f"zoo: note: {n}", file=sys.stderr)
     data = bitstream.dumps(compressed)
-    seconds = time.perf_counter() - t0
     _write_output(args.output, data)
     if not args.quiet:
         h, w = x.shape[-2:]
