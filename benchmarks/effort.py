@@ -136,7 +136,7 @@ def main() -> None:
         for effort, points in curves.items():
             seconds = float(np.mean([p["seconds"] for p in points]))
             row = f"  {effort:>6}"
-            if effort and 0 in curves:
+            if effort and 0 in curves and len(points) > 1:  # BD needs two points of each curve
                 rate = bd_rate(*curve(curves[0]), *curve(points))
                 row += f" {rate:>12.2f}% {bd_psnr(*curve(curves[0]), *curve(points)):>10.3f} dB"
             else:
