@@ -292,3 +292,66 @@ def test_decode_holds_no_float_copy_of_the_image(tmp_path, fixture_entry, monkey
     from zoo.imageio import to_uint8
 
     assert np.array_equal(np.asarray(Image.open(png)), to_uint8(codec.decompress(c)))
+
+
+VR_ENTRY = REPO / "model_store/entries/bmshj2018-hyperprior-vr/mse/v1.12"
+
+
+@pytest.fixture
+def one_thread():
+    """Refinement is many small passes: one intra-op thread is several times faster on shared cores."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_encode_with_effort_decodes_like_any_file(tmp_path, fixture_entry, capsys, one_thread):
+    import zoo
+
+    src, plain, refined = _crop(tmp_path), tmp_path / "plain.zoo", tmp_path / "refined.zoo"
+    assert main(["encode", str(src), str(plain), "--model", str(fixture_entry), "--quiet"]) == 0
+    assert main(["encode", str(src), str(refined), "--model", str(fixture_entry), "--effort", "1", "--quiet"]) == 0
+    assert plain.read_bytes() != refined.read_bytes()
+    png = tmp_path / "r.png"
+    assert main(["decode", str(refined), str(png), "--model", str(fixture_entry), "--quiet"]) == 0
+    codec = zoo.load_local(fixture_entry)
+    expected = codec.decompress_uint8(bitstream.loads(refined.read_bytes()))
+    assert np.array_equal(np.asarray(Image.open(png)), expected)
+    again = tmp_path / "again.zoo"
+    assert main(["encode", str(src), str(again), "--model", str(fixture_entry), "--effort", "1", "--quiet"]) == 0
+    assert again.read_bytes() == refined.read_bytes()  # the default seed: repeatable
+
+
+def test_encode_to_a_size_budget(tmp_path, capsys):
+    """--max-bytes and --target-bpp on a variable-rate entry folder: the file fits and lands within 2 %."""
+    src = _crop(tmp_path)  # 96x64
+    for args, budget in ((["--max-bytes", "900"], 900), (["--target-bpp", "0.9"], int(0.9 * 96 * 64 / 8))):
+        out = tmp_path / "sized.zoo"
+        assert main(["encode", str(src), str(out), "--model", str(VR_ENTRY), "--quiet", *args]) == 0
+        size = out.stat().st_size
+        assert 0.98 * budget <= size <= budget, (args, size)
+        assert main(["info", str(out), "--json"]) == 0
+        level = json.loads(capsys.readouterr().out)["entry"]["level"]
+        assert 1 < level < 8
+
+
+def test_size_budget_errors_exit_2_with_one_line(tmp_path, capsys):
+    src, out = _crop(tmp_path), str(tmp_path / "o.zoo")
+    cases = [
+        (["--max-bytes", "50"], "even the lowest setting"),
+        (["--target-bpp", "0.01"], "even the lowest setting"),
+        (["--max-bytes", "900", "--quality", "3"], "leave out --quality"),
+        (["--max-bytes", "0"], "positive"),
+    ]
+    for extra, message in cases:
+        assert main(["encode", str(src), out, "--model", str(VR_ENTRY), *extra]) == 2, extra
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and message in lines[0], (extra, lines)
+    proc = _run("encode", str(src), out, "--model", str(VR_ENTRY), "--max-bytes", "50")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    with pytest.raises(SystemExit) as exc:
+        main(["encode", str(src), out, "--model", str(VR_ENTRY), "--quality", "2", "--effort", "7"])
+    assert exc.value.code == 2 and "invalid choice" in capsys.readouterr().err

@@ -297,3 +297,31 @@ def test_bd_command(tmp_path, capsys):
     assert main(["bd", "jpeg", "compressai-bmshj2018-hyperprior_mse_cuda"]) == 0
     line = capsys.readouterr().out
     assert line.startswith("BD-rate -")
+
+
+def test_eval_effort_measures_refined_files_under_their_own_cache(small_images, fixture_entry, tmp_path):
+    """`zoo eval --effort 1`: bpp from the refined files (the fixture's cost drops), its own cache file and
+    label, so effort 0 figures are never reused for it."""
+    import torch
+
+    from zoo.refine import entry_objective
+
+    out0, out1 = tmp_path / "e0.json", tmp_path / "e1.json"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert _eval(fixture_entry, small_images, out0) == 0
+        assert _eval(fixture_entry, small_images, out1, "--effort", "1") == 0
+    finally:
+        torch.set_num_threads(threads)
+    r0, r1 = json.loads(out0.read_text()), json.loads(out1.read_text())
+    assert r1["name"].endswith("effort 1") and r1["name"] != r0["name"]
+    import zoo
+
+    lam = entry_objective(zoo.load_local(fixture_entry).entry).lmbda
+
+    def cost(r):  # a proxy of the mean R + λD from the mean bpp and PSNR (MSE of [0, 1] pixels)
+        return r["results"]["bpp"][0] + lam * 255**2 * 10 ** (-r["results"]["psnr-rgb"][0] / 10)
+
+    assert cost(r1) < cost(r0)
+    assert len(list(out1.with_suffix(".cache").glob("*-effort1.jsonl"))) == 1

@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.support import kodak_path
+
 pytest.importorskip("ts.torch_handler.base_handler")
 
 
@@ -61,3 +63,54 @@ def test_a_stream_declaring_one_huge_tile_is_413_before_decoding(fixture_entry, 
     assert time.perf_counter() - t0 < 1
     assert ctx.status[0] == 413
     assert "tile of 1088x1024 pixels" in json.loads(answer)["error"]
+
+
+class _EncodeContext(_Context):
+    def __init__(self, model_dir: Path, headers: dict[int, dict[str, str]] | None = None):
+        super().__init__(model_dir)
+        self.headers = headers or {}
+
+    def get_request_header(self, idx: int, key: str) -> str | None:
+        return self.headers.get(idx, {}).get(key)
+
+
+def test_encode_effort_is_capped_by_the_servers_refinement_limit(fixture_entry, tmp_path):
+    """An effort whose steps x pixels exceed the archive's max_refine_work is a 400 naming the effort that
+    fits, before any refinement; one within it (form field or header) gives an ordinary decodable file."""
+    import io
+
+    from PIL import Image
+
+    import zoo
+    from zoo import bitstream
+    from zoo.handlers import zoo_handler
+    from zoo.imageio import read_image
+    from zoo.refine import EFFORTS
+
+    model_dir = tmp_path / "archive"
+    shutil.copytree(fixture_entry, model_dir)
+    limit = EFFORTS[1].steps * 64 * 64  # effort 1 on 64x64 fits, effort 2 does not
+    (model_dir / "zoo_serve.json").write_text(json.dumps({"op": "encode", "max_refine_work": limit}))
+    buf = io.BytesIO()
+    Image.open(kodak_path("kodim23.png")).crop((300, 200, 364, 264)).save(buf, format="PNG")
+    png = buf.getvalue()
+    ctx = _EncodeContext(model_dir, {1: {"X-Zoo-Effort": "2"}, 2: {"X-Zoo-Effort": "x"}})
+    handler = zoo_handler.ZooHandler()
+    handler.initialize(ctx)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        t0 = time.perf_counter()
+        answers = handler.handle([{"body": png, "effort": b"1"}, {"body": png}, {"body": png}, {"body": png}], ctx)
+    finally:
+        torch.set_num_threads(threads)
+    assert ctx.status.get(0) is None and ctx.status.get(3) is None
+    assert ctx.status[1] == 400 and "effort 2 on 64x64 pixels" in json.loads(answers[1])["error"]
+    assert "ask for effort 1 or less" in json.loads(answers[1])["error"]
+    assert ctx.status[2] == 400 and "effort must be one of" in json.loads(answers[2])["error"]
+    codec = zoo.load_local(fixture_entry)
+    refined = bitstream.loads(answers[0])
+    x, _ = read_image(png)
+    assert answers[3] == bitstream.dumps(codec.compress(x))  # no effort asked: the plain encoder's file
+    assert codec.decompress(refined).shape == (1, 3, 64, 64)
+    assert time.perf_counter() - t0 < 120

@@ -10,7 +10,7 @@ import dataclasses
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 import torch
@@ -30,6 +30,9 @@ from zoo.compressed import (
 )
 from zoo.errors import BitstreamError, ImageTooLarge, InputError
 from zoo.models.base import CompressionModel, check_index_crc
+
+if TYPE_CHECKING:
+    from zoo.refine import EffortLevel, Objective
 
 DEFAULT_TILE_SIZE = 1024  # bounds peak memory: a 1024^2 tile needs well under 1 GB at the largest widths
 DEFAULT_MAX_PIXELS = 64 * 1024 * 1024
@@ -148,9 +151,23 @@ class Codec:
             crop = x[..., rect.top : rect.top + rect.height, rect.left : rect.left + rect.width]
             yield rect, crop
 
-    def compress(self, x: Tensor) -> Compressed:
-        """Compress one image, float (3, H, W) or (1, 3, H, W) in [0, 1]."""
+    def compress(self, x: Tensor, *, effort: int | EffortLevel = 0, seed: int = 0) -> Compressed:
+        """Compress one image, float (3, H, W) or (1, 3, H, W) in [0, 1].
+
+        `effort` (0 to `zoo.refine.MAX_EFFORT`, docs/effort.md): above 0 the encoder refines each tile's
+        latents for the entry's rate–distortion cost and keeps whichever of the refined and the plain file
+        costs less in real coded bytes and decoded pixels; the result is an ordinary file of the entry.
+        `seed` makes a refined encode repeatable; decoding never needs it. An `EffortLevel` instead of a
+        level number runs that refinement (benchmarks sweep the number of steps this way)."""
+        from zoo.refine import EFFORTS, EffortLevel, check_effort
+
         x = self._as_image(x)
+        level = effort if isinstance(effort, EffortLevel) else EFFORTS[check_effort(effort)]
+        if level.steps:
+            return self._compress_refined(x, level, seed)
+        return self._compress_plain(x)
+
+    def _compress_plain(self, x: Tensor) -> Compressed:
         tiles, checksums = [], []
         for i, (rect, crop) in enumerate(self._tiles(x)):
             (coded,) = self.model.compress(self._pad(crop.unsqueeze(0).to(self.device, torch.float32)))
@@ -159,15 +176,81 @@ class Codec:
             checksums.append(tile_checksum(FORMAT_VERSION, i, tile, coded.index_checksum))
         return self._compressed(int(x.shape[1]), int(x.shape[2]), tiles, checksums)
 
-    def compress_batch(self, x: Tensor | Sequence[Tensor]) -> list[Compressed]:
-        """Compress several images; those of the same size that need no tiling share one network pass."""
+    # -- compress with refinement (effort > 0) ---------------------------------------------------------
+    def _compress_refined(self, x: Tensor, level: EffortLevel, seed: int) -> Compressed:
+        """Refine tiles of one size as a batch of at most `max_tile_pixels` padded pixels (the encoder's own
+        bound on one network pass); keep per tile the cheaper of its refined and plain streams, then the
+        cheaper of that file and the plain file, by file bytes and 8-bit decoded pixels."""
+        from zoo.refine import entry_objective, refine_latents
+
+        objective = entry_objective(self.entry)
+        h, w = int(x.shape[1]), int(x.shape[2])
+        grid = list(self._tiles(x))
+        plain: list[TileStreams] = []
+        for _, crop in grid:  # exactly the plain encoder's tiles, one network pass each
+            (coded,) = self.model.compress(self._pad(crop.unsqueeze(0).to(self.device, torch.float32)))
+            plain.append(coded)
+        chosen = list(plain)
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, (rect, _) in enumerate(grid):
+            groups.setdefault((rect.height, rect.width), []).append(i)
+        for (th, tw), members in groups.items():
+            d = self.downsample
+            per_batch = max(1, self.max_tile_pixels // (math.ceil(th / d) * d * math.ceil(tw / d) * d))
+            for start in range(0, len(members), per_batch):
+                chunk = members[start : start + per_batch]
+                batch = self._pad(torch.stack([grid[i][1] for i in chunk]).to(self.device, torch.float32))
+                with torch.enable_grad():
+                    latents = refine_latents(self.model, batch, (th, tw), objective, level, seed=seed + chunk[0])
+                refined = self.model.compress_latents(batch, latents)
+                for j, i in enumerate(chunk):
+                    target = batch[j : j + 1, :, :th, :tw]
+                    if self._tile_cost(refined[j], target, objective) < self._tile_cost(plain[i], target, objective):
+                        chosen[i] = refined[j]
+        if chosen == plain:
+            return self._compressed_from(h, w, grid, plain)
+        candidate = self._compressed_from(h, w, grid, chosen)
+        baseline = self._compressed_from(h, w, grid, plain)
+        better = self._file_cost(candidate, x, objective) < self._file_cost(baseline, x, objective)
+        return candidate if better else baseline
+
+    def _compressed_from(self, h: int, w: int, grid: list[tuple[TileRect, Tensor]], coded: list[TileStreams]):
+        tiles, checksums = [], []
+        for i, ((rect, _), c) in enumerate(zip(grid, coded, strict=True)):
+            tile = self._placed(c, rect.as_tuple())
+            tiles.append(tile)
+            checksums.append(tile_checksum(FORMAT_VERSION, i, tile, c.index_checksum))
+        return self._compressed(h, w, tiles, checksums)
+
+    def _tile_cost(self, coded: TileStreams, target: Tensor, objective: Objective) -> float:
+        """Bits of a tile's streams plus its λ-weighted distortion over its pixels, decoded to 8 bits."""
+        x_hat, _ = self.model.decompress_unchecked([coded])
+        th, tw = target.shape[-2:]
+        decoded = x_hat[..., :th, :tw].clamp(0, 1).mul(255).round().div(255).to(target)
+        return 8.0 * coded.num_bytes + th * tw * float(objective.distortion(decoded, target)[0])
+
+    def _file_cost(self, c: Compressed, x: Tensor, objective: Objective) -> float:
+        """The file's bits per pixel plus its λ-weighted distortion, decoded as a user's 8-bit file."""
+        from zoo import bitstream
+
+        decoded = torch.from_numpy(self.decompress_uint8(c)).permute(2, 0, 1)[None].float().div(255)
+        pixels = c.height * c.width
+        return 8.0 * len(bitstream.dumps(c)) / pixels + float(objective.distortion(decoded, x[None].cpu().float())[0])
+
+    def compress_batch(self, x: Tensor | Sequence[Tensor], *, effort: int = 0, seed: int = 0) -> list[Compressed]:
+        """Compress several images; those of the same size that need no tiling share one network pass
+        (with `effort` above 0 each image is refined and chosen as `compress` does)."""
+        from zoo.refine import check_effort
+
         images = [self._as_image(img) for img in (list(x) if isinstance(x, Tensor) and x.dim() == 4 else x)]
+        if check_effort(effort):
+            return [self.compress(img, effort=effort, seed=seed) for img in images]
         results: list[Compressed | None] = [None] * len(images)
         groups: dict[tuple[int, int], list[int]] = {}
         for i, img in enumerate(images):
             h, w = int(img.shape[1]), int(img.shape[2])
             if len(tile_grid(h, w, self.tile_size)) > 1:
-                results[i] = self.compress(img)
+                results[i] = self._compress_plain(img)
             else:
                 groups.setdefault((h, w), []).append(i)
         for (h, w), members in groups.items():

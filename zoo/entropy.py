@@ -203,6 +203,16 @@ class EntropyBottleneck(EntropyModel):
         likelihood = likelihood.reshape(shape).permute(*inv_perm).contiguous()
         return outputs, likelihood
 
+    def likelihood(self, values: Tensor) -> Tensor:
+        """Likelihood of each element of a (B, C, ...) tensor of (possibly relaxed) quantized values, bounded
+        as in training; differentiable in `values` (encode-time refinement, `zoo.refine`)."""
+        perm = (1, 0, *range(2, values.dim()))
+        inv_perm = tuple(int(i) for i in np.argsort(perm))
+        moved = values.permute(*perm).contiguous()
+        likelihood, _, _ = self._likelihood(moved.reshape(moved.shape[0], 1, -1))
+        likelihood = self.bound_likelihood(likelihood)
+        return likelihood.reshape(moved.shape).permute(*inv_perm).contiguous()
+
     @torch.no_grad()
     def update(self, force: bool = False) -> bool:
         if self.has_tables and not force:
@@ -286,6 +296,10 @@ class GaussianConditional(EntropyModel):
         training = self.training if training is None else training
         outputs = self.quantize(inputs, "noise" if training else "dequantize", means)
         return outputs, self.bound_likelihood(self._likelihood(outputs, scales, means))
+
+    def likelihood(self, values: Tensor, scales: Tensor, means: Tensor | None = None) -> Tensor:
+        """Likelihood of (possibly relaxed) quantized values, bounded as in training; differentiable."""
+        return self.bound_likelihood(self._likelihood(values, scales, means))
 
     @torch.no_grad()
     def update_scale_table(self, scale_table: Tensor, force: bool = False) -> bool:

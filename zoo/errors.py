@@ -18,6 +18,10 @@ class ImageTooLarge(InputError):
     """An image (or a stream's declared size) over the pixel limit: a server answers 413."""
 
 
+class BudgetTooSmall(InputError):
+    """A byte budget (`--max-bytes`, `--target-bpp`) that even the lowest quality's file does not fit."""
+
+
 class BitstreamError(ZooError):
     """A compressed file or stream that is truncated, corrupt, foreign or of an unknown version."""
 

@@ -11,10 +11,16 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from zoo.compressed import EntryId
 from zoo.errors import InputError
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+    from zoo.codec import Codec
+    from zoo.compressed import Compressed
 
 
 def _refuse_same_file(source: str, output: str) -> None:
@@ -96,28 +102,142 @@ class Coded:
         return 8 * self.bytes / (self.width * self.height)
 
 
-def encode_codec(args: argparse.Namespace):
-    """The codec `zoo encode` runs, from its options."""
+@dataclass(frozen=True)
+class EncodeOptions:
+    """How to encode, beyond which model: the encoder effort, its seed, and a size budget (bytes or bpp)."""
+
+    effort: int = 0
+    seed: int = 0
+    max_bytes: int | None = None
+    target_bpp: float | None = None
+
+    @property
+    def rate_controlled(self) -> bool:
+        return self.max_bytes is not None or self.target_bpp is not None
+
+    def budget(self, height: int, width: int) -> int:
+        from zoo.ratecontrol import budget_for_bpp, check_budget
+
+        if self.target_bpp is not None:
+            return budget_for_bpp(self.target_bpp, height, width)
+        return check_budget(self.max_bytes)
+
+
+def add_effort_arg(p: argparse.ArgumentParser) -> None:
+    from zoo.refine import EFFORTS
+
+    p.add_argument(
+        "--effort",
+        type=int,
+        default=0,
+        choices=sorted(EFFORTS),
+        help="encoder effort: 0 is the plain encoder; higher refines the latents for smaller files or better "
+        "pixels at more CPU time (docs/effort.md); any decoder reads the result",
+    )
+
+
+def add_encode_args(p: argparse.ArgumentParser) -> None:
+    """The encode options (`EncodeOptions`), parsed here for every command that encodes."""
+    add_effort_arg(p)
+    p.add_argument("--seed", type=int, default=0, help="seed of a refined encode (not needed to decode)")
+    budget = p.add_mutually_exclusive_group()
+    budget.add_argument(
+        "--max-bytes", type=int, help="the largest quality whose file is at most this many bytes (no --quality)"
+    )
+    budget.add_argument(
+        "--target-bpp", type=float, help="the largest quality whose file is at most this many bits per pixel"
+    )
+
+
+def encode_options(args: argparse.Namespace) -> EncodeOptions:
+    options = EncodeOptions(args.effort, args.seed, args.max_bytes, args.target_bpp)
+    if options.rate_controlled and args.quality is not None:
+        raise InputError("--max-bytes and --target-bpp choose the quality themselves: leave out --quality")
+    if options.max_bytes is not None and options.max_bytes < 1:
+        raise InputError(f"--max-bytes must be a positive number of bytes, not {options.max_bytes}")
+    return options
+
+
+def _quality_ladder(args: argparse.Namespace) -> tuple[Callable[[float], Codec], dict]:
+    """For rate control: the codec at each quality of --model, and the search space (a level range of a
+    variable-rate entry, or the released qualities of a fixed-rate name)."""
+    import zoo
+    from zoo.registry import ARCHITECTURES, get_arch
+
+    model, metric, version, device, backend = args.model, args.metric, args.version, args.device, args.backend
+    if Path(model).is_dir():
+        from zoo.entry import codec_for_model, load_entry
+
+        net, info = load_entry(model, device)
+        if info.variable_rate:
+            levels = len(get_arch(info.entry.arch).qualities)
+            return (lambda q: codec_for_model(net, info, backend, level=q, path=model)), {"low": 1.0, "high": levels}
+        codec = codec_for_model(net, info, backend, path=model)
+        return (lambda q: codec), {"choices": [codec.entry.quality]}
+    if model not in ARCHITECTURES:
+        raise InputError(f"--max-bytes and --target-bpp take a registry name or an entry folder, not {model!r}")
+    spec = get_arch(model)
+    loaded: dict[float, Codec] = {}
+
+    def codec_at(q: float) -> Codec:
+        if q not in loaded:
+            loaded[q] = zoo.load(model, quality=q, metric=metric, version=version, device=device, backend=backend)
+        return loaded[q]
+
+    if spec.variable_rate:
+        return codec_at, {"low": 1.0, "high": float(len(spec.qualities))}
+    from zoo.cli.eval_cmds import released_qualities
+
+    released, _ = released_qualities(model, list(spec.qualities), metric, version)
+    return codec_at, {"choices": released}
+
+
+def encode_image(
+    args: argparse.Namespace, options: EncodeOptions, image: str, codec: Codec | None = None
+) -> tuple[Codec, Tensor, Compressed, list[str], float]:
+    """Read `image` and encode it as `options` ask: (the codec used, the image, the file, notices, seconds
+    spent encoding, every trial encode of a size search included). `codec`: the one --model names (loaded
+    once for a folder); a size budget picks its own per image."""
+    from zoo.imageio import read_image
+
+    if not options.rate_controlled:
+        codec = codec or encode_codec(args)
+        assert codec is not None  # not rate-controlled: --model names one codec
+        x, notices = read_image(image, max_pixels=codec.max_pixels)
+        t0 = time.perf_counter()
+        c = codec.compress(x, effort=options.effort, seed=options.seed)
+        return codec, x, c, notices, time.perf_counter() - t0
+    from zoo.ratecontrol import compress_to_size
+
+    codec_at, space = _quality_ladder(args)
+    x, notices = read_image(image)
+    budget = options.budget(int(x.shape[-2]), int(x.shape[-1]))
+    t0 = time.perf_counter()
+    c, setting = compress_to_size(codec_at, x, budget, effort=options.effort, seed=options.seed, **space)
+    return codec_at(setting), x, c, notices, time.perf_counter() - t0
+
+
+def encode_codec(args: argparse.Namespace) -> Codec | None:
+    """The codec `zoo encode` runs, from its options; None under a size budget, which picks one per image."""
+    if encode_options(args).rate_controlled:
+        return None
     return _resolve_codec(args.model, args.quality, args.metric, args.version, args.device, args.backend, args.source)
 
 
-def encode_one(args: argparse.Namespace, codec, image: str, output: str) -> Coded:
+def encode_one(args: argparse.Namespace, codec: Codec | None, image: str, output: str) -> Coded:
     """Encode one image file with the encode options in `args`: the single-file command and every image of
     a folder (zoo.cli.folders) run exactly this."""
     from zoo import bitstream
-    from zoo.imageio import read_image
 
     _refuse_same_file(image, output)
-    x, notices = read_image(image, max_pixels=codec.max_pixels)
+    used, x, compressed, notices, seconds = encode_image(args, encode_options(args), image, codec)
     for n in notices:
         if not args.quiet:
             print(f"zoo: note: {n}", file=sys.stderr)
-    t0 = time.perf_counter()
-    data = bitstream.dumps(codec.compress(x))
-    seconds = time.perf_counter() - t0
+    data = bitstream.dumps(compressed)
     _write_output(output, data)
     h, w = x.shape[-2:]
-    return Coded(output, len(data), int(w), int(h), seconds, str(codec.entry))
+    return Coded(output, len(data), int(w), int(h), seconds, str(used.entry))
 
 
 def cmd_encode(args: argparse.Namespace) -> int:
@@ -238,6 +358,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("output", help="the zoo file, or for a folder or glob the output folder")
     _model_args(p, required=True)
     _batch_args(p)
+    add_encode_args(p)
     p.set_defaults(func=cmd_encode)
 
     p = subparsers.add_parser("decode", help="decompress a zoo file (or a folder or glob of them) into PNG")

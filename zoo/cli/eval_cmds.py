@@ -222,9 +222,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
             cache = None
             if cache_dir:
                 cache_dir.mkdir(parents=True, exist_ok=True)
-                cache = cache_dir / cache_name(codec, args.backend)
+                cache = cache_dir / cache_name(codec, args.backend, args.effort)
             summary = evaluate_codec(
-                codec, args.dataset, cache=cache, workers=args.workers, loader=loader, quiet=args.quiet
+                codec,
+                args.dataset,
+                cache=cache,
+                workers=args.workers,
+                loader=loader,
+                quiet=args.quiet,
+                effort=args.effort,
             )
             new = [s for s in summary.skipped if s.image not in unreadable]
             unreadable.update(s.image for s in new)
@@ -246,6 +252,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         summaries.append(done)
     series, outputs = {}, []
     for label, (_, codecs), done in zip(_labels(runs), runs, summaries, strict=True):
+        label = f"{label} effort {args.effort}" if args.effort else label
         points = [replace(s.point, label=label) for s in done]
         series[label] = points
         per_image = [
@@ -329,6 +336,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--dataset", required=True)
     p.add_argument("--backend", default="torch", choices=["torch", "onnx"])
     p.add_argument("--workers", type=int, default=1, help="parallel processes")
+    from zoo.cli.codec_cmds import add_effort_arg
+
+    add_effort_arg(p)
     p.add_argument("--json", help="write results (CompressAI layout); per-image results beside it resume runs")
     p.add_argument("--plot", help="write an RD plot (PNG)")
     p.add_argument("--plot-metric", default="psnr", choices=["psnr", "ms-ssim"], help="the plot's quality axis")

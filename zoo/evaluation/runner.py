@@ -85,7 +85,7 @@ def _rgb8(path: Path) -> np.ndarray:
 _WORKER: dict[str, Any] = {}
 
 
-def _learned_one(codec, path: Path) -> ImageResult:
+def _learned_one(codec, path: Path, effort: int = 0) -> ImageResult:
     import torch
 
     from zoo import bitstream
@@ -93,7 +93,7 @@ def _learned_one(codec, path: Path) -> ImageResult:
     ref = _rgb8(path)
     x = torch.from_numpy(ref.copy()).permute(2, 0, 1).float() / 255.0
     t0 = time.perf_counter()
-    data = bitstream.dumps(codec.compress(x))
+    data = bitstream.dumps(codec.compress(x, effort=effort) if effort else codec.compress(x))
     t1 = time.perf_counter()
     out = codec.decompress_uint8(bitstream.loads(data))
     t2 = time.perf_counter()
@@ -125,15 +125,16 @@ def _guarded(one: Callable[[Path], ImageResult], path: Path) -> ImageResult | Sk
         return SkippedImage(path.name, str(exc))
 
 
-def _init_worker(loader: Callable[[], Any], threads: int) -> None:
+def _init_worker(loader: Callable[[], Any], threads: int, effort: int = 0) -> None:
     import torch
 
     torch.set_num_threads(threads)
     _WORKER["codec"] = loader()
+    _WORKER["effort"] = effort
 
 
 def _worker_learned(path: Path) -> ImageResult | SkippedImage:
-    return _guarded(functools.partial(_learned_one, _WORKER["codec"]), path)
+    return _guarded(functools.partial(_learned_one, _WORKER["codec"], effort=_WORKER.get("effort", 0)), path)
 
 
 # -- runs ----------------------------------------------------------------------------------------
@@ -166,8 +167,10 @@ def run_images(
     workers: int = 1,
     loader: Callable[[], Any] | None = None,
     quiet: bool = False,
+    effort: int = 0,
 ) -> tuple[list[ImageResult], list[SkippedImage]]:
     """Evaluate each image once; results already in `cache` (a JSONL file) are kept, new ones appended.
+    `effort`: the encoder effort worker processes use (`one` carries its own).
 
     Returns the results in image order and the files that could not be read as images (not cached, so a
     file repaired later is evaluated by the next run)."""
@@ -193,7 +196,7 @@ def run_images(
             import multiprocessing as mp
 
             with ProcessPoolExecutor(
-                workers, mp_context=mp.get_context("spawn"), initializer=_init_worker, initargs=(loader, 1)
+                workers, mp_context=mp.get_context("spawn"), initializer=_init_worker, initargs=(loader, 1, effort)
             ) as pool:
                 for r in pool.map(_worker_learned, todo):
                     record(r)
@@ -249,12 +252,14 @@ def _check_any(dataset: str | Path, results: list[ImageResult], skipped: list[Sk
         raise InputError(f"none of the {len(skipped)} image files in {dataset} could be read: {skipped[0].reason}")
 
 
-def cache_name(codec, backend: str = "torch") -> str:
+def cache_name(codec, backend: str = "torch", effort: int = 0) -> str:
     """File name of a codec's per-image results: the entry's full identity (architecture, quality, metric,
-    version), its weights fingerprint and the backend, so no other entry or retrained weights reuse them."""
+    version), its weights fingerprint, the backend and the encoder effort (above 0), so no other entry,
+    retrained weights or other effort reuses them."""
     e = codec.entry
     version = re.sub(r"[^A-Za-z0-9._-]", "_", e.version)
-    return f"{e.arch}-q{format_level(e.point)}-{e.metric}-v{version}-{codec.fingerprint.hex()}-{backend}.jsonl"
+    suffix = f"-effort{effort}" if effort else ""
+    return f"{e.arch}-q{format_level(e.point)}-{e.metric}-v{version}-{codec.fingerprint.hex()}-{backend}{suffix}.jsonl"
 
 
 def evaluate_codec(
@@ -266,20 +271,22 @@ def evaluate_codec(
     workers: int = 1,
     loader: Callable[[], Any] | None = None,
     quiet: bool = True,
+    effort: int = 0,
 ) -> EvalSummary:
-    """One learned codec over a folder."""
+    """One learned codec over a folder, encoding at `effort` (`Codec.compress`)."""
     images, _ = list_images(dataset)
     if not images:
         raise InputError(f"{dataset} has no images")
     label = label or str(codec.entry)
     results, skipped = run_images(
         images,
-        functools.partial(_learned_one, codec),
+        functools.partial(_learned_one, codec, effort=effort),
         desc=label,
         cache=cache,
         workers=workers,
         loader=loader,
         quiet=quiet,
+        effort=effort,
     )
     _check_any(dataset, results, skipped)
     return EvalSummary(mean_point(label, codec.entry.point, results), results, tuple(skipped))

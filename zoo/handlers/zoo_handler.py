@@ -6,7 +6,9 @@ installed `zoo` package: the same Codec, bitstream and image I/O as the library 
 requests TorchServe groups together.
 
 encode: body = image bytes (any format Pillow reads) -> zoo bitstream (application/octet-stream), with
-        X-Zoo-Bpp, X-Zoo-Entry and X-Zoo-Fingerprint headers.
+        X-Zoo-Bpp, X-Zoo-Entry and X-Zoo-Fingerprint headers. An `effort` (0-3, docs/effort.md) comes as the
+        X-Zoo-Effort header or an `effort` form field; the server refuses (400) an effort whose refinement
+        steps times the image's pixels exceed its `max_refine_work` (zoo_serve.json).
 decode: body = zoo bitstream -> PNG.
 Every response carries X-Zoo-Batch, the number of requests in the batch the worker handled it in.
 Every request gets its own answer, whatever happens to the others in its batch: JSON {"error": ...} with 400
@@ -27,6 +29,10 @@ from zoo import bitstream
 from zoo.errors import ImageTooLarge, InputError, ZooError
 
 logger = logging.getLogger(__name__)
+
+# Refinement steps x pixels one encode request may ask for, unless zoo_serve.json says otherwise: effort 2
+# on a Kodak-sized image (60 steps x 768 x 512), a couple of CPU-minutes.
+DEFAULT_MAX_REFINE_WORK = 25_000_000
 
 
 def status_for(exc: BaseException) -> int:
@@ -49,6 +55,7 @@ class ZooHandler(BaseHandler):
             self.settings = json.load(f)
         self.op = self.settings["op"]
         self.max_pixels = int(self.settings.get("max_pixels", 24_000_000))
+        self.max_refine_work = int(self.settings.get("max_refine_work", DEFAULT_MAX_REFINE_WORK))
         threads = int(self.settings.get("threads", 1))
         torch.set_num_threads(threads)
         self.codec = archived_codec(
@@ -87,7 +94,7 @@ class ZooHandler(BaseHandler):
         for idx, row in enumerate(data):
             context.set_response_header(idx, "X-Zoo-Batch", str(len(data)))
             try:
-                items[idx] = self._parse(self._body(row))
+                items[idx] = self._parse(self._body(row), self._effort(context, idx, row))
             except Exception as exc:
                 results[idx] = self._error(context, idx, exc)
         outputs: dict[int, Any] = {}
@@ -107,13 +114,40 @@ class ZooHandler(BaseHandler):
                 results[idx] = self._error(context, idx, exc)
         return [r if r is not None else b"" for r in results]
 
+    def _effort(self, context: Any, idx: int, row: dict) -> int:
+        """The request's encoder effort: its `effort` form field or X-Zoo-Effort header, 0 without either."""
+        value = row.get("effort")
+        if value is None:
+            try:
+                value = context.get_request_header(idx, "X-Zoo-Effort")
+            except (AttributeError, KeyError, IndexError, TypeError):
+                value = None
+        if value is None:
+            return 0
+        text = bytes(value).decode("latin-1") if isinstance(value, bytes | bytearray) else str(value)
+        from zoo.refine import EFFORTS, check_effort
+
+        try:
+            return check_effort(int(text.strip()))
+        except ValueError:
+            raise InputError(f"effort must be one of {', '.join(map(str, EFFORTS))}, not {text[:20]!r}") from None
+
     # -- per operation --------------------------------------------------------------------------
-    def _parse(self, body: bytes) -> Any:
+    def _parse(self, body: bytes, effort: int = 0) -> Any:
         if self.op == "encode":
             from zoo.imageio import read_image
+            from zoo.refine import EFFORTS
 
             x, _ = read_image(body, max_pixels=self.max_pixels)
-            return x
+            pixels = int(x.shape[-2]) * int(x.shape[-1])
+            work = EFFORTS[effort].steps * pixels
+            if work > self.max_refine_work:
+                allowed = [e for e, level in EFFORTS.items() if level.steps * pixels <= self.max_refine_work]
+                raise InputError(
+                    f"effort {effort} on {x.shape[-1]}x{x.shape[-2]} pixels is {work} refinement step-pixels, over "
+                    f"this server's limit of {self.max_refine_work}: ask for effort {max(allowed)} or less"
+                )
+            return x, effort
         c = bitstream.loads(body)
         if c.height * c.width > self.max_pixels:
             raise ImageTooLarge(f"image of {c.width}x{c.height} pixels is over the limit of {self.max_pixels}")
@@ -122,7 +156,9 @@ class ZooHandler(BaseHandler):
 
     def _run(self, items: list[Any]) -> list[Any]:
         if self.op == "encode":
-            return self.codec.compress_batch(items)
+            if all(effort == 0 for _, effort in items):
+                return self.codec.compress_batch([x for x, _ in items])
+            return [self.codec.compress(x, effort=effort) for x, effort in items]
         return self.codec.decompress_batch_uint8(items)
 
     def _run_one(self, item: Any) -> Any:
@@ -134,7 +170,7 @@ class ZooHandler(BaseHandler):
     def _respond(self, context: Any, idx: int, item: Any, out: Any) -> bytes:
         if self.op == "encode":
             data = bitstream.dumps(out)
-            h, w = item.shape[-2:]
+            h, w = item[0].shape[-2:]
             context.set_response_content_type(idx, "application/octet-stream")
             context.set_response_header(idx, "X-Zoo-Bpp", f"{8 * len(data) / (h * w):.6f}")
             context.set_response_header(idx, "X-Zoo-Entry", str(self.codec.entry))

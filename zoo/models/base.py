@@ -4,7 +4,7 @@ table updates, the auxiliary loss, and the typed results they return."""
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -18,6 +18,11 @@ from zoo.errors import BitstreamError
 # "raster" (format 1): `zoo.compressed.symbol_order` maps a format version to its order. Models without a
 # context model have one order, and ignore the argument.
 SYMBOL_ORDERS = ("wavefront", "raster")
+
+# Stands in for rounding in `relaxed_forward`: continuous offsets (latent minus its median or mean) to relaxed
+# integers of the same shape. `torch.round` gives the coder's quantization; `zoo.refine` passes a stochastic
+# relaxation that gradients flow through.
+Quantizer = Callable[[Tensor], Tensor]
 
 
 @dataclass(frozen=True)
@@ -153,6 +158,32 @@ class CompressionModel(nn.Module):
             raise ValueError("streams of one decompress call must share their latent size")
         return self._decompress_in_order(streams, hw, order)
 
+    # -- coding given latents (encode-time refinement, `zoo.refine`) --------------------------------------
+    def analyze(self, x: Tensor) -> dict[str, Tensor]:
+        """The continuous latents the encoder quantizes, by stream name (`latent_names`): z here is the
+        hyper-analysis of y, which `compress_latents` takes as it is rather than recomputing it."""
+        raise NotImplementedError(f"{type(self).__name__} has no analysis for encode-time refinement")
+
+    def relaxed_forward(self, latents: dict[str, Tensor], quantize: Quantizer) -> ForwardOutput:
+        """The reconstruction and the likelihoods of `latents` quantized by `quantize` around the medians and
+        means the coder uses: with `torch.round` the integers `compress_latents` codes (up to the float64
+        entropy path and, for sequential context models, the context of the coder's own y_hat)."""
+        raise NotImplementedError(f"{type(self).__name__} has no differentiable path for encode-time refinement")
+
+    @torch.no_grad()
+    def compress_latents(self, x: Tensor, latents: dict[str, Tensor], *, order: str = "wavefront") -> list[TileStreams]:
+        """Entropy-code given latents of the padded batch `x` (its shape places the streams) exactly as
+        `compress` codes the latents of its own analysis: `compress(x)` is `compress_latents(x, analyze(x))`."""
+        check_order(order)
+        self.check_input(x)
+        return self._code_in_order(x, latents, order)
+
+    def _code_in_order(self, x: Tensor, latents: dict[str, Tensor], order: str) -> list[TileStreams]:
+        return self._code(x, latents)
+
+    def _code(self, x: Tensor, latents: dict[str, Tensor]) -> list[TileStreams]:
+        raise NotImplementedError
+
     # Context models override these two: their symbol order is part of the stream. Others have one order.
     def _compress_in_order(self, x: Tensor, order: str) -> list[TileStreams]:
         return self._compress(x)
@@ -163,10 +194,18 @@ class CompressionModel(nn.Module):
         return self._decompress(streams, latent_hw)
 
     def _compress(self, x: Tensor) -> list[TileStreams]:
-        raise NotImplementedError
+        return self._code(x, self.analyze(x))
 
     def _decompress(self, streams: Sequence[TileStreams], latent_hw: tuple[int, int]) -> tuple[Tensor, list[int]]:
         raise NotImplementedError
+
+
+def relaxed_factorized(eb: EntropyBottleneck, latent: Tensor, quantize: Quantizer) -> tuple[Tensor, Tensor]:
+    """A latent under a factorized prior quantized by `quantize` around the medians the coder uses, and its
+    likelihoods (`CompressionModel.relaxed_forward`)."""
+    medians = eb.medians().detach().reshape(1, -1, *([1] * (latent.dim() - 2)))
+    latent_hat = quantize(latent - medians) + medians
+    return latent_hat, eb.likelihood(latent_hat)
 
 
 def check_order(order: str) -> None:

@@ -27,7 +27,7 @@ from zoo.entropy import EntropyBottleneck, GaussianConditional, crc_indexes
 from zoo.layers import (
     MaskedConv2d,
 )
-from zoo.models.base import CompressionModel, ForwardOutput, coded
+from zoo.models.base import CompressionModel, ForwardOutput, Quantizer, coded, relaxed_factorized
 from zoo.models.cheng2020 import cheng_analysis, cheng_hyper_analysis, cheng_hyper_synthesis, cheng_synthesis
 
 CONTEXT_MODEL_DOC = (
@@ -137,17 +137,23 @@ class CheckerboardCodec(nn.Module):
         a, b = gp.chunk(2, 1)
         return (b, a) if self.means_first else (a, b)
 
-    def forward(self, y: Tensor, side: Tensor) -> tuple[Tensor, Tensor]:
-        """y_hat and y's likelihoods, quantizing as the coder does (round(y - mean) + mean, anchors first)."""
+    def forward(self, y: Tensor, side: Tensor, quantize: Quantizer | None = None) -> tuple[Tensor, Tensor]:
+        """y_hat and y's likelihoods, quantizing as the coder does (round(y - mean) + mean, anchors first).
+
+        With `quantize` (encode-time refinement) it stands in for rounding, and the likelihoods are those of
+        the y_hat it makes; without, rounding is straight-through and y is rated as in training."""
+        rounding = ste_round if quantize is None else quantize
         anchors = anchor_mask(y)
         ep, cp = self.entropy_parameters, self.context_prediction
         zero_ctx = side.new_zeros((y.shape[0], cp.out_channels, *y.shape[-2:]))
         gp_anchors = ep(torch.cat((zero_ctx, side), dim=1))
         _, means = self.chunk(gp_anchors)
-        y_hat_anchors = torch.where(anchors, ste_round(y - means) + means, torch.zeros_like(y))
+        y_hat_anchors = torch.where(anchors, rounding(y - means) + means, torch.zeros_like(y))
         gp = torch.where(anchors, gp_anchors, ep(torch.cat((cp(y_hat_anchors), side), dim=1)))
         scales, means = self.chunk(gp)
-        y_hat = torch.where(anchors, y_hat_anchors, ste_round(y - means) + means)
+        y_hat = torch.where(anchors, y_hat_anchors, rounding(y - means) + means)
+        if quantize is not None:
+            return y_hat, self.gaussian_conditional.likelihood(y_hat, scales, means)
         _, likelihoods = self.gaussian_conditional(y, scales, means=means)
         return y_hat, likelihoods
 
@@ -234,7 +240,17 @@ class HyperpriorContextModel(CompressionModel):
         y_hat, y_lik = self._forward_y(y, side)
         return ForwardOutput(self.g_s(y_hat), {"y": y_lik, "z": z_lik})
 
-    def _forward_y(self, y: Tensor, side: Tensor) -> tuple[Tensor, Tensor]:
+    def analyze(self, x: Tensor) -> dict[str, Tensor]:
+        y = self.g_a(x)
+        return {"z": self.latent_codec.hyper.h_a(y), "y": y}
+
+    def relaxed_forward(self, latents: dict[str, Tensor], quantize: Quantizer) -> ForwardOutput:
+        hyper = self.latent_codec.hyper
+        z_hat, z_lik = relaxed_factorized(hyper.entropy_bottleneck, latents["z"], quantize)
+        y_hat, y_lik = self._forward_y(latents["y"], hyper.h_s(z_hat), quantize)
+        return ForwardOutput(self.g_s(y_hat), {"y": y_lik, "z": z_lik})
+
+    def _forward_y(self, y: Tensor, side: Tensor, quantize: Quantizer | None = None) -> tuple[Tensor, Tensor]:
         raise NotImplementedError
 
     def _code_y(self, side: Tensor, y: Tensor | None, run: CodePass) -> Tensor:
@@ -244,10 +260,9 @@ class HyperpriorContextModel(CompressionModel):
         """name -> (module, example inputs, input names) of the context networks, for export."""
         raise NotImplementedError
 
-    def _compress(self, x: Tensor) -> list[TileStreams]:
-        y = self.g_a(x)
+    def _code(self, x: Tensor, latents: dict[str, Tensor]) -> list[TileStreams]:
+        y, z = latents["y"], latents["z"]
         eb = self.latent_codec.hyper.entropy_bottleneck
-        z = self.latent_codec.hyper.h_a(y)
         z_strings, z_crc = eb.compress(z)
         z_hat = eb.decompress(z_strings, z.shape[-2:])  # condition y on exactly what the decoder sees
         coder = _Encoding(x.shape[0], z_crc)
@@ -312,8 +327,8 @@ class Cheng2020AnchorCheckerboard(HyperpriorContextModel):
         assert isinstance(codec, CheckerboardCodec)
         return codec
 
-    def _forward_y(self, y: Tensor, side: Tensor) -> tuple[Tensor, Tensor]:
-        return self.codec(y, side)
+    def _forward_y(self, y: Tensor, side: Tensor, quantize: Quantizer | None = None) -> tuple[Tensor, Tensor]:
+        return self.codec(y, side, quantize)
 
     def _code_y(self, side: Tensor, y: Tensor | None, run: CodePass) -> Tensor:
         codec = self.codec

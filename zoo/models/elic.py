@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from zoo.layers import AttentionBlock, conv, conv1x1, conv3x3, deconv
+from zoo.models.base import Quantizer
 from zoo.models.checkerboard import (
     CheckerboardCodec,
     CheckerboardMaskedConv2d,
@@ -187,13 +188,13 @@ class _Elic2022(HyperpriorContextModel):
         """What group len(y_hats)'s channel context sees of the groups decoded so far."""
         raise NotImplementedError
 
-    def _forward_y(self, y: Tensor, side: Tensor) -> tuple[Tensor, Tensor]:
+    def _forward_y(self, y: Tensor, side: Tensor, quantize: Quantizer | None = None) -> tuple[Tensor, Tensor]:
         lc = self.channel_groups
         y_hats: list[Tensor] = []
         likelihoods = []
         for k, y_k in enumerate(y.split(self.groups, dim=1)):
             side_k = side if k == 0 else torch.cat((lc.context(k)(self.channel_context_input(y_hats)), side), 1)
-            y_hat_k, lik_k = lc.codec(k)(y_k, side_k)
+            y_hat_k, lik_k = lc.codec(k)(y_k, side_k, quantize)
             y_hats.append(y_hat_k)
             likelihoods.append(lik_k)
         return torch.cat(y_hats, dim=1), torch.cat(likelihoods, dim=1)

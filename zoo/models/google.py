@@ -21,7 +21,7 @@ from zoo.compressed import TileStreams
 from zoo.entropy import EntropyBottleneck, GaussianConditional, crc_indexes
 from zoo.errors import BitstreamError
 from zoo.layers import GDN, MaskedConv2d, conv, deconv, float32_under_autocast, pixel_conv, pixel_deconv
-from zoo.models.base import CompressionModel, ForwardOutput, check_order, coded
+from zoo.models.base import CompressionModel, ForwardOutput, Quantizer, check_order, coded, relaxed_factorized
 
 if TYPE_CHECKING:
     from zoo.coder import Decoder
@@ -73,8 +73,15 @@ class FactorizedPrior(CompressionModel):
         y_hat, y_lik = self.entropy_bottleneck(y)
         return ForwardOutput(self.g_s(y_hat), {"y": y_lik})
 
-    def _compress(self, x: Tensor) -> list[TileStreams]:
-        y = self.g_a(x)
+    def analyze(self, x: Tensor) -> dict[str, Tensor]:
+        return {"y": self.g_a(x)}
+
+    def relaxed_forward(self, latents: dict[str, Tensor], quantize: Quantizer) -> ForwardOutput:
+        y_hat, y_lik = relaxed_factorized(self.entropy_bottleneck, latents["y"], quantize)
+        return ForwardOutput(self.g_s(y_hat), {"y": y_lik})
+
+    def _code(self, x: Tensor, latents: dict[str, Tensor]) -> list[TileStreams]:
+        y = latents["y"]
         strings, crc = self.entropy_bottleneck.compress(y)
         hw = (int(y.shape[-2]), int(y.shape[-1]))
         return [coded(x, (("y", s),), hw, crc) for s in strings]
@@ -126,16 +133,26 @@ class ScaleHyperprior(CompressionModel):
         y_hat, y_lik = self.gaussian_conditional(y, scales)
         return ForwardOutput(self.g_s(y_hat), {"y": y_lik, "z": z_lik})
 
-    def _code_z(self, y: Tensor) -> tuple[list[bytes], int, Tensor]:
-        z = self.hyper_analysis(y)
+    def analyze(self, x: Tensor) -> dict[str, Tensor]:
+        y = self.g_a(x)
+        return {"z": self.hyper_analysis(y), "y": y}
+
+    def relaxed_forward(self, latents: dict[str, Tensor], quantize: Quantizer) -> ForwardOutput:
+        z_hat, z_lik = relaxed_factorized(self.entropy_bottleneck, latents["z"], quantize)
+        scales = self.h_s(z_hat)
+        y_hat = quantize(latents["y"])
+        y_lik = self.gaussian_conditional.likelihood(y_hat, scales)
+        return ForwardOutput(self.g_s(y_hat), {"y": y_lik, "z": z_lik})
+
+    def _code_z(self, z: Tensor) -> tuple[list[bytes], int, Tensor]:
         z_strings, z_crc = self.entropy_bottleneck.compress(z)
         # The decoder only sees z_hat from the stream: condition y on exactly that.
         z_hat = self.entropy_bottleneck.decompress(z_strings, z.shape[-2:])
         return z_strings, z_crc, z_hat
 
-    def _compress(self, x: Tensor) -> list[TileStreams]:
-        y = self.g_a(x)
-        z_strings, z_crc, z_hat = self._code_z(y)
+    def _code(self, x: Tensor, latents: dict[str, Tensor]) -> list[TileStreams]:
+        y = latents["y"]
+        z_strings, z_crc, z_hat = self._code_z(latents["z"])
         scales = self.entropy_params(z_hat)
         indexes = self.gaussian_conditional.build_indexes(scales)
         y_strings = self.gaussian_conditional.compress(y, indexes)
@@ -184,9 +201,16 @@ class MeanScaleHyperprior(ScaleHyperprior):
         y_hat, y_lik = self.gaussian_conditional(y, scales, means=means)
         return ForwardOutput(self.g_s(y_hat), {"y": y_lik, "z": z_lik})
 
-    def _compress(self, x: Tensor) -> list[TileStreams]:
-        y = self.g_a(x)
-        z_strings, z_crc, z_hat = self._code_z(y)
+    def relaxed_forward(self, latents: dict[str, Tensor], quantize: Quantizer) -> ForwardOutput:
+        z_hat, z_lik = relaxed_factorized(self.entropy_bottleneck, latents["z"], quantize)
+        scales, means = self.h_s(z_hat).chunk(2, 1)
+        y_hat = quantize(latents["y"] - means) + means
+        y_lik = self.gaussian_conditional.likelihood(y_hat, scales, means)
+        return ForwardOutput(self.g_s(y_hat), {"y": y_lik, "z": z_lik})
+
+    def _code(self, x: Tensor, latents: dict[str, Tensor]) -> list[TileStreams]:
+        y = latents["y"]
+        z_strings, z_crc, z_hat = self._code_z(latents["z"])
         scales, means = self.entropy_params(z_hat).chunk(2, 1)
         indexes = self.gaussian_conditional.build_indexes(scales)
         y_strings = self.gaussian_conditional.compress(y, indexes, means=means)
@@ -323,14 +347,32 @@ class JointAutoregressiveHierarchicalPriors(MeanScaleHyperprior):
         check_order(order)
         return self._wavefront_coder(params).quantize(y)
 
-    def _compress(self, x: Tensor) -> list[TileStreams]:
-        return self._compress_ordered(x, "wavefront")
+    def relaxed_forward(self, latents: dict[str, Tensor], quantize: Quantizer) -> ForwardOutput:
+        """The coder's y_hat is round(y - mean) + mean with each mean from the context of the y_hat coded
+        before it, a sequential fixed point; here the context is that of quantize(y), one parallel pass as in
+        training, and y is then quantized around the means it gives (the real file decides in the end)."""
+        z_hat, z_lik = relaxed_factorized(self.entropy_bottleneck, latents["z"], quantize)
+        params = self.h_s(z_hat)
+        y = latents["y"]
+        scales, means = self.context_params(params, quantize(y))
+        y_hat = quantize(y - means) + means
+        y_lik = self.gaussian_conditional.likelihood(y_hat, scales, means)
+        return ForwardOutput(self.g_s(y_hat), {"y": y_lik, "z": z_lik})
+
+    def _code(self, x: Tensor, latents: dict[str, Tensor]) -> list[TileStreams]:
+        return self._code_ordered(x, latents, "wavefront")
+
+    def _code_in_order(self, x: Tensor, latents: dict[str, Tensor], order: str) -> list[TileStreams]:
+        return self._code_ordered(x, latents, order)
 
     def _compress_ordered(self, x: Tensor, order: str) -> list[TileStreams]:
+        return self._code_ordered(x, self.analyze(x), order)
+
+    def _code_ordered(self, x: Tensor, latents: dict[str, Tensor], order: str) -> list[TileStreams]:
         from zoo.coder import Encoder
 
-        y = self.g_a(x)
-        z_strings, z_crc, z_hat = self._code_z(y)
+        y = latents["y"]
+        z_strings, z_crc, z_hat = self._code_z(latents["z"])
         params = self.entropy_params(z_hat)
         tables = self.gaussian_conditional.tables()
         out = []
