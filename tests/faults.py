@@ -66,8 +66,11 @@ class FaultServer:
                     body = b'{"error": "internal error"}'
                     conn.sendall(
                         b"HTTP/1.1 500 Internal Server Error\r\nContent-Type: application/json\r\n"
-                        b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+                        b"Content-Length: %d\r\n\r\n%s" % (len(body), b"" if method == b"HEAD" else body)
                     )
+                    continue
+                if request.split(b" ", 2)[1].startswith(b"/api/"):  # huggingface_hub's side requests
+                    conn.sendall(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
                     continue
                 headers = (
                     b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n"

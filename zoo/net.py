@@ -69,6 +69,7 @@ class Transfer:
     def __init__(self, what: str, expected_size: int | None = None, seconds: float | None = None):
         self.what = what
         self.expected_size = expected_size
+        self.by_size = seconds is None
         self.seconds = deadline_for(expected_size) if seconds is None else seconds
         self.started = time.monotonic()
         self.received = 0
@@ -91,11 +92,16 @@ class Transfer:
             raise HubError(self.expired())
 
     def expired(self) -> str:
-        of = f" of {self.expected_size}" if self.expected_size is not None else ""
+        elapsed = self.elapsed()
+        if not self.by_size:
+            return f"{self.what} did not finish within {self.seconds:g} s"
+        arrived = f" ({self.received} bytes arrived)" if self.received else ""
+        size = "of unknown size" if self.expected_size is None else f"of {self.expected_size} bytes"
+        rate = min_rate()
+        speed = f"{rate:g} B/s" if rate < 1024 else f"{rate / 1024:g} KiB/s"
         return (
-            f"{self.what} was too slow: {self.received}{of} bytes in {self.elapsed():.1f} s; a download may take "
-            f"{base_seconds():g} s plus its size at {min_rate() / 1024:g} KiB/s "
-            "(ZOO_DOWNLOAD_BASE, ZOO_DOWNLOAD_MIN_RATE)"
+            f"{self.what} was too slow: not done after {elapsed:.1f} s{arrived}; a download {size} may take "
+            f"{base_seconds():g} s plus its size at {speed} (ZOO_DOWNLOAD_BASE, ZOO_DOWNLOAD_MIN_RATE)"
         )
 
 
