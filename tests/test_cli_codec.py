@@ -282,3 +282,22 @@ def test_decode_holds_no_float_copy_of_the_image(tmp_path, fixture_entry, monkey
     from zoo.imageio import to_uint8
 
     assert np.array_equal(np.asarray(Image.open(png)), to_uint8(codec.decompress(c)))
+
+
+def test_special_files_as_inputs_are_refused_in_one_line(tmp_path, fixture_entry):
+    """A FIFO (which would block the open forever), a directory and a device: exit 2, one line, no wait."""
+    import os
+
+    os.mkfifo(tmp_path / "pipe")
+    out = str(tmp_path / "o")
+    cases = [
+        (["encode", str(tmp_path / "pipe"), out, "--model", str(fixture_entry)], "pipe is a FIFO (named pipe)"),
+        (["decode", str(tmp_path / "pipe"), out, "--model", str(fixture_entry)], "pipe is a FIFO (named pipe)"),
+        (["info", str(tmp_path / "pipe")], "pipe is a FIFO (named pipe)"),
+        (["encode", str(tmp_path), out, "--model", str(fixture_entry)], "is a directory"),
+        (["info", "/dev/zero"], "/dev/zero is a character device"),
+    ]
+    for args, message in cases:
+        proc = _run(*args)  # with a timeout: a hang fails the test instead of stalling it
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2 and len(lines) == 1 and message in lines[0], (args, proc.stderr)

@@ -61,3 +61,16 @@ def test_a_stream_declaring_one_huge_tile_is_413_before_decoding(fixture_entry, 
     assert time.perf_counter() - t0 < 1
     assert ctx.status[0] == 413
     assert "tile of 1088x1024 pixels" in json.loads(answer)["error"]
+
+
+@pytest.mark.parametrize(
+    "row",
+    [
+        {"body": "\u0100 form text \u2603"},  # a form value TorchServe decoded to text beyond Latin-1
+        {"field": b"x", "other": b""},  # form fields and no body
+    ],
+)
+def test_form_encoded_requests_are_400_not_500(fixture_entry, tmp_path, row):
+    handler, ctx = _handler(fixture_entry, tmp_path)
+    (answer,) = handler.handle([row], ctx)
+    assert ctx.status[0] == 400 and "Content-Type application/octet-stream" in json.loads(answer)["error"]

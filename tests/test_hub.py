@@ -388,3 +388,20 @@ def test_hub_file_declared_larger_than_an_entry_may_be_is_not_downloaded(env, mo
 
     with FaultServer("drip", size=5 << 20, interval=0.5) as server:
         assert _hub_refuses(monkeypatch, server.url, "5242880 bytes .* more than an entry's config.json") < 3
+
+
+def test_a_stream_naming_an_entry_with_other_weights_is_refused_before_the_weights_download(env, tmp_path):
+    """A header that names version 0.1 but carries 0.2's weights fingerprint (a retired version named by an
+    edited header): refused from the 0.1 config alone, and 0.1's weights never fetched."""
+    import huggingface_hub.constants as hfc
+
+    from zoo.compressed import EntryId
+    from zoo.errors import BitstreamError
+    from zoo.hub import load_released
+
+    v2 = load_entry(env["v2"])[1].fingerprint
+    with pytest.raises(BitstreamError, match=f"needs weights {v2.hex()[:12]}"):
+        load_released(EntryId("bmshj2018-hyperprior", 1, "mse", "0.1"), fingerprint=v2)
+    cached = [p.name for p in Path(hfc.HF_HUB_CACHE).rglob("*") if p.is_file() or p.is_symlink()]
+    assert CONFIG_NAME in cached and WEIGHTS_NAME not in cached
+    assert load_released(EntryId("bmshj2018-hyperprior", 1, "mse", "0.2"), fingerprint=v2).fingerprint == v2

@@ -30,7 +30,7 @@ from zoo.entry import (
     sha256_file,
     version_key,
 )
-from zoo.errors import EntryNotFound, HubError, IntegrityError
+from zoo.errors import BitstreamError, EntryNotFound, HubError, IntegrityError
 from zoo.registry import ARCHITECTURES, METRICS, get_arch
 
 HF_PREFIX = "hf-hub:"
@@ -236,12 +236,16 @@ def _download_file(repo: str, name: str, revision: str, size: int | None, local_
     return net.run_with_deadline(fetch, net.Transfer(f"downloading {repo}@{revision}/{name}", size or limit))
 
 
-def download_entry(repo: str, revision: str, files: dict[str, str] | None = None) -> Path:
+def download_entry(
+    repo: str, revision: str, files: dict[str, str] | None = None, fingerprint: bytes | None = None
+) -> Path:
     """Download an entry's files at a revision and verify their sha256 (when known); returns the folder.
 
     An endpoint that does not connect or answer within `hub_timeout()`, or answers with a server error, fails
     in that time with a HubError naming it and what happened, unless the entry is in the local cache, which is
-    then used. Each file's transfer has a deadline from its declared size (`zoo.net.deadline_for`)."""
+    then used. Each file's transfer has a deadline from its declared size (`zoo.net.deadline_for`).
+    `fingerprint`: the weights a stream needs; the config (downloaded first) must name them, or BitstreamError
+    is raised before the weights are downloaded."""
     import huggingface_hub.constants as hfc
     from huggingface_hub import errors as hf_errors
 
@@ -289,14 +293,29 @@ def download_entry(repo: str, revision: str, files: dict[str, str] | None = None
                     f"{files[name][:16]}…; the corrupt download was removed from the cache"
                 )
         folder = Path(local).parent
+        if name == CONFIG_NAME and fingerprint is not None:
+            _check_fingerprint(folder, f"{repo}@{revision}", fingerprint)
     assert folder is not None
     return folder
 
 
-def download_manifest_entry(entry: ManifestEntry) -> Path:
-    """A released entry's folder, downloaded at its pinned revision and checked against the manifest's sha256."""
+def _check_fingerprint(folder: Path, name: str, fingerprint: bytes) -> None:
+    """Refuse an entry whose config names other weights than a stream needs, before its weights are fetched."""
+    from zoo.entry import read_config
+
+    info = read_config(folder)
+    if info.fingerprint != fingerprint:
+        raise BitstreamError(
+            f"the stream needs weights {fingerprint.hex()[:12]}, but {name} ({info.entry}) has weights "
+            f"{info.fingerprint.hex()[:12]}: the stream was made with other weights or its header was edited"
+        )
+
+
+def download_manifest_entry(entry: ManifestEntry, fingerprint: bytes | None = None) -> Path:
+    """A released entry's folder, downloaded at its pinned revision and checked against the manifest's sha256
+    (and, given the `fingerprint` a stream needs, refused after its config when that names other weights)."""
     try:
-        return download_entry(entry.repo, entry.revision, entry.files)
+        return download_entry(entry.repo, entry.revision, entry.files, fingerprint)
     except EntryNotFound as exc:
         if not entry.commit:
             raise
@@ -338,11 +357,18 @@ def load(
     return codec_from_entry(folder, device=device, backend=backend, level=quality, **codec_kwargs)
 
 
-def load_released(entry: EntryId, device: str | torch.device = "cpu", backend: str = "torch", **codec_kwargs: Any):
+def load_released(
+    entry: EntryId,
+    device: str | torch.device = "cpu",
+    backend: str = "torch",
+    fingerprint: bytes | None = None,
+    **codec_kwargs: Any,
+):
     """The released codec that made a stream, found from the stream's header through the registry and the
     manifest only: a header's strings are never taken as paths. A stream made with a local entry folder
     (or a checkpoint) names no released entry; its error says to pass that folder explicitly. A variable-rate
-    stream names its entry and level."""
+    stream names its entry and level. With the stream's weights `fingerprint`, an entry whose config names
+    other weights is refused (BitstreamError) before its weights are downloaded."""
     check_device(device)
     try:
         if entry.level is not None:
@@ -356,7 +382,7 @@ def load_released(entry: EntryId, device: str | torch.device = "cpu", backend: s
             "local entry folder decodes with --model FOLDER (zoo.load_local(FOLDER) in Python)"
         ) from None
     released = point.entry
-    folder = download_manifest_entry(released)
+    folder = download_manifest_entry(released, fingerprint)
     return codec_from_entry(folder, device=device, backend=backend, level=point.level, **codec_kwargs)
 
 

@@ -25,6 +25,16 @@ def _refuse_same_file(source: str, output: str) -> None:
         raise InputError(f"output {output} is the input {source}: writing it would destroy the input")
 
 
+def _regular_input(path: str) -> None:
+    """Refuse a directory, FIFO or device as an input before anything opens it (a FIFO would wait forever)."""
+    from zoo.untrusted import check_regular
+
+    try:
+        check_regular(path, InputError)
+    except FileNotFoundError:
+        pass  # reading it says so
+
+
 def _write_output(path: str, data: bytes | Callable[[BinaryIO], None]) -> None:
     """Write `data` (bytes, or a function that writes to the open file) through a temporary file in the same
     folder and rename it into place, so a failure (disk full, interrupt) leaves the old file or none, never a
@@ -97,6 +107,7 @@ def cmd_decode(args: argparse.Namespace) -> int:
     from zoo.imageio import write_png
 
     _refuse_same_file(args.input, args.output)
+    _regular_input(args.input)
     data = bitstream.read_file(args.input)
     compressed = bitstream.loads(data)
     e = compressed.entry
@@ -106,7 +117,7 @@ def cmd_decode(args: argparse.Namespace) -> int:
         codec = _resolve_codec(args.model, e.level if local else point, e.metric, e.version, args.device, args.backend)
     else:
         # The header's strings name a released entry or nothing: they never become paths.
-        codec = load_released(e, device=args.device, backend=args.backend)
+        codec = load_released(e, device=args.device, backend=args.backend, fingerprint=compressed.fingerprint)
     t0 = time.perf_counter()
     # 8 bits a sample from the start, and the PNG written straight to the file: memory is the decoder's, not
     # a float copy of the image (benchmarks/decode_limits.py measures the largest image the limits allow)
@@ -121,6 +132,7 @@ def cmd_decode(args: argparse.Namespace) -> int:
 def cmd_info(args: argparse.Namespace) -> int:
     from zoo import bitstream
 
+    _regular_input(args.input)
     header = bitstream.peek_header(bitstream.read_file(args.input))
     info = header.as_dict()
     if args.json:
