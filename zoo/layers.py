@@ -98,6 +98,12 @@ class NonNegativeParametrizer(nn.Module):
         return self.lower_bound(x) ** 2 - self.pedestal
 
 
+def _recording() -> bool:
+    """Whether autograd, tracing or compilation records this call (training, export): then the convolution
+    form is kept, as CompressAI writes it."""
+    return torch.is_grad_enabled() or torch.jit.is_tracing() or torch.compiler.is_compiling()
+
+
 class GDN(nn.Module):
     """Generalized divisive normalization (Ballé et al.): y_i = x_i / sqrt(beta_i + sum_j gamma_ij x_j^2).
 
@@ -135,7 +141,15 @@ class GDN(nn.Module):
 
     def _forward(self, x: Tensor) -> Tensor:
         beta, gamma = self.effective_params()
-        norm = F.conv2d(x * x, gamma, beta)
+        if self.inverse and x.dim() == 4 and x.device.type == "cpu" and not _recording():
+            # Decoding on the CPU: the channel mix as one matrix product. oneDNN's 1x1 convolution splits its
+            # sums by thread, so decoded pixels differed by one level between 1 and 2 threads; the product's
+            # sums do not depend on the thread count, at the same cost (benchmarks/thread_determinism.py).
+            n, c, h, w = x.shape
+            norm = torch.matmul(gamma.reshape(c, c), (x * x).reshape(n, c, h * w)).add_(beta.view(c, 1))
+            norm = norm.view(n, c, h, w)
+        else:
+            norm = F.conv2d(x * x, gamma, beta)
         if reuse_buffers():  # the same values, in norm's memory (a product commutes bit for bit)
             return (norm.sqrt_() if self.inverse else norm.rsqrt_()).mul_(x)
         return x * (torch.sqrt(norm) if self.inverse else torch.rsqrt(norm))
