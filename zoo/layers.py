@@ -141,8 +141,8 @@ class GDN(nn.Module):
 
     def _forward(self, x: Tensor) -> Tensor:
         beta, gamma = self.effective_params()
-        if self.inverse and x.dim() == 4 and x.device.type == "cpu" and not _recording():
-            # Decoding on the CPU: the channel mix as one matrix product. oneDNN's 1x1 convolution splits its
+        if self.inverse and x.dim() == 4 and not _recording():
+            # Decoding: the channel mix as one matrix product. On the CPU, oneDNN's 1x1 convolution splits its
             # sums by thread, so decoded pixels differed by one level between 1 and 2 threads; the product's
             # sums do not depend on the thread count, at the same cost (benchmarks/thread_determinism.py).
             n, c, h, w = x.shape
