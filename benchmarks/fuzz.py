@@ -14,6 +14,13 @@ Most mutations recompute the checksums (format 2: both CRCs; format 3: every til
 checks behind them. Each file is parsed and decoded (`bitstream.loads` + `Codec.decompress`) in a worker
 process; a worker that dies or passes 5 s is replaced.
 
+With --entry-cases N, also N tampered entry folders (`fuzz_entries`): config.json values replaced (widths,
+ELIC groups, versions, fingerprints, deeply nested or huge JSON), safetensors headers edited (dtypes, shapes,
+offsets), CDF tables edited (values, lengths, offsets), files replaced by a FIFO or a directory; each is loaded
+with `zoo.load_local` in a worker process (10 s each). With --hub, every download path (`zoo.hub` through
+huggingface_hub, and `zoo.net.download`) against each fault server on 127.0.0.1 (closed, silent, drip,
+drip-headers, 500), with 1-2 s deadlines; a hang there is an answer later than its deadline plus 3 s.
+
 Outcomes: refused (a zoo.errors exception: the expected answer), same (decoded to exactly the base's own decode:
 the mutation touched nothing that matters, e.g. an extra field), and the failures: crash (the worker died),
 hang (> 5 s), untyped (any other exception), silent (decoded without error to an image that differs from the
@@ -673,13 +680,244 @@ def fuzz(n_cases: int, workers: int, seed: int, verbose: bool = True) -> dict:
     return result
 
 
+ENTRY_HANG_S = 10.0
+
+
+def _entry_worker(conn: Connection) -> None:
+    import zoo
+    from zoo.errors import ZooError
+
+    while True:
+        folder = conn.recv()
+        try:
+            zoo.load_local(folder)
+            conn.send(("loaded", ""))
+        except ZooError as exc:
+            conn.send(("refused", str(exc)[:200]))
+        except Exception as exc:
+            conn.send(("untyped", f"{type(exc).__name__}: {str(exc)[:200]}"))
+        conn.send(("rss", _peak_rss_mb()))
+
+
+def _tamper_entry(folder: Path, rng: random.Random) -> str:
+    """One change to a copy of a valid entry folder; the config's fingerprint is recomputed where the change is
+    to the tensors, so the change reaches the checks behind it."""
+    import os
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from zoo.entry import CONFIG_NAME, WEIGHTS_NAME, weights_fingerprint
+
+    cfg_path, weights = folder / CONFIG_NAME, folder / WEIGHTS_NAME
+    cfg = json.loads(cfg_path.read_text())
+    kind = rng.choice(["config", "config", "nest", "header", "tables", "tables", "special"])
+    if kind == "config":
+        key = rng.choice(["widths", "widths", "architecture", "quality", "version", "weights_fingerprint", "lambda"])
+        values = [
+            {"N": rng.choice([0, 1, 384, 385, 10**9]), "M": rng.choice([1, 640, 641])},
+            {"N": 192, "M": 640, "groups": [1] * rng.choice([5, 17, 640])},
+            {"N": 192, "M": 320, "groups": [rng.choice([-1, 0, 64]) for _ in range(5)]},
+            "elic2022-official",
+            "mbt2018",
+            None,
+            -1,
+            2.5,
+            "x" * 10_000,
+            [],
+            {},
+            "00" * 16,
+            1e308,
+        ]
+        value = rng.choice(values)
+        if isinstance(value, dict) and rng.random() < 0.5:
+            cfg["architecture"] = "elic2022-official"
+        cfg[key] = value
+        cfg_path.write_text(json.dumps(cfg))
+        return f"config:{key}"
+    if kind == "nest":
+        depth = rng.choice([40, 1000, 200_000])
+        cfg_path.write_text(rng.choice(["[", '{"a":']) * depth)
+        return f"nest:{depth}"
+    if kind == "special":
+        target = rng.choice([cfg_path, weights])
+        target.unlink()
+        if rng.random() < 0.5:
+            os.mkfifo(target)
+            return f"special:fifo:{target.name}"
+        target.mkdir()
+        return f"special:dir:{target.name}"
+    sd = load_file(str(weights))
+    if kind == "tables":
+        names = [k for k in sd if k.endswith(("_quantized_cdf", "_cdf_length", "_offset"))]
+        name = rng.choice(names)
+        t = sd[name].clone()
+        i = rng.randrange(t.numel())
+        t.view(-1)[i] = rng.choice([-1, 0, 1 << 16, (1 << 16) + 1, 10**6, -(2**31), 2**31 - 1, int(t.view(-1)[i]) + 1])
+        if rng.random() < 0.2:
+            t = torch.zeros((t.shape[0], rng.choice([2, 70_000])) if t.dim() == 2 else t.shape, dtype=t.dtype)
+        sd[name] = t
+        save_file(sd, str(weights))
+        cfg["weights_fingerprint"] = weights_fingerprint(sd).hex()
+        cfg_path.write_text(json.dumps(cfg))
+        return f"tables:{name.rsplit('.', 1)[-1]}"
+    # header: rewrite one tensor's entry in the safetensors JSON header, keeping the file's data as is
+    raw = weights.read_bytes()
+    n = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8 : 8 + n])
+    name = rng.choice([k for k in header if k != "__metadata__"])
+    field = rng.choice(["dtype", "shape", "data_offsets"])
+    header[name][field] = {
+        "dtype": rng.choice(["F64", "I8", "BOOL", "X9"]),
+        "shape": rng.choice([[10**6, 10**6], [0], [-1], [3]]),
+        "data_offsets": rng.choice([[0, 10**12], [5, 3], [0, 0]]),
+    }[field]
+    text = json.dumps(header).encode()
+    weights.write_bytes(len(text).to_bytes(8, "little") + text + raw[8 + n :])
+    return f"header:{field}"
+
+
+def fuzz_entries(n_cases: int, seed: int, verbose: bool = True) -> dict:
+    """Tampered copies of a small valid entry, each loaded in a worker process: refused, loaded (the change
+    did not matter), or a failure (crash, hang over ENTRY_HANG_S, untyped)."""
+    import shutil
+    import tempfile
+
+    from tests.support import fixture_model
+    from zoo.entry import save_entry
+
+    rng = random.Random(seed)
+    root = Path(tempfile.mkdtemp(prefix="zoo-fuzz-entries-"))
+    template = root / "template"
+    save_entry(fixture_model("bmshj2018-hyperprior"), template, arch="bmshj2018-hyperprior", quality=1)
+    counts: Counter = Counter()
+    by_family: dict[str, Counter] = {}
+    failures: list[str] = []
+    peak = 0.0
+    ctx = mp.get_context("spawn")
+    proc = conn = None
+    t0 = time.perf_counter()
+    try:
+        for i in range(n_cases):
+            folder = root / f"case{i}"
+            shutil.copytree(template, folder)
+            family = _tamper_entry(folder, rng)
+            if proc is None:
+                conn, child = ctx.Pipe()
+                proc = ctx.Process(target=_entry_worker, args=(child,), daemon=True)
+                proc.start()
+            conn.send(str(folder))
+            outcome, detail = "hang", f"no answer in {ENTRY_HANG_S} s"
+            if conn.poll(ENTRY_HANG_S + (60 if i == 0 else 0)):  # the first case includes the worker's start
+                try:
+                    outcome, detail = conn.recv()
+                    _, rss = conn.recv()
+                    peak = max(peak, float(rss))
+                except EOFError:
+                    outcome, detail = "crash", f"worker exit code {proc.exitcode}"
+            if outcome in ("hang", "crash"):
+                proc.kill()
+                proc.join()
+                proc = None
+            counts[outcome] += 1
+            by_family.setdefault(family.split(":")[0], Counter())[outcome] += 1
+            if outcome in ("crash", "hang", "untyped"):
+                failures.append(f"entry case {i} {outcome} [{family}]: {detail}")
+            shutil.rmtree(folder, ignore_errors=True)
+    finally:
+        if proc is not None:
+            proc.kill()
+            proc.join()
+        shutil.rmtree(root, ignore_errors=True)
+    result = {
+        "cases": n_cases,
+        "seconds": round(time.perf_counter() - t0, 1),
+        "outcomes": dict(counts),
+        "families": {k: dict(v) for k, v in sorted(by_family.items())},
+        "crashes": counts["crash"],
+        "hangs": counts["hang"],
+        "untyped": counts["untyped"],
+        "peak_rss_mb": round(peak, 1),
+        "failures": failures[:50],
+    }
+    if verbose:
+        for line in failures[:50]:
+            print(line)
+        print(f"{n_cases} tampered entries in {result['seconds']} s; outcomes {dict(counts)}")
+        for fam, c in result["families"].items():
+            print(f"  {fam:8s} {dict(c)}")
+    return result
+
+
+def fuzz_hub(verbose: bool = True) -> dict:
+    """Each download path against each fault server, with short deadlines (ZOO_HUB_TIMEOUT=1,
+    ZOO_DOWNLOAD_BASE=1, ZOO_DOWNLOAD_MIN_RATE=100): refused in time (HubError), late, or untyped."""
+    import os
+    import tempfile
+
+    from tests.faults import FaultServer, closed_port
+
+    os.environ.update({"ZOO_HUB_TIMEOUT": "1", "ZOO_DOWNLOAD_BASE": "1", "ZOO_DOWNLOAD_MIN_RATE": "100"})
+    os.environ["HF_HUB_CACHE"] = tempfile.mkdtemp(prefix="zoo-fuzz-hf-")
+    import huggingface_hub.constants as hfc
+
+    hfc.HF_HUB_CACHE = os.environ["HF_HUB_CACHE"]
+    from zoo.errors import HubError
+    from zoo.hub import download_entry
+    from zoo.net import download
+
+    counts: Counter = Counter()
+    lines = []
+    for mode in ("closed", "silent", "drip", "drip-headers", "500"):
+        server = None if mode == "closed" else FaultServer(mode, size=300, interval=0.5)
+        url = f"http://127.0.0.1:{closed_port()}" if server is None else server.url
+        for path in ("hub", "net"):
+            t0 = time.perf_counter()
+            try:
+                if path == "hub":
+                    os.environ["HF_ENDPOINT"] = url
+                    download_entry("fuzz/absent", "v1")
+                else:
+                    download(url + "/w.pth", Path(hfc.HF_HUB_CACHE) / "w.pth", expected_size=300)
+                outcome, detail = "untyped", "no error"
+            except HubError as exc:
+                outcome, detail = "refused", str(exc)
+            except Exception as exc:
+                outcome, detail = "untyped", f"{type(exc).__name__}: {exc}"
+            seconds = time.perf_counter() - t0
+            # the longest deadline here: a 300-byte file at 100 B/s plus 1 s, after a 1 s HEAD
+            if outcome == "refused" and seconds > 1 + 1 + 300 / 100 + 3:
+                outcome = "late"
+            counts[outcome] += 1
+            lines.append(f"  {mode:12s} {path}: {outcome} in {seconds:.1f} s: {detail[:150]}")
+        if server is not None:
+            server.stop()
+    if verbose:
+        print("\n".join(lines))
+    total = sum(counts.values())
+    return {"cases": total, "outcomes": dict(counts), "late": counts["late"], "untyped": counts["untyped"]}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--cases", type=int, default=20_000)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", action="store_true", help="print the result as one JSON line at the end")
+    ap.add_argument("--entry-cases", type=int, default=0, help="tampered entry folders to load as well")
+    ap.add_argument("--hub", action="store_true", help="also every download path against the fault servers")
     args = ap.parse_args()
+    if args.entry_cases:
+        e = fuzz_entries(args.entry_cases, args.seed, verbose=not args.json)
+        print(
+            f"entry_cases={e['cases']} crashes={e['crashes']} hangs={e['hangs']} untyped={e['untyped']} "
+            f"peak_rss_mb={e['peak_rss_mb']:.0f}"
+        )
+    if args.hub:
+        h = fuzz_hub(verbose=not args.json)
+        print(f"hub_cases={h['cases']} late={h['late']} untyped={h['untyped']} outcomes={h['outcomes']}")
+    if args.cases == 0:
+        return
     r = fuzz(args.cases, args.workers, args.seed, verbose=not args.json)
     if args.json:
         print(json.dumps(r))

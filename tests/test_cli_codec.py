@@ -355,3 +355,24 @@ def test_size_budget_errors_exit_2_with_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["encode", str(src), out, "--model", str(VR_ENTRY), "--quality", "2", "--effort", "7"])
     assert exc.value.code == 2 and "invalid choice" in capsys.readouterr().err
+
+
+def test_special_files_as_inputs_are_refused_in_one_line(tmp_path, fixture_entry):
+    """A FIFO (which would block the open forever), a directory and a device: exit 2, one line, no wait."""
+    import os
+
+    os.mkfifo(tmp_path / "pipe")
+    out = str(tmp_path / "o")
+    cases = [
+        (["encode", str(tmp_path / "pipe"), out, "--model", str(fixture_entry)], "pipe is a FIFO (named pipe)"),
+        (["decode", str(tmp_path / "pipe"), out, "--model", str(fixture_entry)], "pipe is a FIFO (named pipe)"),
+        (["info", str(tmp_path / "pipe")], "pipe is a FIFO (named pipe)"),
+        (["info", str(tmp_path)], "is a directory"),
+        # a folder is a batch (zoo.cli.folders): its FIFO is passed over, never opened
+        (["encode", str(tmp_path), out, "--model", str(fixture_entry)], "no images Pillow can open"),
+        (["info", "/dev/zero"], "/dev/zero is a character device"),
+    ]
+    for args, message in cases:
+        proc = _run(*args)  # with a timeout: a hang fails the test instead of stalling it
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2 and len(lines) == 1 and message in lines[0], (args, proc.stderr)

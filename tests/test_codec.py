@@ -340,3 +340,26 @@ def test_an_edited_header_names_what_differs():
     assert "level" not in str(refused.value).split(":")[-1]  # only the field that differs is named
     with pytest.raises(BitstreamError, match="level 2.5 in the stream, 2.0 here"):
         codec.decompress(dataclasses.replace(c, entry=dataclasses.replace(entry, level=2.5)))
+
+
+def test_decoded_pixels_do_not_depend_on_the_thread_count():
+    """A released entry's 512x512 decode with 1 and with 2 torch threads: the same pixels (with oneDNN's 1x1
+    convolution in the inverse GDN, 8 samples differed by one level)."""
+    from pathlib import Path
+
+    import zoo
+
+    entry = Path(__file__).resolve().parents[1] / "model_store/entries/mbt2018-mean-vr/mse/v1.12"
+    if not entry.is_dir():
+        pytest.skip(f"{entry} is not in this checkout")
+    codec = zoo.load_local(entry, quality=6)
+    stream = codec.compress(kodak_image()[:, :512, :512])
+    threads = torch.get_num_threads()
+    try:
+        decoded = []
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            decoded.append(codec.decompress_uint8(stream))
+    finally:
+        torch.set_num_threads(threads)
+    assert (decoded[0] == decoded[1]).all()

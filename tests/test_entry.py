@@ -91,7 +91,7 @@ def test_a_config_that_is_a_folder_is_an_integrity_error(fixture_entry, tmp_path
     shutil.copytree(fixture_entry, folder)
     (folder / CONFIG_NAME).unlink()
     (folder / CONFIG_NAME).mkdir()
-    with pytest.raises(IntegrityError, match="not a readable file"):
+    with pytest.raises(IntegrityError, match="is a directory, not a regular file"):
         read_config(folder)
 
 
@@ -172,3 +172,112 @@ def test_a_card_names_other_data_as_given_or_not_at_all():
     assert _card_datasets({"dataset": own}) == [own]
     assert _card_datasets({"dataset": "my holiday photos"}) == ["my holiday photos"]
     assert _card_datasets({"train_dir": "train"}) is None  # a folder name is no dataset a user can find
+
+
+def _load_in_subprocess(folder: Path) -> tuple[float, str, int]:
+    """(seconds, error message, peak RSS in MiB) of load_entry(folder) in a fresh process."""
+    code = (
+        "import resource, sys, time\n"
+        "from zoo.entry import load_entry\n"
+        "import zoo.bitstream, zoo.models\n"
+        "from zoo.errors import IntegrityError\n"
+        "t0 = time.perf_counter()\n"
+        "try:\n"
+        "    load_entry(sys.argv[1])\n"
+        "    print('loaded')\n"
+        "except IntegrityError as exc:\n"
+        "    print(f'{time.perf_counter() - t0:.3f}', exc)\n"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code, str(folder)], capture_output=True, text=True, timeout=300)
+    lines = run.stdout.strip().splitlines()
+    assert run.returncode == 0 and len(lines) == 2 and lines[0] != "loaded", run.stdout + run.stderr
+    seconds, message = lines[0].split(" ", 1)
+    return float(seconds), message, int(lines[1])
+
+
+def _elic_config(folder: Path, widths: dict) -> None:
+    cfg = _config(folder) | {"architecture": "elic2022-official", "widths": widths}
+    (folder / CONFIG_NAME).write_text(json.dumps(cfg))
+
+
+def test_a_config_cannot_ask_for_more_than_the_weights_file_holds(fixture_entry, tmp_path):
+    """ELIC at the largest accepted widths (0.7-1.2 GB once built) described next to a small weights file:
+    refused from the safetensors header, with the model only described on the meta device."""
+    folder = tmp_path / "elic"
+    shutil.copytree(fixture_entry, folder)
+    _elic_config(folder, {"N": 384, "M": 640})
+    seconds, message, rss = _load_in_subprocess(folder)
+    assert "weights do not fit the Elic2022Official" in message and "missing" in message
+    assert seconds < 2.0 and rss < 700, (seconds, rss)
+
+
+def test_elic_channel_groups_are_bounded_in_count(fixture_entry, tmp_path):
+    folder = tmp_path / "groups"
+    shutil.copytree(fixture_entry, folder)
+    _elic_config(folder, {"N": 192, "M": 640, "groups": [1] * 640})
+    seconds, message, _ = _load_in_subprocess(folder)
+    assert "640 channel groups, more than 16" in message and seconds < 1.0
+
+
+def test_a_weight_of_another_dtype_is_refused_from_the_header(fixture_entry, tmp_path):
+    sd, _ = _entry_tensors(fixture_entry)
+    sd["g_a.0.weight"] = sd["g_a.0.weight"].double()
+    folder = _forge(tmp_path / "f64", fixture_entry, sd)
+    with pytest.raises(IntegrityError, match=r"g_a\.0\.weight is torch\.float64, expected torch\.float32"):
+        load_entry(folder)
+
+
+def _entry_tensors(folder: Path) -> tuple[dict[str, torch.Tensor], dict]:
+    from safetensors.torch import load_file
+
+    return load_file(str(folder / WEIGHTS_NAME)), _config(folder)
+
+
+def test_a_deeply_nested_config_is_an_integrity_error(fixture_entry, tmp_path):
+    folder = tmp_path / "deep"
+    shutil.copytree(fixture_entry, folder)
+    (folder / CONFIG_NAME).write_text("[" * 200_000 + "]" * 200_000)
+    with pytest.raises(IntegrityError, match="nests 200000 levels deep"):
+        read_config(folder)
+
+
+@pytest.mark.parametrize(
+    ("tamper", "message"),
+    [
+        (lambda cdf, lengths: cdf.__setitem__((0, 2), cdf[0, 1] - 1), "CDF table 0 is not a strictly increasing"),
+        (lambda cdf, lengths: lengths.__setitem__(1, 10**6), "cdf_lengths out of range"),
+        (lambda cdf, lengths: cdf.__setitem__((3, 0), 7), "CDF table 3"),
+    ],
+)
+def test_tampered_cdf_tables_are_refused_on_load_naming_the_tensor(fixture_entry, tmp_path, tamper, message):
+    sd, _ = _entry_tensors(fixture_entry)
+    cdf, lengths = sd["entropy_bottleneck._quantized_cdf"].clone(), sd["entropy_bottleneck._cdf_length"].clone()
+    tamper(cdf, lengths)
+    sd["entropy_bottleneck._quantized_cdf"], sd["entropy_bottleneck._cdf_length"] = cdf, lengths
+    folder = _forge(tmp_path / "tables", fixture_entry, sd)
+    with pytest.raises(IntegrityError, match=f"entropy_bottleneck._quantized_cdf: {message}"):
+        load_entry(folder)
+
+
+def test_cdf_tables_longer_than_16_bits_allow_are_refused_before_reading(fixture_entry, tmp_path):
+    sd, _ = _entry_tensors(fixture_entry)
+    rows = sd["entropy_bottleneck._quantized_cdf"].shape[0]
+    sd["entropy_bottleneck._quantized_cdf"] = torch.zeros(rows, (1 << 16) + 2, dtype=torch.int32)
+    folder = _forge(tmp_path / "long", fixture_entry, sd)
+    with pytest.raises(IntegrityError, match="tables of 65538 entries"):
+        load_entry(folder)
+
+
+@pytest.mark.parametrize("name", [CONFIG_NAME, WEIGHTS_NAME])
+def test_a_fifo_in_an_entry_is_refused_without_waiting(fixture_entry, tmp_path, name):
+    import os
+
+    folder = tmp_path / "fifo"
+    shutil.copytree(fixture_entry, folder)
+    (folder / name).unlink()
+    os.mkfifo(folder / name)
+    code = "import sys\nfrom zoo.entry import load_entry\nload_entry(sys.argv[1])\n"
+    run = subprocess.run([sys.executable, "-c", code, str(folder)], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 1 and "IntegrityError" in run.stderr
+    assert f"{name} is a FIFO (named pipe), not a regular file" in run.stderr

@@ -114,3 +114,16 @@ def test_encode_effort_is_capped_by_the_servers_refinement_limit(fixture_entry, 
     assert answers[3] == bitstream.dumps(codec.compress(x))  # no effort asked: the plain encoder's file
     assert codec.decompress(refined).shape == (1, 3, 64, 64)
     assert time.perf_counter() - t0 < 120
+
+
+@pytest.mark.parametrize(
+    "row",
+    [
+        {"body": "\u0100 form text \u2603"},  # a form value TorchServe decoded to text beyond Latin-1
+        {"field": b"x", "other": b""},  # form fields and no body
+    ],
+)
+def test_form_encoded_requests_are_400_not_500(fixture_entry, tmp_path, row):
+    handler, ctx = _handler(fixture_entry, tmp_path)
+    (answer,) = handler.handle([row], ctx)
+    assert ctx.status[0] == 400 and "Content-Type application/octet-stream" in json.loads(answer)["error"]

@@ -339,3 +339,70 @@ def test_one_version_ordering_everywhere(fixture_entry, tmp_path, monkeypatch, c
     assert [p.rsplit("@", 1)[1] for p in published] == ["0-rc1", "0", "1.9", "1.10"]
     with pytest.raises(EntryNotFound, match="no version latest; versions: 0-rc1, 0, 1.9, 1.10"):
         resolve("bmshj2018-hyperprior", 1, version="latest")
+
+
+@pytest.fixture
+def fast_deadlines(monkeypatch):
+    monkeypatch.setenv("ZOO_HUB_TIMEOUT", "1")
+    monkeypatch.setenv("ZOO_DOWNLOAD_BASE", "1")
+    monkeypatch.setenv("ZOO_DOWNLOAD_MIN_RATE", "10")
+
+
+def _hub_refuses(monkeypatch, endpoint: str, pattern: str) -> float:
+    import time
+
+    from zoo.hub import download_entry
+
+    monkeypatch.setenv("HF_ENDPOINT", endpoint)
+    t0 = time.monotonic()
+    with pytest.raises(HubError, match=pattern) as info:
+        download_entry("zoo-test/absent", "v1")
+    assert "\n" not in str(info.value)
+    return time.monotonic() - t0
+
+
+def test_hub_that_drips_ends_at_the_deadline_for_the_size_it_declares(env, monkeypatch, fast_deadlines):
+    # config.json declared as 20 bytes, sent one byte per 0.5 s: every read is within the 1 s read timeout, and
+    # huggingface_hub alone waited the whole drip out; the deadline is 1 s + 20 B / 10 B/s = 3 s.
+    from tests.faults import FaultServer
+
+    with FaultServer("drip", size=20, interval=0.5) as server:
+        assert _hub_refuses(monkeypatch, server.url, "config.json was too slow: not done after 3") < 6
+
+
+def test_hub_server_error_names_the_status(env, monkeypatch, fast_deadlines):
+    from tests.faults import FaultServer
+
+    with FaultServer("500") as server:
+        assert _hub_refuses(monkeypatch, server.url, "HTTP 500 Internal Server Error") < 4
+
+
+def test_hub_whose_headers_drip_is_given_up_on(env, monkeypatch, fast_deadlines):
+    from tests.faults import FaultServer
+
+    with FaultServer("drip-headers", size=20, interval=0.3) as server:
+        assert _hub_refuses(monkeypatch, server.url, "not in the local cache|did not finish") < 6
+
+
+def test_hub_file_declared_larger_than_an_entry_may_be_is_not_downloaded(env, monkeypatch, fast_deadlines):
+    from tests.faults import FaultServer
+
+    with FaultServer("drip", size=5 << 20, interval=0.5) as server:
+        assert _hub_refuses(monkeypatch, server.url, "5242880 bytes .* more than an entry's config.json") < 3
+
+
+def test_a_stream_naming_an_entry_with_other_weights_is_refused_before_the_weights_download(env, tmp_path):
+    """A header that names version 0.1 but carries 0.2's weights fingerprint (a retired version named by an
+    edited header): refused from the 0.1 config alone, and 0.1's weights never fetched."""
+    import huggingface_hub.constants as hfc
+
+    from zoo.compressed import EntryId
+    from zoo.errors import BitstreamError
+    from zoo.hub import load_released
+
+    v2 = load_entry(env["v2"])[1].fingerprint
+    with pytest.raises(BitstreamError, match=f"needs weights {v2.hex()[:12]}"):
+        load_released(EntryId("bmshj2018-hyperprior", 1, "mse", "0.1"), fingerprint=v2)
+    cached = [p.name for p in Path(hfc.HF_HUB_CACHE).rglob("*") if p.is_file() or p.is_symlink()]
+    assert CONFIG_NAME in cached and WEIGHTS_NAME not in cached
+    assert load_released(EntryId("bmshj2018-hyperprior", 1, "mse", "0.2"), fingerprint=v2).fingerprint == v2

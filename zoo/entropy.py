@@ -157,7 +157,8 @@ class EntropyBottleneck(EntropyModel):
             self.biases.append(nn.Parameter(torch.empty(channels, dims[i + 1], 1).uniform_(-0.5, 0.5)))
             if i < len(self.filters):
                 self.factors.append(nn.Parameter(torch.zeros(channels, dims[i + 1], 1)))
-        self.quantiles = nn.Parameter(torch.tensor([-init_scale, 0.0, init_scale]).repeat(channels, 1, 1))
+        # from a list rather than by repeat: the same values, and cheap on the meta device too (see zoo.untrusted)
+        self.quantiles = nn.Parameter(torch.tensor([[[-init_scale, 0.0, init_scale]]] * channels))
         target = math.log(2 / self.tail_mass - 1)
         self.register_buffer("target", torch.tensor([-target, 0.0, target]))
 

@@ -21,6 +21,7 @@ from packaging.version import InvalidVersion, Version
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from zoo import untrusted
 from zoo.compressed import EntryId
 from zoo.errors import ArchitectureError, EntryNotFound, InputError, IntegrityError
 from zoo.models.base import CompressionModel
@@ -255,7 +256,7 @@ def _non_negative(value: Any) -> bool:
 def read_config(path: str | Path) -> EntryInfo:
     p = Path(path) / CONFIG_NAME
     try:
-        with open(p, "rb") as f:
+        with untrusted.open_regular(p) as f:
             raw = f.read(MAX_CONFIG_BYTES + 1)
     except FileNotFoundError:
         raise EntryNotFound(f"{path} is not a zoo entry: it has no {CONFIG_NAME}") from None
@@ -264,8 +265,11 @@ def read_config(path: str | Path) -> EntryInfo:
     if len(raw) > MAX_CONFIG_BYTES:
         raise IntegrityError(f"{p} is over {MAX_CONFIG_BYTES} bytes: not a zoo entry config")
     try:
-        return check_config(json.loads(raw))
+        return check_config(untrusted.parse_json(raw, str(p)))
     except IntegrityError as exc:
+        if str(exc).startswith(str(p)):
+            raise
+
         raise IntegrityError(f"{p}: {exc}") from None
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise IntegrityError(f"{p} is not a valid zoo entry config ({type(exc).__name__}: {exc})") from None
@@ -296,6 +300,7 @@ def _read_entry(path: str | Path) -> tuple[CompressionModel, dict[str, torch.Ten
     architecture at the config's widths, before any weight is read; then the fingerprint."""
     info = read_config(path)
     weights = Path(path) / WEIGHTS_NAME
+    _check_weights_header(weights, info)
     try:
         with safe_open(str(weights), framework="pt") as f:
             meta = f.metadata() or {}
@@ -318,6 +323,18 @@ def _read_entry(path: str | Path) -> tuple[CompressionModel, dict[str, torch.Ten
     return model, sd, info
 
 
+def _check_weights_header(weights: Path, info: EntryInfo) -> None:
+    """The tensors the weights file declares (its header, read without the data) against the model the config
+    describes, built on the meta device: a config cannot make us build more than the file holds."""
+    try:
+        header = untrusted.safetensors_header(weights)
+    except FileNotFoundError:
+        raise EntryNotFound(f"{weights.parent} has no {WEIGHTS_NAME}") from None
+    with torch.device("meta"):
+        described = create_model(info.entry.arch, **info.widths)  # widths bounded by read_config
+    untrusted.check_fits(described, header, info.weights_dtype, str(weights))
+
+
 def entry_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], EntryInfo]:
     """The entry's tensors exactly as stored (fp16 weights of a half-precision entry stay fp16, its
     single-element constants float32), verified like `load_entry`: what a training run can warm-start from."""
@@ -337,6 +354,7 @@ def load_entry(path: str | Path, device: str | torch.device = "cpu") -> tuple[Co
         raise IntegrityError(f"{weights}: {exc}") from None
     if not model.has_tables:
         raise IntegrityError(f"{weights} has no CDF tables")
+    untrusted.check_tables(model, str(weights))
     return model.to(device).eval(), info
 
 

@@ -17,9 +17,20 @@ from typing import Any
 
 import torch
 
+from zoo import net
 from zoo.compressed import EntryId
-from zoo.entry import ENTRY_FILES, check_device, codec_from_entry, sha256_file, version_key
-from zoo.errors import EntryNotFound, HubError, IntegrityError
+from zoo.entry import (
+    CARD_NAME,
+    CONFIG_NAME,
+    ENTRY_FILES,
+    MAX_CONFIG_BYTES,
+    WEIGHTS_NAME,
+    check_device,
+    codec_from_entry,
+    sha256_file,
+    version_key,
+)
+from zoo.errors import BitstreamError, EntryNotFound, HubError, IntegrityError
 from zoo.registry import ARCHITECTURES, METRICS, get_arch
 
 HF_PREFIX = "hf-hub:"
@@ -183,59 +194,100 @@ def _remove_cached(path: str) -> None:
             pass
 
 
-DEFAULT_HUB_TIMEOUT = 10.0
+DEFAULT_HUB_TIMEOUT = net.DEFAULT_READ_TIMEOUT
+# The most bytes each entry file may declare before it is downloaded: a config is read only up to
+# MAX_CONFIG_BYTES, a model card is text, and weights at twice the largest standard widths are ~400 MB.
+MAX_FILE_BYTES = {CONFIG_NAME: MAX_CONFIG_BYTES, CARD_NAME: 1 << 20, WEIGHTS_NAME: 1 << 30}
 
 
 def hub_timeout() -> float:
     """Seconds to wait for the Hub to connect or answer (ZOO_HUB_TIMEOUT, default 10)."""
-    try:
-        seconds = float(os.environ.get("ZOO_HUB_TIMEOUT", DEFAULT_HUB_TIMEOUT))
-    except ValueError:
-        raise HubError(f"ZOO_HUB_TIMEOUT={os.environ['ZOO_HUB_TIMEOUT']!r} is not a number of seconds") from None
-    return seconds if seconds > 0 else DEFAULT_HUB_TIMEOUT
+    return net.read_timeout()
 
 
-def _hub_answers(repo: str, name: str, revision: str) -> str:
-    """Whether the endpoint answers one HEAD request within `hub_timeout()`, without retries.
+def _status(exc: BaseException) -> str:
+    response = getattr(exc, "response", None)
+    code = getattr(response, "status_code", None)
+    if code is None:
+        return type(exc).__name__ or "error"
+    reason = getattr(response, "reason_phrase", "") or ""
+    return f"HTTP {code} {reason}".rstrip()
+
+
+def _file_size(repo: str, name: str, revision: str) -> tuple[int | None, str]:
+    """(the size the endpoint declares for a file, "") when it answers one HEAD request in time and without
+    retries; (None, why not) when it does not or answers with a server error (5xx).
 
     huggingface_hub's own download retries a failed metadata request when nothing is cached, with a 60 s
     timeout and backoff (minutes against a server that accepts connections and never answers, ~25 s against
-    a closed port). Asking once first bounds that: an endpoint that does not answer is not used for this
-    entry, and the cache answers instead (as huggingface_hub does offline). Returns "" when it answered,
-    else why not (the exception's type name)."""
+    a closed port or a server error). Asking once first bounds that: an endpoint that does not answer is not
+    used for this entry, and the cache answers instead (as huggingface_hub does offline). A refusal (4xx) is
+    left to hf_hub_download, which reports it precisely."""
     from huggingface_hub import errors as hf_errors
     from huggingface_hub import get_hf_file_metadata, hf_hub_url
 
+    url = hf_hub_url(repo, name, revision=revision, endpoint=_endpoint())
+    transfer = net.Transfer(f"the Hub's answer for {repo}@{revision}/{name}", seconds=hub_timeout())
     try:
-        get_hf_file_metadata(hf_hub_url(repo, name, revision=revision, endpoint=_endpoint()), timeout=hub_timeout())
-    except hf_errors.HfHubHTTPError:
-        return ""  # it answered; hf_hub_download reports the refusal precisely
+        meta = net.run_with_deadline(lambda: get_hf_file_metadata(url, timeout=hub_timeout()), transfer)
+    except hf_errors.HfHubHTTPError as exc:
+        status = _status(exc)
+        return None, status if status.startswith("HTTP 5") else ""
+    except HubError:
+        return None, f"no answer within {hub_timeout():g} s"
     except Exception as exc:  # refused, timed out, TLS, proxy, offline mode: the types depend on the HTTP library
-        return type(exc).__name__ or "error"
-    return ""
+        return None, type(exc).__name__ or "error"
+    return meta.size, ""
 
 
-def download_entry(repo: str, revision: str, files: dict[str, str] | None = None) -> Path:
-    """Download an entry's files at a revision and verify their sha256 (when known); returns the folder.
-
-    An endpoint that does not connect or answer within `hub_timeout()` fails in that time, with a HubError
-    naming it, unless the entry is in the local cache, which is then used."""
-    import huggingface_hub.constants as hfc
-    from huggingface_hub import errors as hf_errors
+def _download_file(repo: str, name: str, revision: str, size: int | None, local_only: bool) -> str:
+    """hf_hub_download of one file, given up on at the deadline for its declared size (`zoo.net`)."""
     from huggingface_hub import hf_hub_download
 
+    def fetch() -> str:
+        return hf_hub_download(
+            repo,
+            name,
+            revision=revision,
+            endpoint=_endpoint(),
+            etag_timeout=hub_timeout(),
+            local_files_only=local_only,
+        )
+
+    if local_only:
+        # The cache only; huggingface_hub may still ask the endpoint for its own things (its agent registry,
+        # a 3 s timeout per read), so this has a deadline too: the base allowance of every download.
+        what = f"reading {repo}@{revision}/{name} from the cache"
+        return net.run_with_deadline(fetch, net.Transfer(what, seconds=net.base_seconds()))
+    limit = MAX_FILE_BYTES.get(name, MAX_FILE_BYTES[WEIGHTS_NAME])
+    if size is not None and size > limit:
+        raise HubError(
+            f"{repo}@{revision}/{name} is {size} bytes on {_endpoint()}, more than an entry's {name} may be ({limit})"
+        )
+    return net.run_with_deadline(fetch, net.Transfer(f"downloading {repo}@{revision}/{name}", size or limit))
+
+
+def download_entry(
+    repo: str, revision: str, files: dict[str, str] | None = None, fingerprint: bytes | None = None
+) -> Path:
+    """Download an entry's files at a revision and verify their sha256 (when known); returns the folder.
+
+    An endpoint that does not connect or answer within `hub_timeout()`, or answers with a server error, fails
+    in that time with a HubError naming it and what happened, unless the entry is in the local cache, which is
+    then used. Each file's transfer has a deadline from its declared size (`zoo.net.deadline_for`).
+    `fingerprint`: the weights a stream needs; the config (downloaded first) must name them, or BitstreamError
+    is raised before the weights are downloaded."""
+    import huggingface_hub.constants as hfc
+    from huggingface_hub import errors as hf_errors
+
     folder: Path | None = None
-    failure = "offline" if hfc.HF_HUB_OFFLINE else _hub_answers(repo, ENTRY_FILES[0], revision)
+    failure = "offline" if hfc.HF_HUB_OFFLINE else ""
     for name in ENTRY_FILES:
+        size = None
+        if not failure:
+            size, failure = _file_size(repo, name, revision)
         try:
-            local = hf_hub_download(
-                repo,
-                name,
-                revision=revision,
-                endpoint=_endpoint(),
-                etag_timeout=hub_timeout(),
-                local_files_only=bool(failure),
-            )
+            local = _download_file(repo, name, revision, size, local_only=bool(failure))
         except hf_errors.LocalEntryNotFoundError:
             if hfc.HF_HUB_OFFLINE:
                 raise HubError(
@@ -243,7 +295,7 @@ def download_entry(repo: str, revision: str, files: dict[str, str] | None = None
                     f"(offline mode); connect once or unset HF_HUB_OFFLINE"
                 ) from None
             raise HubError(
-                f"could not reach the Hub at {_endpoint()} (HF_ENDPOINT; {failure}, timeout {hub_timeout():g} s) "
+                f"could not use the Hub at {_endpoint()} (HF_ENDPOINT; {failure}, timeout {hub_timeout():g} s) "
                 f"and {repo}@{revision} is not in the local cache"
             ) from None
         except hf_errors.RevisionNotFoundError:
@@ -253,8 +305,11 @@ def download_entry(repo: str, revision: str, files: dict[str, str] | None = None
         except hf_errors.EntryNotFoundError:
             raise EntryNotFound(f"{repo}@{revision} has no {name}: not a zoo entry") from None
         except hf_errors.HfHubHTTPError as exc:
-            first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-            raise HubError(f"the Hub at {_endpoint()} refused {repo}@{revision}/{name}: {first}") from None
+            raise HubError(f"the Hub at {_endpoint()} refused {repo}@{revision}/{name}: {_status(exc)}") from None
+        except HubError as exc:
+            if failure:
+                raise HubError(f"could not use the Hub at {_endpoint()} (HF_ENDPOINT; {failure}), and {exc}") from None
+            raise
         except Exception as exc:  # connection errors and timeouts mid-download: their types depend on the HTTP library
             raise HubError(
                 f"could not download {repo}@{revision}/{name} from the Hub at {_endpoint()} (HF_ENDPOINT): "
@@ -269,14 +324,29 @@ def download_entry(repo: str, revision: str, files: dict[str, str] | None = None
                     f"{files[name][:16]}…; the corrupt download was removed from the cache"
                 )
         folder = Path(local).parent
+        if name == CONFIG_NAME and fingerprint is not None:
+            _check_fingerprint(folder, f"{repo}@{revision}", fingerprint)
     assert folder is not None
     return folder
 
 
-def download_manifest_entry(entry: ManifestEntry) -> Path:
-    """A released entry's folder, downloaded at its pinned revision and checked against the manifest's sha256."""
+def _check_fingerprint(folder: Path, name: str, fingerprint: bytes) -> None:
+    """Refuse an entry whose config names other weights than a stream needs, before its weights are fetched."""
+    from zoo.entry import read_config
+
+    info = read_config(folder)
+    if info.fingerprint[: len(fingerprint)] != fingerprint:  # format 3 keeps its first 8 bytes
+        raise BitstreamError(
+            f"the stream needs weights {fingerprint.hex()[:12]}, but {name} ({info.entry}) has weights "
+            f"{info.fingerprint.hex()[:12]}: the stream was made with other weights or its header was edited"
+        )
+
+
+def download_manifest_entry(entry: ManifestEntry, fingerprint: bytes | None = None) -> Path:
+    """A released entry's folder, downloaded at its pinned revision and checked against the manifest's sha256
+    (and, given the `fingerprint` a stream needs, refused after its config when that names other weights)."""
     try:
-        return download_entry(entry.repo, entry.revision, entry.files)
+        return download_entry(entry.repo, entry.revision, entry.files, fingerprint)
     except EntryNotFound as exc:
         if not entry.commit:
             raise
@@ -318,11 +388,18 @@ def load(
     return codec_from_entry(folder, device=device, backend=backend, level=quality, **codec_kwargs)
 
 
-def load_released(entry: EntryId, device: str | torch.device = "cpu", backend: str = "torch", **codec_kwargs: Any):
+def load_released(
+    entry: EntryId,
+    device: str | torch.device = "cpu",
+    backend: str = "torch",
+    fingerprint: bytes | None = None,
+    **codec_kwargs: Any,
+):
     """The released codec that made a stream, found from the stream's header through the registry and the
     manifest only: a header's strings are never taken as paths. A stream made with a local entry folder
     (or a checkpoint) names no released entry; its error says to pass that folder explicitly. A variable-rate
-    stream names its entry and level."""
+    stream names its entry and level. With the stream's weights `fingerprint`, an entry whose config names
+    other weights is refused (BitstreamError) before its weights are downloaded."""
     check_device(device)
     try:
         if entry.level is not None:
@@ -336,7 +413,7 @@ def load_released(entry: EntryId, device: str | torch.device = "cpu", backend: s
             "local entry folder decodes with --model FOLDER (zoo.load_local(FOLDER) in Python)"
         ) from None
     released = point.entry
-    folder = download_manifest_entry(released)
+    folder = download_manifest_entry(released, fingerprint)
     return codec_from_entry(folder, device=device, backend=backend, level=point.level, **codec_kwargs)
 
 

@@ -20,6 +20,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from zoo.errors import ImageTooLarge, InputError
+from zoo.untrusted import open_regular
 
 DEFAULT_MAX_PIXELS = 64 * 1024 * 1024
 
@@ -31,7 +32,7 @@ def read_image(source: str | Path | bytes, *, max_pixels: int = DEFAULT_MAX_PIXE
     notices: list[str] = []
     name = "the input" if isinstance(source, bytes | bytearray) else str(source)
     try:
-        fp = io.BytesIO(source) if isinstance(source, bytes | bytearray) else open(source, "rb")  # noqa: SIM115
+        fp = io.BytesIO(source) if isinstance(source, bytes | bytearray) else open_regular(source, InputError)
     except OSError as exc:
         raise InputError(f"cannot open {name}: {exc.strerror or exc}") from None
     with fp, warnings.catch_warnings():

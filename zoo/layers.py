@@ -87,6 +87,7 @@ class NonNegativeParametrizer(nn.Module):
     def __init__(self, minimum: float = 0.0, reparam_offset: float = 2**-18):
         super().__init__()
         pedestal = reparam_offset**2
+        self.pedestal_value = pedestal
         self.register_buffer("pedestal", torch.tensor([pedestal]))
         self.lower_bound = LowerBound((minimum + pedestal) ** 0.5)
 
@@ -95,6 +96,12 @@ class NonNegativeParametrizer(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.lower_bound(x) ** 2 - self.pedestal
+
+
+def _recording() -> bool:
+    """Whether autograd, tracing or compilation records this call (training, export): then the convolution
+    form is kept, as CompressAI writes it."""
+    return torch.is_grad_enabled() or torch.jit.is_tracing() or torch.compiler.is_compiling()
 
 
 class GDN(nn.Module):
@@ -107,9 +114,19 @@ class GDN(nn.Module):
         super().__init__()
         self.inverse = bool(inverse)
         self.beta_reparam = NonNegativeParametrizer(minimum=beta_min)
-        self.beta = nn.Parameter(self.beta_reparam.init(torch.ones(in_channels)))
         self.gamma_reparam = NonNegativeParametrizer()
-        self.gamma = nn.Parameter(self.gamma_reparam.init(gamma_init * torch.eye(in_channels)))
+
+        # Initial values computed on the CPU and filled in: no arithmetic on the parameters themselves, so a
+        # model built on the meta device (to check an entry's shapes before allocating) stays cheap.
+        def initial(value: float, reparam: NonNegativeParametrizer) -> float:
+            x = torch.tensor([value], device="cpu")
+            pedestal = torch.tensor([reparam.pedestal_value], device="cpu")  # as the buffer, whatever its device
+            return float(torch.sqrt(torch.max(x + pedestal, pedestal)))
+
+        beta = initial(1.0, self.beta_reparam)
+        gamma_diag, gamma_off = initial(gamma_init, self.gamma_reparam), initial(0.0, self.gamma_reparam)
+        self.beta = nn.Parameter(torch.full((in_channels,), beta))
+        self.gamma = nn.Parameter(torch.full((in_channels, in_channels), gamma_off).fill_diagonal_(gamma_diag))
 
     def effective_params(self) -> tuple[Tensor, Tensor]:
         """beta and gamma as the layer uses them (what an export folds into constants)."""
@@ -124,7 +141,15 @@ class GDN(nn.Module):
 
     def _forward(self, x: Tensor) -> Tensor:
         beta, gamma = self.effective_params()
-        norm = F.conv2d(x * x, gamma, beta)
+        if self.inverse and x.dim() == 4 and not _recording():
+            # Decoding: the channel mix as one matrix product. On the CPU, oneDNN's 1x1 convolution splits its
+            # sums by thread, so decoded pixels differed by one level between 1 and 2 threads; the product's
+            # sums do not depend on the thread count, at the same cost (benchmarks/thread_determinism.py).
+            n, c, h, w = x.shape
+            norm = torch.matmul(gamma.reshape(c, c), (x * x).reshape(n, c, h * w)).add_(beta.view(c, 1))
+            norm = norm.view(n, c, h, w)
+        else:
+            norm = F.conv2d(x * x, gamma, beta)
         if reuse_buffers():  # the same values, in norm's memory (a product commutes bit for bit)
             return (norm.sqrt_() if self.inverse else norm.rsqrt_()).mul_(x)
         return x * (torch.sqrt(norm) if self.inverse else torch.rsqrt(norm))
@@ -159,7 +184,8 @@ class MaskedConv2d(nn.Conv2d):
         super().__init__(*args, **kwargs)
         if mask_type not in ("A", "B"):
             raise ValueError(f'mask_type must be "A" or "B", not {mask_type!r}')
-        self.register_buffer("mask", torch.ones_like(self.weight.data))
+        weight = self.weight  # ones of its shape (not ones_like, which is slow on the meta device)
+        self.register_buffer("mask", torch.ones(weight.shape, dtype=weight.dtype, device=weight.device))
         _, _, h, w = self.mask.shape
         self.mask[:, :, h // 2, w // 2 + (mask_type == "B") :] = 0
         self.mask[:, :, h // 2 + 1 :] = 0

@@ -41,6 +41,8 @@ METRICS = ("mse", "ms-ssim")
 # at twice the largest standard widths is about four times the largest standard model (~400 MB): the most a
 # forged entry can make us build before its shapes are refused.
 WIDTH_HEADROOM = 2
+# ELIC uses 5 channel groups; each one more builds two context networks, so a config's list is bounded.
+MAX_CHANNEL_GROUPS = 16
 
 # CompressAI's training λ per quality 1..8 (loss λ·255²·MSE + bpp, or λ·(1 − MS-SSIM) + bpp).
 LAMBDAS: dict[str, tuple[float, ...]] = {
@@ -96,6 +98,8 @@ class ArchSpec:
                 raise ArchitectureError(f"{self.name} width {key}={value!r} is out of range (1 to {self.max_width})")
         if "groups" in widths:
             groups = tuple(widths["groups"])
+            if len(groups) > MAX_CHANNEL_GROUPS:  # each group is a context model of its own: count them first
+                raise ArchitectureError(f"{self.name} has {len(groups)} channel groups, more than {MAX_CHANNEL_GROUPS}")
             if any(isinstance(g, bool) or not isinstance(g, int) or g < 1 for g in groups) or sum(groups) != plain["M"]:
                 raise ArchitectureError(
                     f"{self.name} channel groups {groups} must be positive whole numbers adding up to M={plain['M']}"

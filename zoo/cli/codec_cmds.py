@@ -33,6 +33,16 @@ def _refuse_same_file(source: str, output: str) -> None:
         raise InputError(f"output {output} is the input {source}: writing it would destroy the input")
 
 
+def _regular_input(path: str) -> None:
+    """Refuse a directory, FIFO or device as an input before anything opens it (a FIFO would wait forever)."""
+    from zoo.untrusted import check_regular
+
+    try:
+        check_regular(path, InputError)
+    except FileNotFoundError:
+        pass  # reading it says so
+
+
 def _write_output(path: str, data: bytes | Callable[[BinaryIO], None]) -> None:
     """Write `data` (bytes, or a function that writes to the open file) through a temporary file in the same
     folder and rename it into place, so a failure (disk full, interrupt) leaves the old file or none, never a
@@ -255,8 +265,9 @@ def cmd_encode(args: argparse.Namespace) -> int:
     return 0
 
 
-def decode_codec(args: argparse.Namespace, e: EntryId):
-    """The codec that decodes a stream made by entry `e`: --model when given, else the entry its header names."""
+def decode_codec(args: argparse.Namespace, e: EntryId, fingerprint: bytes | None = None):
+    """The codec that decodes a stream made by entry `e`: --model when given, else the entry its header names
+    (its weights' fingerprint checked against the stream's before they are downloaded)."""
     from zoo.compressai import is_published_entry
     from zoo.compressai import load as load_published
     from zoo.hub import load_released
@@ -270,7 +281,7 @@ def decode_codec(args: argparse.Namespace, e: EntryId):
     if is_published_entry(e):  # CompressAI's published weights, found by name in their table
         return load_published(e.arch, e.quality, e.metric, device=args.device, backend=args.backend)
     # The header's strings name a released entry or nothing: they never become paths.
-    return load_released(e, device=args.device, backend=args.backend)
+    return load_released(e, device=args.device, backend=args.backend, fingerprint=fingerprint)
 
 
 def decode_one(args: argparse.Namespace, source: str, output: str, codecs: dict[EntryId, Any] | None = None) -> Coded:
@@ -279,12 +290,13 @@ def decode_one(args: argparse.Namespace, source: str, output: str, codecs: dict[
     from zoo.imageio import write_png
 
     _refuse_same_file(source, output)
+    _regular_input(source)
     data = bitstream.read_file(source)
     compressed = bitstream.loads(data)
     e = compressed.entry
     codecs = {} if codecs is None else codecs
     if e not in codecs:
-        codecs[e] = decode_codec(args, e)
+        codecs[e] = decode_codec(args, e, compressed.fingerprint)
     codec = codecs[e]
     t0 = time.perf_counter()
     # 8 bits a sample from the start, and the PNG written straight to the file: memory is the decoder's, not
@@ -309,6 +321,7 @@ def cmd_decode(args: argparse.Namespace) -> int:
 def cmd_info(args: argparse.Namespace) -> int:
     from zoo import bitstream
 
+    _regular_input(args.input)
     header = bitstream.peek_header(bitstream.read_file(args.input))
     info = header.as_dict()
     if args.json:

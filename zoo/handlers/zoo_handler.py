@@ -69,7 +69,22 @@ class ZooHandler(BaseHandler):
         if isinstance(body, bytearray | memoryview):
             body = bytes(body)
         if isinstance(body, str):
-            body = body.encode("latin-1")
+            # TorchServe hands over a form field's value (x-www-form-urlencoded, multipart text) as text: bytes
+            # survive it only as Latin-1; anything else was a form, not a file
+            try:
+                body = body.encode("latin-1")
+            except UnicodeEncodeError:
+                raise InputError(
+                    "the request body arrived as text that is not the file's bytes (a form?): send the image "
+                    "(encode) or the zoo file (decode) as the raw body with Content-Type application/octet-stream"
+                ) from None
+        if body is None and any(not str(k).startswith("__") for k in row):
+            # TorchServe's front end parsed the body as form fields (Content-Type x-www-form-urlencoded or
+            # multipart without a "data" field): the bytes are gone, so say how to send them
+            raise InputError(
+                "the request body arrived as form fields, not as a file: send the image (encode) or the zoo file "
+                "(decode) as the raw body with Content-Type application/octet-stream"
+            )
         if not isinstance(body, bytes) or not body:
             raise InputError("the request body is empty: send the image (encode) or the zoo file (decode) as the body")
         return body

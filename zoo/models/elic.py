@@ -57,7 +57,7 @@ class ResidualBottleneckBlock(nn.Module):
 def channel_ramp(in_ch: int, out_ch: int, min_ch: int, layers: int = 3) -> nn.Sequential:
     """1x1 convolutions whose widths go linearly from in_ch to out_ch (inner ones at least min_ch), ReLU
     between: CompressAI's `sequential_channel_ramp` as ELIC's official parameter aggregation uses it."""
-    widths = torch.linspace(in_ch, out_ch, layers + 1).floor().int()
+    widths = torch.linspace(in_ch, out_ch, layers + 1, device="cpu").floor().int()  # also under a meta device
     widths[1:-1] = widths[1:-1].clip(min=min_ch)
     ch = widths.tolist()
     modules: list[nn.Module] = []
