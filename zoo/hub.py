@@ -8,67 +8,29 @@ Codec. The same code talks to huggingface.co or to a mirror such as `zoo hub ser
 
 from __future__ import annotations
 
-import json
 import os
-from dataclasses import dataclass, field
-from importlib import resources
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from zoo.compressed import EntryId
-from zoo.entry import ENTRY_FILES, check_device, codec_from_entry, sha256_file, version_key
+from zoo.entry import ENTRY_FILES, check_device, codec_from_entry, sha256_file
 from zoo.errors import EntryNotFound, HubError, IntegrityError
-from zoo.registry import ARCHITECTURES, METRICS, get_arch
+from zoo.manifest import Manifest, ManifestEntry, Resolved, package_manifest_path
+from zoo.registry import ARCHITECTURES
 
 HF_PREFIX = "hf-hub:"
 
 
-@dataclass(frozen=True)
-class ManifestEntry:
-    arch: str
-    quality: int
-    metric: str
-    version: str
-    repo: str
-    revision: str
-    files: dict[str, str]  # file name -> sha256
-    kodak: dict[str, float] = field(default_factory=dict)
-    path: str = ""  # where the released folder lives in this repository (model_store/entries/...)
-    # Set when the entry is retired: its folder left the working tree, and this commit of the repository holds
-    # its files at `path` (the embedded mirror serves them from there; see model_store/README.md).
-    commit: str = ""
-    # variable-rate entries: level -> Kodak figures, and the integer qualities of the base architecture for
-    # which this entry is the current one (what `zoo.load(base, quality=q)` returns)
-    levels: dict[str, dict[str, float]] = field(default_factory=dict)
-    current_for: list[int] = field(default_factory=list)
-
-    @property
-    def name(self) -> str:
-        if self.quality == 0:
-            return f"{self.arch}@{self.version}"
-        return f"{self.arch}/q{self.quality}-{self.metric}@{self.version}"
-
-
-@dataclass(frozen=True)
-class Resolved:
-    """A manifest entry and, for a variable-rate one, the level to run it at."""
-
-    entry: ManifestEntry
-    level: float | None = None
-
-
 def load_manifest(path: str | Path | None = None) -> list[ManifestEntry]:
     """Released entries: the package's manifest, or the file named by ZOO_MANIFEST (an internal zoo)."""
-    path = path or os.environ.get("ZOO_MANIFEST") or None
-    text = Path(path).read_text() if path else resources.files("zoo").joinpath("manifest.json").read_text()
-    data = json.loads(text)
-    return [ManifestEntry(**e) for e in data.get("entries", [])]
+    return Manifest.read(path).entries
 
 
 def manifest_path() -> Path:
-    return Path(str(resources.files("zoo").joinpath("manifest.json")))
+    return package_manifest_path()
 
 
 def resolve_point(
@@ -76,42 +38,10 @@ def resolve_point(
     quality: float | None = None,
     metric: str = "mse",
     version: str | None = None,
-    manifest: list[ManifestEntry] | None = None,
+    manifest: Iterable[ManifestEntry] | None = None,
 ) -> Resolved:
-    """What `zoo.load(arch, quality=...)` runs: for a fixed-rate architecture without a pinned version, the
-    variable-rate entry the manifest marks current for that quality (at that level) if there is one, else the
-    newest fixed-rate entry; for a variable-rate architecture, its entry at the level `quality`."""
-    spec = get_arch(arch)
-    entries = manifest if manifest is not None else load_manifest()
-    if spec.variable_rate:
-        if quality is None:
-            raise EntryNotFound(f"{arch} needs a quality: any level in [1, 8]")
-        level = spec.check_level(quality)
-        if metric not in METRICS:
-            raise EntryNotFound(f"unknown metric {metric!r}; metrics are {', '.join(METRICS)}")
-        matching = [e for e in entries if e.arch == arch and e.metric == metric]
-        if not matching:
-            raise EntryNotFound(f"no released {arch} entry ({metric})")
-        return Resolved(_pick_version(matching, version, f"{arch} {metric}"), level)
-    if version is None and quality is not None and metric in METRICS and int(quality) == quality:
-        current = [
-            e for e in entries if e.metric == metric and int(quality) in e.current_for and get_arch(e.arch).base == arch
-        ]
-        if current:
-            return Resolved(max(current, key=lambda e: version_key(e.version)), float(quality))
-    return Resolved(resolve(arch, quality, metric, version, manifest=entries))  # type: ignore[arg-type]
-
-
-def _pick_version(matching: list[ManifestEntry], version: str | None, what: str) -> ManifestEntry:
-    if version is None:
-        return max(matching, key=lambda e: version_key(e.version))
-    for e in matching:
-        if e.version == str(version):
-            return e
-    raise EntryNotFound(
-        f"{what} has no version {version}; versions: "
-        + ", ".join(sorted((e.version for e in matching), key=version_key))
-    )
+    """What `zoo.load(arch, quality=...)` runs (`Manifest.resolve_point`), from the given entries or the manifest."""
+    return _manifest(manifest).resolve_point(arch, quality, metric, version)
 
 
 def resolve(
@@ -119,22 +49,16 @@ def resolve(
     quality: int | None = None,
     metric: str = "mse",
     version: str | None = None,
-    manifest: list[ManifestEntry] | None = None,
+    manifest: Iterable[ManifestEntry] | None = None,
 ) -> ManifestEntry:
-    """The fixed-rate manifest entry for a name, or EntryNotFound saying what exists."""
-    spec = get_arch(arch)
-    if metric not in METRICS:
-        raise EntryNotFound(f"unknown metric {metric!r}; metrics are {', '.join(METRICS)}")
-    entries = [e for e in (manifest if manifest is not None else load_manifest()) if e.arch == arch]
-    if quality is None:
-        raise EntryNotFound(f"{arch} needs a quality: {', '.join(map(str, spec.qualities))}")
-    spec.check_quality(quality)
-    released = sorted({(e.quality, e.metric) for e in entries})
-    matching = [e for e in entries if e.quality == quality and e.metric == metric]
-    if not matching:
-        have = ", ".join(f"q{q}-{m}" for q, m in released) or "none yet"
-        raise EntryNotFound(f"no released entry for {arch} quality {quality} ({metric}); released: {have}")
-    return _pick_version(matching, version, f"{arch} q{quality} {metric}")
+    """The fixed-rate manifest entry for a name (`Manifest.resolve`), or EntryNotFound saying what exists."""
+    return _manifest(manifest).resolve(arch, quality, metric, version)
+
+
+def _manifest(entries: Iterable[ManifestEntry] | None) -> Manifest:
+    if entries is None:
+        return Manifest.read()
+    return entries if isinstance(entries, Manifest) else Manifest(list(entries))
 
 
 def _endpoint() -> str:

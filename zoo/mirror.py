@@ -7,7 +7,6 @@ with HF_ENDPOINT pointing at it downloads exactly as it would from huggingface.c
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -18,7 +17,7 @@ from pathlib import Path, PurePosixPath
 
 from zoo.entry import ENTRY_FILES, read_config, sha256_file, version_key
 from zoo.errors import EntryNotFound, HubError, IntegrityError, ZooError
-from zoo.hub import ManifestEntry, load_manifest
+from zoo.manifest import Manifest, ManifestEntry, tag_for
 from zoo.procs import executable, free_port, pid_alive, start_process, stop_group, wait_for_port, zoo_home
 
 ENTRIES_PREFIX = "model_store/entries"
@@ -29,10 +28,6 @@ _GIT_ENV = {
     "GIT_COMMITTER_NAME": "zoo",
     "GIT_COMMITTER_EMAIL": "zoo@localhost",
 }
-
-
-def tag_for(version: str) -> str:
-    return f"v{version}"
 
 
 def _git(repo: Path, *args: str) -> str:
@@ -168,7 +163,7 @@ def build_mirror(
         shutil.rmtree(mirror)
     mirror.mkdir(parents=True)
     source = entries_folder(entries_dir)
-    entries = load_manifest() if entries is None else entries
+    entries = Manifest.read().entries if entries is None else entries
     published: list[str] = []
     from_history: list[str] = []
     unavailable: list[EntryNotFound] = []
@@ -199,12 +194,8 @@ def retire_entry(name: str, manifest: str | Path, repo_root: str | Path = ".") -
     files (HEAD, after checking them against the manifest's sha256) and `git rm` its folder. The lead commits
     both together; the entry stays loadable through `zoo hub serve` from any clone with that commit."""
     root = Path(repo_root).resolve()
-    data = json.loads(Path(manifest).read_text())
-    lines = [d for d in data.get("entries", []) if ManifestEntry(**d).name == name]
-    if len(lines) != 1:
-        raise EntryNotFound(f"{name} is not in {manifest}; names look like bmshj2018-hyperprior/q3-mse@1.0")
-    line = lines[0]
-    e = ManifestEntry(**line)
+    released = Manifest.read(manifest)
+    e = released.find(name)
     if e.commit:
         raise ZooError(f"{name} is already retired (commit {e.commit[:12]})")
     head = _git(root, "rev-parse", "HEAD")
@@ -213,9 +204,8 @@ def retire_entry(name: str, manifest: str | Path, repo_root: str | Path = ".") -
         for fname, digest in e.files.items():
             if sha256_file(folder / fname) != digest:
                 raise IntegrityError(f"{e.path}/{fname} at HEAD does not match the manifest: commit it first")
-    line["commit"] = head
     _git(root, "rm", "-r", "-q", "--", e.path)
-    Path(manifest).write_text(json.dumps(data, indent=1) + "\n")
+    released.retire(name, head).write()
     return replace(e, commit=head)
 
 
@@ -286,14 +276,12 @@ def entry_folder(path: str | Path, repo_root: str | Path | None = None) -> Path:
     folder = Path(path)
     if folder.is_dir():
         return folder
-    from zoo.hub import load_manifest
-
     root = Path(repo_root) if repo_root else Path(__file__).resolve().parents[1]
     try:
         wanted = PurePosixPath(folder.resolve().relative_to(root.resolve()).as_posix())
     except ValueError:
         wanted = PurePosixPath(folder.as_posix())
-    for e in load_manifest():
+    for e in Manifest.read():
         if e.path and PurePosixPath(e.path) == wanted:
             out = zoo_home() / "retired" / e.path
             if not all((out / f).exists() for f in e.files):

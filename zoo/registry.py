@@ -6,6 +6,7 @@ The CLI, the Hub entries, export, training and serving all read names and tables
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,8 @@ from zoo.models import (
     MeanScaleHyperprior,
     ScaleHyperprior,
 )
+from zoo.models.variable_rate import LEVEL_RANGE as LEVEL_RANGE
+from zoo.models.variable_rate import LEVELS as LEVELS
 from zoo.models.variable_rate import (
     VariableRateJointAutoregressive,
     VariableRateMeanScaleHyperprior,
@@ -34,7 +37,13 @@ from zoo.models.variable_rate import (
     check_level,
 )
 
-METRICS = ("mse", "ms-ssim")
+
+def check_metric(metric: str) -> str:
+    """A metric the zoo has entries for, or EntryNotFound naming those it has."""
+    if metric not in METRICS:
+        raise EntryNotFound(f"unknown metric {metric!r}; metrics are {', '.join(METRICS)}")
+    return metric
+
 
 # A width (N, M) may be at most this many times the largest in the architecture's table: room for wider
 # experiments, while a weights file that declares N=20000 is refused before anything is allocated. A model
@@ -47,6 +56,7 @@ LAMBDAS: dict[str, tuple[float, ...]] = {
     "mse": (0.0018, 0.0035, 0.0067, 0.0130, 0.0250, 0.0483, 0.0932, 0.1800),
     "ms-ssim": (2.40, 4.58, 8.73, 16.64, 31.73, 60.50, 115.37, 220.00),
 }
+METRICS = tuple(LAMBDAS)  # the distortion metrics entries are trained for: also the CLI's --metric choices
 
 
 @dataclass(frozen=True)
@@ -106,7 +116,9 @@ class ArchSpec:
     def check_quality(self, quality: float) -> int:
         """An integer quality of a fixed-rate architecture (for a variable-rate one see `check_level`)."""
         if self.variable_rate:
-            raise EntryNotFound(f"{self.name} is variable-rate: it takes a level in [1, 8], not a fixed quality")
+            raise EntryNotFound(f"{self.name} is variable-rate: it takes a level in {LEVEL_RANGE}, not a fixed quality")
+        if isinstance(quality, bool) or not isinstance(quality, numbers.Real):
+            raise InputError(f"quality {quality!r} is not a number; {self.name}'s are {self.qualities}")
         if quality not in self.width_table or int(quality) != quality:
             raise EntryNotFound(
                 f"{self.name} has no quality {quality}; qualities are {', '.join(map(str, self.qualities))}"
@@ -114,7 +126,7 @@ class ArchSpec:
         return int(quality)
 
     def check_level(self, level: float) -> float:
-        """A level in [1, 8] of a variable-rate architecture."""
+        """A level in [1, LEVELS] of a variable-rate architecture."""
         if not self.variable_rate:
             raise EntryNotFound(f"{self.name} is fixed-rate: it takes an integer quality, not a level")
         return check_level(level, len(self.width_table))
@@ -125,15 +137,14 @@ class ArchSpec:
         return dict(self.width_table[self.check_quality(quality)])
 
     def lmbda(self, quality: float, metric: str = "mse") -> float:
-        if metric not in LAMBDAS:
-            raise EntryNotFound(f"unknown metric {metric!r}; metrics are {', '.join(METRICS)}")
+        check_metric(metric)
         if self.variable_rate:
             return ladder_lambda(self.check_level(quality), metric)
         return LAMBDAS[metric][self.check_quality(quality) - 1]
 
 
 def ladder_lambda(level: float, metric: str = "mse") -> float:
-    """λ of a level in [1, 8]: the standard table at integers, log-linear in between."""
+    """λ of a level in [1, LEVELS]: the standard table at integers, log-linear in between."""
     table = LAMBDAS[metric]
     low = min(int(math.floor(level)), len(table) - 1)
     t = level - low

@@ -57,7 +57,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_release(args: argparse.Namespace) -> int:
-    from zoo.train.release import add_to_manifest, manifest_line, release
+    from zoo.train.release import manifest_entry, release
 
     extra = {"dataset": args.dataset_name} if args.dataset_name else {}
     if args.note:
@@ -77,22 +77,28 @@ def cmd_release(args: argparse.Namespace) -> int:
     figures = f" kodak bpp {kodak['bpp']:.4f} PSNR {kodak['psnr']:.2f} dB" if kodak else ""
     print(f"released {info.entry} to {args.out}{figures}")
     if args.manifest:
-        from zoo.hub import load_manifest, manifest_path
+        from dataclasses import replace
 
-        target = Path(args.manifest) if args.manifest != "package" else manifest_path()
+        from zoo.manifest import Manifest, package_manifest_path
+
+        manifest = Manifest.read(args.manifest if args.manifest != "package" else package_manifest_path())
         auto = args.current_for == "auto"
-        line = manifest_line(
-            info, Path(args.out), Path(args.repo_root).resolve(), current_for=None if auto else args.current_for
+        line = manifest_entry(
+            info,
+            Path(args.out),
+            Path(args.repo_root).resolve(),
+            manifest.org,
+            current_for=None if auto else args.current_for,
         )
         if auto and info.variable_rate:
             from zoo.train.release import choose_current_for
 
             # the fixed-rate ladder it is compared with is the one in the manifest it joins
-            line["current_for"] = choose_current_for(
-                info.entry.arch, info.entry.metric, line["levels"], load_manifest(target)
+            line = replace(
+                line, current_for=choose_current_for(info.entry.arch, info.entry.metric, line.levels, manifest.entries)
             )
-            print(f"current for qualities: {', '.join(map(str, line['current_for'])) or 'none'}")
-        add_to_manifest(line, target)
+            print(f"current for qualities: {', '.join(map(str, line.current_for)) or 'none'}")
+        manifest.add(line).write()
     return 0
 
 
