@@ -28,15 +28,15 @@ if TYPE_CHECKING:
 
 def load(name: str, quality: float | None = None, **kwargs: Any) -> Codec:
     """A ready codec for a released entry, e.g. `zoo.load("bmshj2018-hyperprior", quality=3)`; a variable-rate
-    entry takes any level in [1, 8], e.g. `zoo.load("bmshj2018-hyperprior-vr", quality=3.5)`."""
-    from zoo.hub import load as _load
+    entry takes any level in [1, 8] (`zoo.registry.LEVEL_RANGE`), e.g. `zoo.load("bmshj2018-hyperprior-vr", quality=3.5)`."""
+    from zoo.resolve import load as _load
 
     return _load(name, quality=quality, **kwargs)
 
 
 def load_local(path: str | Path, **kwargs: Any) -> Codec:
     """A ready codec from an entry folder on disk (config.json + model.safetensors)."""
-    from zoo.hub import load_local as _load_local
+    from zoo.resolve import load_local as _load_local
 
     return _load_local(path, **kwargs)
 

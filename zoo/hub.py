@@ -1,9 +1,9 @@
-"""Released entries: the pinned manifest, downloads through `huggingface_hub`, and integrity checks.
+"""Released entries' files: downloads through `huggingface_hub`, and their integrity checks.
 
-`zoo.load(name, quality=...)` resolves (arch, quality, metric, version) through `zoo/manifest.json`, fetches
-the entry's files at the pinned revision with `hf_hub_download` (so HF_ENDPOINT, HF_HUB_OFFLINE,
-HF_HUB_CACHE, tokens and progress bars behave as usual), checks each file's sha256 itself, and builds a
-Codec. The same code talks to huggingface.co or to a mirror such as `zoo hub serve`.
+`zoo.load(name, quality=...)` resolves (arch, quality, metric, version) through the manifest (`zoo.manifest`),
+then fetches the entry's files here at the pinned revision with `hf_hub_download` (so HF_ENDPOINT,
+HF_HUB_OFFLINE, HF_HUB_CACHE, tokens and progress bars behave as usual) and checks each file's sha256 itself.
+The same code talks to huggingface.co or to a mirror such as `zoo hub serve`.
 """
 
 from __future__ import annotations
@@ -11,17 +11,10 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
 
-import torch
-
-from zoo.compressed import EntryId
-from zoo.entry import ENTRY_FILES, check_device, codec_from_entry, sha256_file
+from zoo.entry import ENTRY_FILES, sha256_file
 from zoo.errors import EntryNotFound, HubError, IntegrityError
 from zoo.manifest import Manifest, ManifestEntry, Resolved, package_manifest_path
-from zoo.registry import ARCHITECTURES
-
-HF_PREFIX = "hf-hub:"
 
 
 def load_manifest(path: str | Path | None = None) -> list[ManifestEntry]:
@@ -177,70 +170,3 @@ def download_manifest_entry(entry: ManifestEntry) -> Path:
             f"{entry.name} is a retired entry and {_endpoint()} does not serve it ({exc}); "
             "`zoo hub serve` in a clone with full git history does (model_store/README.md)"
         ) from None
-
-
-def parse_hf_name(name: str) -> tuple[str, str]:
-    """ "hf-hub:org/repo@revision" -> (repo, revision); the revision defaults to "main"."""
-    ref = name[len(HF_PREFIX) :]
-    repo, _, revision = ref.partition("@")
-    if repo.count("/") != 1 or not all(repo.split("/")):
-        raise EntryNotFound(f"{name!r} is not of the form hf-hub:ORG/NAME[@REVISION]")
-    return repo, revision or "main"
-
-
-def load(
-    name: str,
-    quality: float | None = None,
-    metric: str = "mse",
-    version: str | None = None,
-    device: str | torch.device = "cpu",
-    backend: str = "torch",
-    **codec_kwargs: Any,
-):
-    """A ready codec: a manifest entry by name, or any Hub repo as "hf-hub:org/repo@revision"."""
-    check_device(device)  # before any download
-    if name.startswith(HF_PREFIX):
-        repo, revision = parse_hf_name(name)
-        folder = download_entry(repo, revision)
-    else:
-        if name not in ARCHITECTURES and Path(name).is_dir():
-            return load_local(name, device=device, backend=backend, **codec_kwargs)
-        point = resolve_point(name, quality, metric, version)
-        folder = download_manifest_entry(point.entry)
-        return codec_from_entry(folder, device=device, backend=backend, level=point.level, **codec_kwargs)
-    return codec_from_entry(folder, device=device, backend=backend, level=quality, **codec_kwargs)
-
-
-def load_released(entry: EntryId, device: str | torch.device = "cpu", backend: str = "torch", **codec_kwargs: Any):
-    """The released codec that made a stream, found from the stream's header through the registry and the
-    manifest only: a header's strings are never taken as paths. A stream made with a local entry folder
-    (or a checkpoint) names no released entry; its error says to pass that folder explicitly. A variable-rate
-    stream names its entry and level."""
-    check_device(device)
-    try:
-        if entry.level is not None:
-            point = resolve_point(entry.arch, entry.level, entry.metric, entry.version)
-        else:
-            point = Resolved(resolve(entry.arch, entry.quality, entry.metric, entry.version))
-    except EntryNotFound as exc:
-        name = str(entry) if len(str(entry)) <= 120 else str(entry)[:117] + "..."
-        raise EntryNotFound(
-            f"the stream was made by {name}, which is not a released entry ({exc}); a stream made with a "
-            "local entry folder decodes with --model FOLDER (zoo.load_local(FOLDER) in Python)"
-        ) from None
-    released = point.entry
-    folder = download_manifest_entry(released)
-    return codec_from_entry(folder, device=device, backend=backend, level=point.level, **codec_kwargs)
-
-
-def load_local(
-    path: str | Path,
-    device: str | torch.device = "cpu",
-    backend: str = "torch",
-    quality: float | None = None,
-    **codec_kwargs: Any,
-):
-    """A ready codec from an entry folder on disk; `quality` picks the level of a variable-rate entry."""
-    if not Path(path).is_dir():
-        raise EntryNotFound(f"{path} is not an entry folder")
-    return codec_from_entry(path, device=device, backend=backend, level=quality, **codec_kwargs)

@@ -52,11 +52,9 @@ def _write_output(path: str, data: bytes | Callable[[BinaryIO], None]) -> None:
 def _resolve_codec(
     model: str, quality: float | None, metric: str, version: str | None, device: str, backend: str = "torch"
 ):
-    import zoo
+    from zoo.resolve import load
 
-    if Path(model).is_dir():
-        return zoo.load_local(model, device=device, backend=backend, quality=quality)
-    return zoo.load(model, quality=quality, metric=metric, version=version, device=device, backend=backend)
+    return load(model, quality, metric, version, device=device, backend=backend)
 
 
 def parse_quality(text: str) -> float:
@@ -93,8 +91,8 @@ def cmd_encode(args: argparse.Namespace) -> int:
 
 def cmd_decode(args: argparse.Namespace) -> int:
     from zoo import bitstream
-    from zoo.hub import load_released
     from zoo.imageio import write_png
+    from zoo.resolve import load_released
 
     _refuse_same_file(args.input, args.output)
     data = bitstream.read_file(args.input)

@@ -38,7 +38,7 @@ def parse_qualities(text: str | None) -> list[float | None]:
 
 def _is_single_entry(model: str) -> bool:
     """An entry folder, a checkpoint file or a Hub repo: one model, so one quality."""
-    from zoo.hub import HF_PREFIX
+    from zoo.resolve import HF_PREFIX
 
     return model.startswith(HF_PREFIX) or Path(model).exists()
 
@@ -51,7 +51,7 @@ def released_qualities(
     Unknown architectures and qualities the architecture does not have are errors; a quality with no
     released entry is only missing. None of them released is an error that says what is."""
     from zoo.errors import EntryNotFound
-    from zoo.hub import load_manifest, resolve_point
+    from zoo.manifest import Manifest
     from zoo.registry import get_arch
 
     spec = get_arch(arch)
@@ -60,7 +60,7 @@ def released_qualities(
             qualities = list(spec.qualities)
         else:
             raise EntryNotFound(f"{arch} needs --quality: {', '.join(map(str, spec.qualities))}")
-    manifest = load_manifest()
+    manifest = Manifest.read()
     released: list[float] = []
     missing: list[float] = []
     first_error: EntryNotFound | None = None
@@ -71,7 +71,7 @@ def released_qualities(
         else:
             spec.check_quality(q)
         try:
-            resolve_point(arch, q, metric, version, manifest=manifest)
+            manifest.resolve_point(arch, q, metric, version)
         except EntryNotFound as exc:
             missing.append(q)
             first_error = first_error or exc
@@ -84,7 +84,7 @@ def released_qualities(
         from zoo.entry import version_key
 
         have = sorted(
-            {(e.quality, e.metric, e.version) for e in manifest if e.arch == arch},
+            {(e.quality, e.metric, e.version) for e in manifest.select(arch)},
             key=lambda t: (t[0], t[1], version_key(t[2])),
         )
         listed = ", ".join(f"q{q}-{m}@{v}" for q, m, v in have) or "none yet"
@@ -113,26 +113,10 @@ class _Loader:
         self.args = (model, quality, metric, version, backend, arch)
 
     def __call__(self):
-        import zoo
+        from zoo.resolve import load
 
         model, quality, metric, version, backend, arch = self.args
-        path = Path(model)
-        if path.is_dir():
-            return zoo.load_local(path, backend=backend, quality=quality)
-        if path.is_file():  # a CompressAI checkpoint
-            from zoo.codec import Codec
-            from zoo.compressed import EntryId
-            from zoo.entry import weights_fingerprint
-            from zoo.registry import model_from_state_dict, state_dict_from_checkpoint
-
-            if not arch:
-                raise InputError("a checkpoint file needs --arch")
-            m = model_from_state_dict(arch, state_dict_from_checkpoint(path))
-            if not m.has_tables:
-                m.update(force=True)
-            label = int(quality or 0)
-            return Codec(m.eval(), EntryId(arch, label, metric, path.stem), weights_fingerprint(m.state_dict()))
-        return zoo.load(model, quality=quality, metric=metric, version=version, backend=backend)
+        return load(model, quality, metric, version, backend=backend, arch=arch)
 
 
 def _plan(model: str, args: argparse.Namespace) -> list[tuple[_Loader, Any]]:

@@ -5,13 +5,13 @@ from __future__ import annotations
 import argparse
 
 from zoo.cli.codec_cmds import parse_quality
-from zoo.cli.eval_cmds import _Loader
 
 
 def cmd_export(args: argparse.Namespace) -> int:
     from zoo.export import entry_metadata, export_graphs
+    from zoo.resolve import load
 
-    codec = _Loader(args.model, args.quality, args.metric, args.version, "torch", args.arch)()
+    codec = load(args.model, args.quality, args.metric, args.version, arch=args.arch)
     formats = ("onnx", "torchscript") if args.format == "both" else (args.format,)
     written = export_graphs(
         codec.model,

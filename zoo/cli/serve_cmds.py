@@ -11,16 +11,15 @@ STORE_HELP = "folder of .mar archives (default $ZOO_HOME/archives, ZOO_HOME defa
 
 
 def _entry_folder(name: str, quality: float | None, metric: str, version: str | None) -> tuple[Path, float | None]:
-    """A local folder as is; a registry name resolved and downloaded like zoo.load does. With the level to
+    """The entry folder a model argument names (resolved and downloaded like zoo.load does), with the level to
     serve where the entry is variable-rate."""
-    if Path(name).is_dir():
-        from zoo.entry import read_config
+    from zoo.errors import InputError
+    from zoo.resolve import resolve_model
 
-        return Path(name), quality if read_config(name).variable_rate else None
-    from zoo.hub import download_manifest_entry, resolve_point
-
-    point = resolve_point(name, quality, metric, version)
-    return download_manifest_entry(point.entry), point.level
+    source = resolve_model(name, quality, metric, version)
+    if source.kind == "checkpoint":
+        raise InputError(f"{name} is a checkpoint: archive an entry (zoo import-compressai makes one)")
+    return source.path, source.level if source.info.variable_rate else None
 
 
 def cmd_archive(args: argparse.Namespace) -> int:

@@ -154,8 +154,8 @@ def load_init_weights(
     context_start: str = "identity",
     calibration: Callable[[], Tensor] | None = None,
 ) -> str:
-    """Warm start from an entry folder, a training checkpoint, or a Hub name (hf-hub:... or arch:quality). An entry
-    folder that has left the working tree is read from the history its manifest line names (`zoo.mirror`), so a
+    """Warm start from an entry folder, a training checkpoint, or a Hub name (hf-hub:... or arch:quality), found by
+    the one resolver of model arguments (`zoo.resolve`). An entry folder that has left the working tree is read from the history its manifest line names (`zoo.mirror`), so a
     retired version stays a starting point.
 
     With `parts`, only those submodules are taken (each one whole, shapes equal): the way to start one
@@ -163,33 +163,33 @@ def load_init_weights(
     With `widen`, a narrower model of the same architecture is grown into this one (`zoo.train.widen`).
     A context model started from a mean-scale model of its widths takes every shared weight and starts its
     context parts as `context_start` says (`zoo.train.grow`; `calibration` gives training crops for it)."""
-    path = Path(spec)
+    from zoo.resolve import HF_PREFIX, resolve_model
+
     source_lambda: float | None = None
-    if not path.exists() and ":" not in spec and "/" in spec:
-        from zoo.mirror import entry_folder
-
-        path = entry_folder(path)  # a retired entry's path, or EntryNotFound naming it
-    if path.is_dir():
-        from zoo.entry import load_entry
-
-        src, info = load_entry(path)
-        state = src.state_dict()
-        source_lambda = info.lmbda
-    elif path.is_file():
+    name, _, q = spec.partition(":")
+    if spec.startswith(HF_PREFIX) or Path(spec).exists() or not q:
+        name, q = spec, ""
+    if q and not q.isdigit():
+        raise InputError(f"--init {spec}: ARCH:QUALITY takes an integer quality, not {q!r}")
+    source = resolve_model(name, quality=int(q) if q else None)
+    if source.kind == "checkpoint":
         from zoo.registry import load_checkpoint
 
-        state, ckpt = load_checkpoint(path)
+        state, ckpt = load_checkpoint(source.path)
         if isinstance(ckpt, dict) and "config" in ckpt:
             run = json.loads(ckpt["config"])
             if run.get("quality") and not get_arch(run["arch"]).variable_rate:
                 source_lambda = get_arch(run["arch"]).lmbda(run["quality"], run.get("metric", "mse"))
-    else:
-        import zoo
-
-        name, _, q = spec.partition(":")
-        state = zoo.load(name, quality=int(q) if q else None).model.state_dict()
+    elif source.kind == "release":  # the model zoo.load(name, quality) runs (a variable-rate one folded)
+        state = source.codec().model.state_dict()
         if q:
             source_lambda = get_arch(name).lmbda(int(q), metric)
+    else:  # an entry folder or a Hub repository: the weights as stored
+        from zoo.entry import load_entry
+
+        src, info = load_entry(source.path)
+        state = src.state_dict()
+        source_lambda = info.lmbda
     from zoo.models.variable_rate import VariableRateMixin
     from zoo.train.grow import grow_context_model, is_mean_scale_source
 
