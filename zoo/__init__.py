@@ -28,7 +28,8 @@ if TYPE_CHECKING:
 
 def load(name: str, quality: float | None = None, **kwargs: Any) -> Codec:
     """A ready codec for a released entry, e.g. `zoo.load("bmshj2018-hyperprior", quality=3)`; a variable-rate
-    entry takes any level in [1, 8] (`zoo.registry.LEVEL_RANGE`), e.g. `zoo.load("bmshj2018-hyperprior-vr", quality=3.5)`."""
+    entry takes any level in `zoo.points.LEVEL_RANGE`, e.g. `zoo.load("bmshj2018-hyperprior-vr", quality=3.5)`.
+    Any other model argument (entry folder, hf-hub:ORG/NAME[@REV], checkpoint with arch=) as `zoo.resolve` says."""
     from zoo.resolve import load as _load
 
     return _load(name, quality=quality, **kwargs)

@@ -23,7 +23,7 @@ from safetensors.torch import save_file
 from zoo.compressed import EntryId
 from zoo.errors import ArchitectureError, EntryNotFound, InputError, IntegrityError
 from zoo.models.base import CompressionModel
-from zoo.registry import METRICS, check_shapes, create_model, get_arch, load_weights
+from zoo.registry import LEVEL_RANGE, METRICS, check_shapes, create_model, get_arch, load_weights
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -349,10 +349,10 @@ def codec_from_entry(
 ):
     """A ready `zoo.codec.Codec` for an entry folder. `ort_threads`: ONNX Runtime's intra-op threads for the
     onnx backend (default: ONNX Runtime's own choice, one per core). `level`: the operating point of a
-    variable-rate entry, in [1, 8]; the codec runs the standard model that level folds into."""
+    variable-rate entry, in LEVEL_RANGE; the codec runs the standard model that level folds into."""
 
     if backend not in ("torch", "onnx"):
-        raise EntryNotFound(f"unknown backend {backend!r}; backends are torch, onnx")
+        raise InputError(f"unknown backend {backend!r}; backends are torch, onnx")
     if ort_threads is not None and (backend != "onnx" or ort_threads < 1):
         raise InputError(f"ort_threads={ort_threads} needs backend='onnx' and a count of at least 1")
     model, info = load_entry(path, device)
@@ -375,7 +375,7 @@ def codec_for_model(
     entry = info.entry
     if info.variable_rate:
         if level is None:
-            raise EntryNotFound(f"{entry.arch} is variable-rate: give a quality (level) in [1, 8]")
+            raise InputError(f"{entry.arch} is variable-rate: give a quality (level) in {LEVEL_RANGE}")
         level = get_arch(entry.arch).check_level(level)
         model = model.fold(level)  # type: ignore[operator]
         entry = EntryId(entry.arch, entry.quality, entry.metric, entry.version, level)
@@ -494,7 +494,7 @@ def _variable_rate_card(info: EntryInfo) -> str:
         lines += _kodak_result("Image compression", {})
     lines += ["---", "", f"# {e.arch} · every quality · {e.metric} · v{e.version}", ""]
     summary = (
-        f"{spec.title}: one network for every quality level in [1, 8]. Integer levels were trained at the "
+        f"{spec.title}: one network for every quality level in {LEVEL_RANGE}. Integer levels were trained at the "
         f"standard λ table ({_loss(e.metric)} + bpp); fractional levels interpolate the per-channel gains in log "
         f"space. Each level folds exactly into a standard `{spec.base}` model of the same widths, which is what "
         "codes the images."

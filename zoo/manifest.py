@@ -194,7 +194,7 @@ class Manifest:
         check_metric(metric)
         entries = self.select(arch)
         if quality is None:
-            raise EntryNotFound(f"{arch} needs a quality: {', '.join(map(str, spec.qualities))}")
+            raise InputError(f"{arch} needs a quality: {', '.join(map(str, spec.qualities))}")
         spec.check_quality(quality)
         released = sorted({(e.quality, e.metric) for e in entries})
         matching = [e for e in entries if e.quality == quality and e.metric == metric]
@@ -212,7 +212,7 @@ class Manifest:
         spec = get_arch(arch)
         if spec.variable_rate:
             if quality is None:
-                raise EntryNotFound(f"{arch} needs a quality: any level in {LEVEL_RANGE}")
+                raise InputError(f"{arch} needs a quality: any level in {LEVEL_RANGE}")
             level = spec.check_level(quality)
             check_metric(metric)
             matching = self.select(arch, metric)

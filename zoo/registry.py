@@ -28,22 +28,17 @@ from zoo.models import (
     MeanScaleHyperprior,
     ScaleHyperprior,
 )
-from zoo.models.variable_rate import LEVEL_RANGE as LEVEL_RANGE
-from zoo.models.variable_rate import LEVELS as LEVELS
 from zoo.models.variable_rate import (
     VariableRateJointAutoregressive,
     VariableRateMeanScaleHyperprior,
     VariableRateScaleHyperprior,
     check_level,
 )
-
-
-def check_metric(metric: str) -> str:
-    """A metric the zoo has entries for, or EntryNotFound naming those it has."""
-    if metric not in METRICS:
-        raise EntryNotFound(f"unknown metric {metric!r}; metrics are {', '.join(METRICS)}")
-    return metric
-
+from zoo.points import LAMBDAS as LAMBDAS
+from zoo.points import LEVEL_RANGE as LEVEL_RANGE
+from zoo.points import LEVELS as LEVELS
+from zoo.points import METRICS as METRICS
+from zoo.points import check_metric as check_metric
 
 # A width (N, M) may be at most this many times the largest in the architecture's table: room for wider
 # experiments, while a weights file that declares N=20000 is refused before anything is allocated. A model
@@ -51,12 +46,6 @@ def check_metric(metric: str) -> str:
 # forged entry can make us build before its shapes are refused.
 WIDTH_HEADROOM = 2
 
-# CompressAI's training λ per quality 1..8 (loss λ·255²·MSE + bpp, or λ·(1 − MS-SSIM) + bpp).
-LAMBDAS: dict[str, tuple[float, ...]] = {
-    "mse": (0.0018, 0.0035, 0.0067, 0.0130, 0.0250, 0.0483, 0.0932, 0.1800),
-    "ms-ssim": (2.40, 4.58, 8.73, 16.64, 31.73, 60.50, 115.37, 220.00),
-}
-METRICS = tuple(LAMBDAS)  # the distortion metrics entries are trained for: also the CLI's --metric choices
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from zoo.errors import InputError
+from zoo.points import LEVEL_RANGE, METRICS
 
 
 def _refuse_same_file(source: str, output: str) -> None:
@@ -58,7 +59,7 @@ def _resolve_codec(
 
 
 def parse_quality(text: str) -> float:
-    """--quality: an integer quality, or any level in [1, 8] of a variable-rate entry (e.g. 3.5)."""
+    """--quality: an integer quality, or any level of a variable-rate entry (e.g. 3.5)."""
     try:
         value = float(text)
     except ValueError:
@@ -142,9 +143,9 @@ def _model_args(p: argparse.ArgumentParser, required: bool) -> None:
     p.add_argument(
         "--quality",
         type=parse_quality,
-        help="quality (1-8; 1-6 for cheng2020); a variable-rate entry takes any level in [1, 8], e.g. 3.5",
+        help=f"quality (1-8; 1-6 for cheng2020); a variable-rate entry takes any level in {LEVEL_RANGE}, e.g. 3.5",
     )
-    p.add_argument("--metric", default="mse", choices=["mse", "ms-ssim"])
+    p.add_argument("--metric", default="mse", choices=METRICS)
     p.add_argument("--version", help="entry version (default: the newest)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--backend", default="torch", choices=["torch", "onnx"])

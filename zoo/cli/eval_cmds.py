@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from zoo.errors import InputError
+from zoo.points import METRICS
 
 
 def parse_qualities(text: str | None) -> list[float | None]:
@@ -59,7 +60,7 @@ def released_qualities(
         if spec.variable_rate:
             qualities = list(spec.qualities)
         else:
-            raise EntryNotFound(f"{arch} needs --quality: {', '.join(map(str, spec.qualities))}")
+            raise InputError(f"{arch} needs --quality: {', '.join(map(str, spec.qualities))}")
     manifest = Manifest.read()
     released: list[float] = []
     missing: list[float] = []
@@ -307,7 +308,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("eval", help="rate-distortion of learned codecs on an image folder")
     p.add_argument("--model", nargs="+", required=True, help="registry names, entry folders or checkpoints")
     p.add_argument("--quality", help="N, N-M or N,M,... (default: the entry's own)")
-    p.add_argument("--metric", default="mse", choices=["mse", "ms-ssim"])
+    p.add_argument("--metric", default="mse", choices=METRICS)
     p.add_argument("--version")
     p.add_argument("--arch", help="architecture of a CompressAI checkpoint given as --model")
     p.add_argument("--dataset", required=True)

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from zoo.errors import InputError
+from zoo.points import METRICS
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -150,7 +151,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("checkpoint")
     p.add_argument("--arch", required=True)
     p.add_argument("--quality", type=int)
-    p.add_argument("--metric", default="mse", choices=["mse", "ms-ssim"])
+    p.add_argument("--metric", default="mse", choices=METRICS)
     p.add_argument("--version", default="1.0")
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_import)

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from zoo.cli.codec_cmds import parse_quality
+from zoo.points import LEVEL_RANGE, METRICS
 
 STORE_HELP = "folder of .mar archives (default $ZOO_HOME/archives, ZOO_HOME defaulting to ~/.cache/zoo)"
 
@@ -59,8 +60,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("archive", help="build <name>-encode.mar and <name>-decode.mar for TorchServe")
     p.add_argument("model", help="registry name (with --quality) or entry folder")
-    p.add_argument("--quality", type=parse_quality, help="quality; a level in [1, 8] for a variable-rate entry")
-    p.add_argument("--metric", default="mse", choices=["mse", "ms-ssim"])
+    p.add_argument("--quality", type=parse_quality, help=f"quality; a level in {LEVEL_RANGE} for a variable-rate entry")
+    p.add_argument("--metric", default="mse", choices=METRICS)
     p.add_argument("--version")
     p.add_argument(
         "--backend",

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from zoo.points import LEVEL_RANGE, METRICS
+
 
 def cmd_train(args: argparse.Namespace) -> int:
     import torch
@@ -132,7 +134,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("train", help="train a model and keep best/last checkpoints in --out")
     p.add_argument("--arch", required=True)
     p.add_argument("--quality", type=int, help="the quality to train (not for variable-rate architectures)")
-    p.add_argument("--metric", default="mse", choices=["mse", "ms-ssim"])
+    p.add_argument("--metric", default="mse", choices=METRICS)
     p.add_argument("--train", required=True, help="folder of training images")
     p.add_argument("--val", required=True, help="folder of validation images")
     p.add_argument("--out", required=True, help="run folder (checkpoints, log.csv, summary.json)")
@@ -202,7 +204,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--integer-share",
         type=float,
         default=0.5,
-        help="variable-rate: share of examples at integer levels (the rest uniform in [1, 8])",
+        help=f"variable-rate: share of examples at integer levels (the rest uniform in {LEVEL_RANGE})",
     )
     p.add_argument("--N", type=int, help="override the quality's width N")
     p.add_argument("--M", type=int, help="override the quality's width M")

@@ -28,9 +28,7 @@ from zoo.models.google import (
     MeanScaleHyperprior,
     ScaleHyperprior,
 )
-
-LEVELS = 8
-LEVEL_RANGE = f"[1, {LEVELS}]"  # how messages and help texts name the levels of a variable-rate entry
+from zoo.points import LEVELS
 
 # Parameter names of the four layers a level folds into, identical in the three base architectures.
 G_A_LAST, H_A_LAST, H_S_FIRST, G_S_FIRST = "g_a.6", "h_a.4", "h_s.0", "g_s.0"

@@ -79,7 +79,7 @@ class TrainConfig:
     val_max_side: int = 512
     quiet: bool = False
     # variable-rate architectures: the share of examples drawn at an integer level (the rest uniformly in
-    # [1, 8]), and the levels validated (a level's figures are logged as phase "val-q<level>")
+    # [1, LEVELS]), and the levels validated (a level's figures are logged as phase "val-q<level>")
     integer_share: float = 0.5
     # a wall-clock budget instead of a step count: the run stops after this many minutes of training, and
     # the cosine/poly schedules follow the elapsed share of the budget instead of the step
@@ -155,8 +155,8 @@ def load_init_weights(
     calibration: Callable[[], Tensor] | None = None,
 ) -> str:
     """Warm start from an entry folder, a training checkpoint, or a Hub name (hf-hub:... or arch:quality), found by
-    the one resolver of model arguments (`zoo.resolve`). An entry folder that has left the working tree is read from the history its manifest line names (`zoo.mirror`), so a
-    retired version stays a starting point.
+    the one resolver of model arguments (`zoo.resolve`). An entry folder that has left the working tree is read
+    from the history its manifest line names (`zoo.mirror`), so a retired version stays a starting point.
 
     With `parts`, only those submodules are taken (each one whole, shapes equal): the way to start one
     architecture from another's transforms, e.g. a factorized prior from a hyperprior's g_a and g_s.
