@@ -96,7 +96,7 @@ def test_fold_computes_what_the_gained_network_computes(vr_entry):
 
 
 @pytest.mark.parametrize("arch", VR_ARCHS)
-def test_folded_state_dict_has_compressai_names_and_shapes(arch):
+def test_a_folded_level_has_compressai_names_and_shapes(arch):
     from tests.support import fixture_state_dict
 
     base = get_arch(arch).base

@@ -190,8 +190,6 @@ def check_config(cfg: Any) -> EntryInfo:
             f"quality {quality!r} is not one of {spec.name}'s ({', '.join(map(str, spec.qualities))}, "
             "or 0 for an entry outside the standard table)"
         )
-    if spec.variable_rate and quality != 0:
-        raise IntegrityError(f"quality {quality!r}: a variable-rate {spec.name} entry has quality 0 (every level)")
     if cfg["metric"] not in METRICS:
         raise IntegrityError(f"metric {cfg['metric']!r} is not one of {', '.join(METRICS)}")
     version = str(cfg["version"])

@@ -167,9 +167,6 @@ class VariableRateMixin:
         device = next(model.parameters()).device
         return folded.to(device).eval()
 
-    def folded_state_dict(self, level: float) -> dict[str, Tensor]:
-        return self.fold(level).state_dict()
-
     def _compress(self, x):  # pragma: no cover - a guard, not a code path
         raise TypeError("a variable-rate network codes through fold(level): use zoo.load(..., quality=level)")
 
