@@ -1,5 +1,6 @@
-"""The package's layers, read from the source: every import in zoo/ (function-level ones included) goes to the
-same layer or one below, and no modules import each other in a circle."""
+"""The package's layers, read from the source: every import in zoo/ that can run (function-level ones included;
+`if TYPE_CHECKING:` blocks, annotations only, left out) goes to the same layer or one below, and no modules import
+each other in a circle."""
 
 from __future__ import annotations
 
@@ -42,6 +43,18 @@ def _modules() -> dict[str, Path]:
     return found
 
 
+def _runtime_nodes(tree: ast.AST):
+    """Every node that can run: all of them but the bodies of `if TYPE_CHECKING:` (annotations only)."""
+    todo = [tree]
+    while todo:
+        node = todo.pop()
+        yield node
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            todo.extend(node.orelse)
+            continue
+        todo.extend(ast.iter_child_nodes(node))
+
+
 def _imports(modules: dict[str, Path]) -> dict[str, set[str]]:
     """module -> the zoo modules it imports (`from zoo import _rans` is zoo._rans; `from zoo import load` is zoo)."""
     graph: dict[str, set[str]] = {}
@@ -49,7 +62,7 @@ def _imports(modules: dict[str, Path]) -> dict[str, set[str]]:
         targets: set[str] = set()
         if path.suffix == ".py":
             package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            for node in _runtime_nodes(ast.parse(path.read_text(), str(path))):
                 if isinstance(node, ast.Import):
                     targets.update(a.name for a in node.names)
                 elif isinstance(node, ast.ImportFrom):
@@ -133,4 +146,5 @@ def test_the_checker_sees_function_level_imports_and_circles():
     graph = _imports(_modules())
     assert "zoo._rans" in graph["zoo.coder"]
     assert "zoo.resolve" in graph["zoo"]  # imported inside zoo.load's body only
+    assert "zoo.codec" not in graph["zoo"]  # imported for annotations only
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [{"a", "b", "c"}]
