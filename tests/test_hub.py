@@ -338,3 +338,16 @@ def test_one_version_ordering_everywhere(fixture_entry, tmp_path, monkeypatch, c
     assert [p.rsplit("@", 1)[1] for p in published] == ["0-rc1", "0", "1.9", "1.10"]
     with pytest.raises(EntryNotFound, match="no version latest; versions: 0-rc1, 0, 1.9, 1.10"):
         resolve("bmshj2018-hyperprior", 1, version="latest")
+
+
+def test_a_warm_start_takes_hub_repositories_and_released_names_through_the_resolver(env):
+    """`zoo train --init` resolves its argument as zoo.load does: hf-hub:ORG/NAME@REV and ARCH:QUALITY."""
+    from zoo.registry import create_model
+    from zoo.train.trainer import load_init_weights
+
+    for spec, folder in ((f"hf-hub:{REPO}@v0.1", env["v1"]), ("bmshj2018-hyperprior:1", env["v2"])):
+        model = create_model("bmshj2018-hyperprior", N=32, M=48)
+        assert load_init_weights(model, spec) == spec
+        expected, _ = load_entry(folder)
+        mine, theirs = model.state_dict(), expected.state_dict()
+        assert all(torch.equal(mine[k], theirs[k]) for k in theirs), spec

@@ -101,7 +101,9 @@ def cmd_decode(args: argparse.Namespace) -> int:
     e = compressed.entry
     point = e.level if e.level is not None else e.quality
     if args.model:
-        local = Path(args.model).is_dir()
+        from zoo.registry import ARCHITECTURES
+
+        local = args.model not in ARCHITECTURES and Path(args.model).is_dir()
         codec = _resolve_codec(args.model, e.level if local else point, e.metric, e.version, args.device, args.backend)
     else:
         # The header's strings name a released entry or nothing: they never become paths.

@@ -38,10 +38,11 @@ def parse_qualities(text: str | None) -> list[float | None]:
 
 
 def _is_single_entry(model: str) -> bool:
-    """An entry folder, a checkpoint file or a Hub repo: one model, so one quality."""
-    from zoo.resolve import HF_PREFIX
+    """Anything but a registry name (an entry folder, a checkpoint file, a Hub repo): one model, so one quality.
+    The same rule as the resolver's (`zoo.resolve`): a registry name is never taken for a folder."""
+    from zoo.registry import ARCHITECTURES
 
-    return model.startswith(HF_PREFIX) or Path(model).exists()
+    return model not in ARCHITECTURES
 
 
 def released_qualities(
