@@ -41,7 +41,7 @@ def test_a_checkpoint_needs_its_architecture_and_is_labelled_with_its_quality(tm
     [
         ("no-such-arch", EntryNotFound, "unknown architecture"),
         ("no/such/folder", EntryNotFound, "neither an entry folder"),
-        ("hf-hub:only-a-name", EntryNotFound, "hf-hub:ORG/NAME"),
+        ("hf-hub:only-a-name", InputError, "hf-hub:ORG/NAME"),
     ],
 )
 def test_names_that_mean_nothing_are_refused_before_any_download(name, error, match):

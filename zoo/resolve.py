@@ -65,7 +65,7 @@ def parse_hf_name(name: str) -> tuple[str, str]:
     ref = name[len(HF_PREFIX) :]
     repo, _, revision = ref.partition("@")
     if repo.count("/") != 1 or not all(repo.split("/")):
-        raise EntryNotFound(f"{name!r} is not of the form hf-hub:ORG/NAME[@REVISION]")
+        raise InputError(f"{name!r} is not of the form hf-hub:ORG/NAME[@REVISION]")
     return repo, revision or "main"
 
 
@@ -137,7 +137,7 @@ def load_released(entry: EntryId, device: str | torch.device = "cpu", backend: s
             point = manifest.resolve_point(entry.arch, entry.level, entry.metric, entry.version)
         else:
             point = Resolved(manifest.resolve(entry.arch, entry.quality, entry.metric, entry.version))
-    except EntryNotFound as exc:
+    except (EntryNotFound, InputError) as exc:  # a header's level or version that names nothing released
         name = str(entry) if len(str(entry)) <= 120 else str(entry)[:117] + "..."
         raise EntryNotFound(
             f"the stream was made by {name}, which is not a released entry ({exc}); a stream made with a "

@@ -123,7 +123,6 @@ class _Loader:
 
 def _plan(model: str, args: argparse.Namespace) -> list[tuple[_Loader, Any]]:
     """What to evaluate for one --model: (loader, codec or None to load when its turn comes) per quality."""
-    from zoo.errors import EntryNotFound
 
     requested = parse_qualities(args.quality)
     if not _is_single_entry(model):
@@ -153,7 +152,7 @@ def _plan(model: str, args: argparse.Namespace) -> list[tuple[_Loader, Any]]:
     codec = loader()
     q = codec.entry.quality
     if requested != [None] and q not in requested:
-        raise EntryNotFound(f"{model} is {codec.entry}, quality {q}; --quality {args.quality} does not include it")
+        raise InputError(f"{model} is {codec.entry}, quality {q}; --quality {args.quality} does not include it")
     if len(requested) > 1 and not args.quiet:
         print(f"zoo: note: {model} is one entry ({codec.entry}); evaluating q{q} only", file=sys.stderr)
     return [(loader, codec)]

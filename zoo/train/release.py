@@ -16,7 +16,7 @@ from zoo.entry import (
     sha256_file,
     version_key,
 )
-from zoo.errors import EntryNotFound
+from zoo.errors import InputError
 from zoo.manifest import DEFAULT_ORG, Manifest, ManifestEntry, repo_for, tag_for
 from zoo.registry import create_model, get_arch, load_checkpoint
 
@@ -24,7 +24,7 @@ from zoo.registry import create_model, get_arch, load_checkpoint
 def _run_model(run: Path, checkpoint: str):
     cfg_path, ckpt_path = run / "config.json", run / checkpoint
     if not cfg_path.exists() or not ckpt_path.exists():
-        raise EntryNotFound(f"{run} is not a finished training run (needs config.json and {checkpoint})")
+        raise InputError(f"{run} is not a finished training run (needs config.json and {checkpoint})")
     cfg = json.loads(cfg_path.read_text())
     state, ckpt = load_checkpoint(ckpt_path)
     model = create_model(cfg["arch"], cfg["quality"], **cfg.get("widths", {}))
@@ -189,7 +189,7 @@ def manifest_entry(
         }
         line["current_for"] = sorted(current_for or [])
     elif current_for:
-        raise EntryNotFound(f"{e} is fixed-rate: only a variable-rate entry is marked current for qualities")
+        raise InputError(f"{e} is fixed-rate: only a variable-rate entry is marked current for qualities")
     return ManifestEntry(**line)
 
 
