@@ -47,7 +47,6 @@ from zoo.points import check_metric as check_metric
 WIDTH_HEADROOM = 2
 
 
-
 @dataclass(frozen=True)
 class ArchSpec:
     name: str
