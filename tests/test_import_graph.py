@@ -21,7 +21,10 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("models", ("zoo.models", "zoo.registry")),
     ("bitstream container", ("zoo.bitstream",)),
     ("codec API", ("zoo.codec", "zoo.export")),
-    ("entries and hub", ("zoo", "zoo.entry", "zoo.manifest", "zoo.hub", "zoo.mirror", "zoo.resolve")),
+    (
+        "entries and hub",
+        ("zoo", "zoo.entry", "zoo.card", "zoo.entry_codec", "zoo.manifest", "zoo.hub", "zoo.mirror", "zoo.resolve"),
+    ),
     ("applications", ("zoo.cli", "zoo.handlers", "zoo.serve", "zoo.evaluation", "zoo.train")),
 ]
 

@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 
 from zoo.compressed import EntryId
-from zoo.entry import EntryInfo, check_device, codec_from_entry, read_config
+from zoo.entry import EntryInfo, check_device, read_config
+from zoo.entry_codec import codec_from_entry
 from zoo.errors import EntryNotFound, InputError
 from zoo.hub import download_entry, download_manifest_entry
 from zoo.manifest import Manifest, ManifestEntry, Resolved

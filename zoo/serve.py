@@ -146,7 +146,7 @@ def build_archives(
 def export_onnx_graphs(entry_dir: str | Path, out_dir: str | Path, level: float | None = None) -> dict[str, Path]:
     """The entry's transforms as ONNX graphs, with a metadata.json naming the entry and its weights fingerprint
     (the same metadata `zoo export` writes), so a worker can check the graphs belong to the weights beside them."""
-    from zoo.entry import codec_from_entry
+    from zoo.entry_codec import codec_from_entry
     from zoo.export import entry_metadata, export_graphs
 
     codec = codec_from_entry(entry_dir, level=level)
@@ -160,7 +160,7 @@ def archived_codec(
     entry), and for the onnx backend the graphs the archive carries (checked against the weights' fingerprint,
     never re-exported)."""
     from zoo.codec import Codec
-    from zoo.entry import codec_from_entry
+    from zoo.entry_codec import codec_from_entry
 
     if backend == "torch":
         return codec_from_entry(model_dir, level=level)

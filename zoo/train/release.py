@@ -9,13 +9,13 @@ from typing import Any
 from zoo.entry import (
     ENTRY_FILES,
     EntryInfo,
-    codec_for_model,
     load_entry,
     read_config,
     save_entry,
     sha256_file,
     version_key,
 )
+from zoo.entry_codec import codec_for_model
 from zoo.errors import InputError
 from zoo.manifest import DEFAULT_ORG, Manifest, ManifestEntry, repo_for, tag_for
 from zoo.registry import create_model, get_arch, load_checkpoint
