@@ -13,7 +13,8 @@ from tests.conftest import write_manifest
 from tests.support import fixture_dir, fixture_expected, fixture_model, psnr
 from zoo.entry import CONFIG_NAME, ENTRY_FILES, WEIGHTS_NAME, load_entry, save_entry, sha256_file
 from zoo.errors import EntryNotFound, HubError, IntegrityError
-from zoo.mirror import publish_to_mirror, start_server, stop_server
+from zoo.mirror import start_server, stop_server
+from zoo.publish import publish_to_mirror
 
 REPO = "zoo-test/hyperprior-q1-mse"
 

@@ -23,7 +23,18 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("codec API", ("zoo.codec", "zoo.export")),
     (
         "entries and hub",
-        ("zoo", "zoo.entry", "zoo.card", "zoo.entry_codec", "zoo.manifest", "zoo.hub", "zoo.mirror", "zoo.resolve"),
+        (
+            "zoo",
+            "zoo.entry",
+            "zoo.card",
+            "zoo.entry_codec",
+            "zoo.manifest",
+            "zoo.hub",
+            "zoo.mirror",
+            "zoo.publish",
+            "zoo.retire",
+            "zoo.resolve",
+        ),
     ),
     ("applications", ("zoo.cli", "zoo.handlers", "zoo.serve", "zoo.evaluation", "zoo.train")),
 ]

@@ -67,7 +67,7 @@ def _spans(qs: list[int]) -> str:
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
-    from zoo.mirror import publish_to_hub, publish_to_mirror
+    from zoo.publish import publish_to_hub, publish_to_mirror
 
     if args.mirror:
         sha = publish_to_mirror(args.entry_dir, args.mirror, args.repo, args.version)
