@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from zoo.errors import ZooError  # noqa: E402
-from zoo.mirror import retire_entry  # noqa: E402
+from zoo.retire import retire_entry  # noqa: E402
 
 
 def main(names: list[str]) -> int:

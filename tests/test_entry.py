@@ -142,8 +142,9 @@ def _card_datasets(training: dict, arch: str = "bmshj2018-hyperprior") -> object
     """The `datasets` of the front matter of the card written for an entry trained as `training` records."""
     import yaml
 
+    from zoo.card import model_card
     from zoo.compressed import EntryId
-    from zoo.entry import EntryInfo, model_card
+    from zoo.entry import EntryInfo
 
     quality = 0 if arch.endswith("-vr") else 1
     info = EntryInfo(EntryId(arch, quality, "mse", "1.0"), {"N": 128, "M": 192}, None, bytes(16), 1, training=training)

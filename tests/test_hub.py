@@ -13,7 +13,8 @@ from tests.conftest import write_manifest
 from tests.support import fixture_dir, fixture_expected, fixture_model, psnr
 from zoo.entry import CONFIG_NAME, ENTRY_FILES, WEIGHTS_NAME, load_entry, save_entry, sha256_file
 from zoo.errors import EntryNotFound, HubError, IntegrityError
-from zoo.mirror import publish_to_mirror, start_server, stop_server
+from zoo.mirror import start_server, stop_server
+from zoo.publish import publish_to_mirror
 
 REPO = "zoo-test/hyperprior-q1-mse"
 
@@ -398,7 +399,7 @@ def test_a_stream_naming_an_entry_with_other_weights_is_refused_before_the_weigh
 
     from zoo.compressed import EntryId
     from zoo.errors import BitstreamError
-    from zoo.hub import load_released
+    from zoo.resolve import load_released
 
     v2 = load_entry(env["v2"])[1].fingerprint
     with pytest.raises(BitstreamError, match=f"needs weights {v2.hex()[:12]}"):
@@ -406,3 +407,16 @@ def test_a_stream_naming_an_entry_with_other_weights_is_refused_before_the_weigh
     cached = [p.name for p in Path(hfc.HF_HUB_CACHE).rglob("*") if p.is_file() or p.is_symlink()]
     assert CONFIG_NAME in cached and WEIGHTS_NAME not in cached
     assert load_released(EntryId("bmshj2018-hyperprior", 1, "mse", "0.2"), fingerprint=v2).fingerprint == v2
+
+
+def test_a_warm_start_takes_hub_repositories_and_released_names_through_the_resolver(env):
+    """`zoo train --init` resolves its argument as zoo.load does: hf-hub:ORG/NAME@REV and ARCH:QUALITY."""
+    from zoo.registry import create_model
+    from zoo.train.trainer import load_init_weights
+
+    for spec, folder in ((f"hf-hub:{REPO}@v0.1", env["v1"]), ("bmshj2018-hyperprior:1", env["v2"])):
+        model = create_model("bmshj2018-hyperprior", N=32, M=48)
+        assert load_init_weights(model, spec) == spec
+        expected, _ = load_entry(folder)
+        mine, theirs = model.state_dict(), expected.state_dict()
+        assert all(torch.equal(mine[k], theirs[k]) for k in theirs), spec

@@ -19,7 +19,9 @@ from PIL import Image
 from tests.support import REPO
 from zoo.errors import EntryNotFound
 from zoo.hub import ManifestEntry, load_manifest
-from zoo.mirror import _git, _git_root, build_mirror, read_from_history, retire_entry, start_server, stop_server
+from zoo.mirror import _git_root, build_mirror, read_from_history, start_server, stop_server
+from zoo.publish import _git
+from zoo.retire import retire_entry
 
 RETIRED = "bmshj2018-hyperprior/q3-mse@1.0"  # superseded by 1.1
 GOLDEN = REPO / "tests" / "golden" / "retired-hyperprior-q3-v1.0-48x64.zoo"  # encoded with that entry

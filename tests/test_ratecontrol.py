@@ -82,7 +82,8 @@ def test_budget_for_bpp_rounds_down():
 
 
 def _vr_codecs():
-    from zoo.entry import codec_for_model, load_entry
+    from zoo.entry import load_entry
+    from zoo.entry_codec import codec_for_model
 
     model, info = load_entry(VR_ENTRY)
     return lambda q: codec_for_model(model, info, level=q)

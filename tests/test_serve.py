@@ -116,10 +116,10 @@ def test_a_variable_rate_level_round_trips_over_http(server, vr_entry):
     assert status == 200
     expected = to_uint8(codec.decompress(bitstream.loads(data))).astype(int)
     assert np.abs(np.asarray(Image.open(io.BytesIO(png))).astype(int) - expected).max() <= 1
-    from zoo.errors import EntryNotFound
+    from zoo.errors import InputError
     from zoo.serve import build_archives
 
-    with pytest.raises(EntryNotFound, match="variable-rate"):
+    with pytest.raises(InputError, match="variable-rate"):
         build_archives(vr_entry, server["store"], name="nolevel")
 
 

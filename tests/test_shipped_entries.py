@@ -10,7 +10,8 @@ import pytest
 
 from zoo.entry import CONFIG_NAME, ENTRY_FILES, sha256_file
 from zoo.hub import load_manifest, manifest_path, resolve_point
-from zoo.mirror import _git, _git_root, read_from_history
+from zoo.mirror import _git_root, read_from_history
+from zoo.publish import _git
 from zoo.registry import get_arch
 
 REPO = Path(__file__).resolve().parents[1]

@@ -16,7 +16,7 @@ from zoo import bitstream
 from zoo.codec import Codec
 from zoo.compressed import EntryId
 from zoo.entry import load_entry, save_entry
-from zoo.errors import BitstreamError, EntryNotFound
+from zoo.errors import BitstreamError, EntryNotFound, InputError
 from zoo.registry import LAMBDAS, create_model, get_arch
 
 VR_ARCHS = ("bmshj2018-hyperprior-vr", "mbt2018-mean-vr", "mbt2018-vr")
@@ -96,7 +96,7 @@ def test_fold_computes_what_the_gained_network_computes(vr_entry):
 
 
 @pytest.mark.parametrize("arch", VR_ARCHS)
-def test_folded_state_dict_has_compressai_names_and_shapes(arch):
+def test_a_folded_level_has_compressai_names_and_shapes(arch):
     from tests.support import fixture_state_dict
 
     base = get_arch(arch).base
@@ -121,8 +121,11 @@ def test_gains_interpolate_log_linearly_and_exactly_at_integers():
     lam = get_arch("bmshj2018-hyperprior-vr").lmbda
     assert lam(3, "mse") == LAMBDAS["mse"][2]
     assert math.isclose(lam(3.5, "mse"), math.sqrt(LAMBDAS["mse"][2] * LAMBDAS["mse"][3]))
-    for bad in (0.5, 8.01, float("nan"), "x"):
+    for bad in (0.5, 8.01):  # numbers, but no level the entry has
         with pytest.raises(EntryNotFound):
+            model.fold(bad)
+    for bad in (float("nan"), "x"):  # not a level at all: bad input
+        with pytest.raises(InputError):
             model.fold(bad)
 
 

@@ -28,7 +28,8 @@ if TYPE_CHECKING:
 
 def load(name: str, quality: float | None = None, *, source: str = "zoo", **kwargs: Any) -> Codec:
     """A ready codec for a released entry, e.g. `zoo.load("bmshj2018-hyperprior", quality=3)`; a variable-rate
-    entry takes any level in [1, 8], e.g. `zoo.load("bmshj2018-hyperprior-vr", quality=3.5)`.
+    entry takes any level in `zoo.points.LEVEL_RANGE`, e.g. `zoo.load("bmshj2018-hyperprior-vr", quality=3.5)`.
+    Any other model argument (entry folder, hf-hub:ORG/NAME[@REV], checkpoint with arch=) as `zoo.resolve` says.
 
     `source="compressai"` loads CompressAI's own published weights for that name instead, downloaded and
     verified once, then cached as an entry (docs/compressai.md)."""
@@ -37,15 +38,15 @@ def load(name: str, quality: float | None = None, *, source: str = "zoo", **kwar
 
         return _load_compressai(name, quality, **kwargs)
     if source != "zoo":
-        raise EntryNotFound(f"unknown source {source!r}; sources are zoo, compressai")
-    from zoo.hub import load as _load
+        raise InputError(f"unknown source {source!r}; sources are zoo, compressai")
+    from zoo.resolve import load as _load
 
     return _load(name, quality=quality, **kwargs)
 
 
 def load_local(path: str | Path, **kwargs: Any) -> Codec:
     """A ready codec from an entry folder on disk (config.json + model.safetensors)."""
-    from zoo.hub import load_local as _load_local
+    from zoo.resolve import load_local as _load_local
 
     return _load_local(path, **kwargs)
 

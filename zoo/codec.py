@@ -29,13 +29,13 @@ from zoo.compressed import (
     tile_checksum,
 )
 from zoo.errors import BitstreamError, ImageTooLarge, InputError
+from zoo.imageio import DEFAULT_MAX_PIXELS as DEFAULT_MAX_PIXELS  # the one pixel limit, shared with image reading
 from zoo.models.base import CompressionModel, check_index_crc
 
 if TYPE_CHECKING:
     from zoo.refine import EffortLevel, Objective
 
 DEFAULT_TILE_SIZE = 1024  # bounds peak memory: a 1024^2 tile needs well under 1 GB at the largest widths
-DEFAULT_MAX_PIXELS = 64 * 1024 * 1024
 # The decoder's own bound on one tile, whatever a file declares: a tile is decoded in one network pass, so
 # this (not the file) decides the memory a decode needs (benchmarks/decode_limits.py measures it).
 DEFAULT_MAX_TILE_PIXELS = DEFAULT_TILE_SIZE * DEFAULT_TILE_SIZE

@@ -24,7 +24,8 @@ from typing import Any
 import torch
 
 from zoo.compressed import EntryId
-from zoo.entry import EntryInfo, codec_from_entry, read_config, save_entry, sha256_file
+from zoo.entry import EntryInfo, read_config, save_entry, sha256_file
+from zoo.entry_codec import codec_from_entry
 from zoo.errors import ArchitectureError, EntryNotFound, HubError, IntegrityError, ZooError
 from zoo.models.base import CompressionModel
 from zoo.registry import METRICS, create_model, get_arch, infer_widths, load_checkpoint, load_weights

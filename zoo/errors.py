@@ -50,5 +50,9 @@ class DivergedError(ZooError, RuntimeError):
     """Training kept producing non-finite losses or gradients: the run stopped rather than go on from bad weights."""
 
 
+class ServeError(ZooError):
+    """TorchServe could not be started, reached or given a model."""
+
+
 class CompileError(ZooError, RuntimeError):
     """torch.compile could not compile the network (no C++ compiler, an unsupported operation): train without it."""

@@ -1,85 +1,33 @@
-"""Released entries: the pinned manifest, downloads through `huggingface_hub`, and integrity checks.
+"""Released entries' files: downloads through `huggingface_hub`, and their integrity checks.
 
-`zoo.load(name, quality=...)` resolves (arch, quality, metric, version) through `zoo/manifest.json`, fetches
-the entry's files at the pinned revision with `hf_hub_download` (so HF_ENDPOINT, HF_HUB_OFFLINE,
-HF_HUB_CACHE, tokens and progress bars behave as usual), checks each file's sha256 itself, and builds a
-Codec. The same code talks to huggingface.co or to a mirror such as `zoo hub serve`.
+`zoo.load(name, quality=...)` resolves (arch, quality, metric, version) through the manifest (`zoo.manifest`),
+then fetches the entry's files here at the pinned revision with `hf_hub_download` (so HF_ENDPOINT,
+HF_HUB_OFFLINE, HF_HUB_CACHE, tokens and progress bars behave as usual) and checks each file's sha256 itself.
+The same code talks to huggingface.co or to a mirror such as `zoo hub serve`.
 """
 
 from __future__ import annotations
 
-import json
 import os
-from dataclasses import dataclass, field
-from importlib import resources
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import torch
 
 from zoo import net
-from zoo.compressed import EntryId
-from zoo.entry import (
-    CARD_NAME,
-    CONFIG_NAME,
-    ENTRY_FILES,
-    MAX_CONFIG_BYTES,
-    WEIGHTS_NAME,
-    check_device,
-    codec_from_entry,
-    sha256_file,
-    version_key,
-)
+from zoo.entry import CARD_NAME, CONFIG_NAME, ENTRY_FILES, MAX_CONFIG_BYTES, WEIGHTS_NAME, sha256_file
 from zoo.errors import BitstreamError, EntryNotFound, HubError, IntegrityError
-from zoo.registry import ARCHITECTURES, METRICS, get_arch
-
-HF_PREFIX = "hf-hub:"
-
-
-@dataclass(frozen=True)
-class ManifestEntry:
-    arch: str
-    quality: int
-    metric: str
-    version: str
-    repo: str
-    revision: str
-    files: dict[str, str]  # file name -> sha256
-    kodak: dict[str, float] = field(default_factory=dict)
-    path: str = ""  # where the released folder lives in this repository (model_store/entries/...)
-    # Set when the entry is retired: its folder left the working tree, and this commit of the repository holds
-    # its files at `path` (the embedded mirror serves them from there; see model_store/README.md).
-    commit: str = ""
-    # variable-rate entries: level -> Kodak figures, and the integer qualities of the base architecture for
-    # which this entry is the current one (what `zoo.load(base, quality=q)` returns)
-    levels: dict[str, dict[str, float]] = field(default_factory=dict)
-    current_for: list[int] = field(default_factory=list)
-
-    @property
-    def name(self) -> str:
-        if self.quality == 0:
-            return f"{self.arch}@{self.version}"
-        return f"{self.arch}/q{self.quality}-{self.metric}@{self.version}"
-
-
-@dataclass(frozen=True)
-class Resolved:
-    """A manifest entry and, for a variable-rate one, the level to run it at."""
-
-    entry: ManifestEntry
-    level: float | None = None
+from zoo.manifest import Manifest, ManifestEntry, Resolved, package_manifest_path
+from zoo.points import METRICS
+from zoo.registry import ARCHITECTURES, get_arch
 
 
 def load_manifest(path: str | Path | None = None) -> list[ManifestEntry]:
     """Released entries: the package's manifest, or the file named by ZOO_MANIFEST (an internal zoo)."""
-    path = path or os.environ.get("ZOO_MANIFEST") or None
-    text = Path(path).read_text() if path else resources.files("zoo").joinpath("manifest.json").read_text()
-    data = json.loads(text)
-    return [ManifestEntry(**e) for e in data.get("entries", [])]
+    return Manifest.read(path).entries
 
 
 def manifest_path() -> Path:
-    return Path(str(resources.files("zoo").joinpath("manifest.json")))
+    return package_manifest_path()
 
 
 def resolve_point(
@@ -87,42 +35,10 @@ def resolve_point(
     quality: float | None = None,
     metric: str = "mse",
     version: str | None = None,
-    manifest: list[ManifestEntry] | None = None,
+    manifest: Iterable[ManifestEntry] | None = None,
 ) -> Resolved:
-    """What `zoo.load(arch, quality=...)` runs: for a fixed-rate architecture without a pinned version, the
-    variable-rate entry the manifest marks current for that quality (at that level) if there is one, else the
-    newest fixed-rate entry; for a variable-rate architecture, its entry at the level `quality`."""
-    spec = get_arch(arch)
-    entries = manifest if manifest is not None else load_manifest()
-    if spec.variable_rate:
-        if quality is None:
-            raise EntryNotFound(f"{arch} needs a quality: any level in [1, 8]")
-        level = spec.check_level(quality)
-        if metric not in METRICS:
-            raise EntryNotFound(f"unknown metric {metric!r}; metrics are {', '.join(METRICS)}")
-        matching = [e for e in entries if e.arch == arch and e.metric == metric]
-        if not matching:
-            raise EntryNotFound(f"no released {arch} entry ({metric})")
-        return Resolved(_pick_version(matching, version, f"{arch} {metric}"), level)
-    if version is None and quality is not None and metric in METRICS and int(quality) == quality:
-        current = [
-            e for e in entries if e.metric == metric and int(quality) in e.current_for and get_arch(e.arch).base == arch
-        ]
-        if current:
-            return Resolved(max(current, key=lambda e: version_key(e.version)), float(quality))
-    return Resolved(resolve(arch, quality, metric, version, manifest=entries))  # type: ignore[arg-type]
-
-
-def _pick_version(matching: list[ManifestEntry], version: str | None, what: str) -> ManifestEntry:
-    if version is None:
-        return max(matching, key=lambda e: version_key(e.version))
-    for e in matching:
-        if e.version == str(version):
-            return e
-    raise EntryNotFound(
-        f"{what} has no version {version}; versions: "
-        + ", ".join(sorted((e.version for e in matching), key=version_key))
-    )
+    """What `zoo.load(arch, quality=...)` runs (`Manifest.resolve_point`), from the given entries or the manifest."""
+    return _manifest(manifest).resolve_point(arch, quality, metric, version)
 
 
 def resolve(
@@ -130,22 +46,16 @@ def resolve(
     quality: int | None = None,
     metric: str = "mse",
     version: str | None = None,
-    manifest: list[ManifestEntry] | None = None,
+    manifest: Iterable[ManifestEntry] | None = None,
 ) -> ManifestEntry:
-    """The fixed-rate manifest entry for a name, or EntryNotFound saying what exists."""
-    spec = get_arch(arch)
-    if metric not in METRICS:
-        raise EntryNotFound(f"unknown metric {metric!r}; metrics are {', '.join(METRICS)}")
-    entries = [e for e in (manifest if manifest is not None else load_manifest()) if e.arch == arch]
-    if quality is None:
-        raise EntryNotFound(f"{arch} needs a quality: {', '.join(map(str, spec.qualities))}")
-    spec.check_quality(quality)
-    released = sorted({(e.quality, e.metric) for e in entries})
-    matching = [e for e in entries if e.quality == quality and e.metric == metric]
-    if not matching:
-        have = ", ".join(f"q{q}-{m}" for q, m in released) or "none yet"
-        raise EntryNotFound(f"no released entry for {arch} quality {quality} ({metric}); released: {have}")
-    return _pick_version(matching, version, f"{arch} q{quality} {metric}")
+    """The fixed-rate manifest entry for a name (`Manifest.resolve`), or EntryNotFound saying what exists."""
+    return _manifest(manifest).resolve(arch, quality, metric, version)
+
+
+def _manifest(entries: Iterable[ManifestEntry] | None) -> Manifest:
+    if entries is None:
+        return Manifest.read()
+    return entries if isinstance(entries, Manifest) else Manifest(list(entries))
 
 
 @dataclass(frozen=True)
@@ -159,10 +69,10 @@ class Served:
     point: Resolved
 
 
-def served(arch: str | None = None, manifest: list[ManifestEntry] | None = None) -> list[Served]:
+def served(arch: str | None = None, manifest: Iterable[ManifestEntry] | None = None) -> list[Served]:
     """Every (architecture, quality, metric) that `zoo.load` answers without a pinned version, with the entry it
     resolves to today, found by `resolve_point` as loading finds it; `arch` narrows to one architecture."""
-    entries = manifest if manifest is not None else load_manifest()
+    entries = _manifest(manifest)
     names = [get_arch(arch).name] if arch is not None else list(ARCHITECTURES)
     points = []
     for name in names:
@@ -354,77 +264,3 @@ def download_manifest_entry(entry: ManifestEntry, fingerprint: bytes | None = No
             f"{entry.name} is a retired entry and {_endpoint()} does not serve it ({exc}); "
             "`zoo hub serve` in a clone with full git history does (model_store/README.md)"
         ) from None
-
-
-def parse_hf_name(name: str) -> tuple[str, str]:
-    """ "hf-hub:org/repo@revision" -> (repo, revision); the revision defaults to "main"."""
-    ref = name[len(HF_PREFIX) :]
-    repo, _, revision = ref.partition("@")
-    if repo.count("/") != 1 or not all(repo.split("/")):
-        raise EntryNotFound(f"{name!r} is not of the form hf-hub:ORG/NAME[@REVISION]")
-    return repo, revision or "main"
-
-
-def load(
-    name: str,
-    quality: float | None = None,
-    metric: str = "mse",
-    version: str | None = None,
-    device: str | torch.device = "cpu",
-    backend: str = "torch",
-    **codec_kwargs: Any,
-):
-    """A ready codec: a manifest entry by name, or any Hub repo as "hf-hub:org/repo@revision"."""
-    check_device(device)  # before any download
-    if name.startswith(HF_PREFIX):
-        repo, revision = parse_hf_name(name)
-        folder = download_entry(repo, revision)
-    else:
-        if name not in ARCHITECTURES and Path(name).is_dir():
-            return load_local(name, device=device, backend=backend, **codec_kwargs)
-        point = resolve_point(name, quality, metric, version)
-        folder = download_manifest_entry(point.entry)
-        return codec_from_entry(folder, device=device, backend=backend, level=point.level, **codec_kwargs)
-    return codec_from_entry(folder, device=device, backend=backend, level=quality, **codec_kwargs)
-
-
-def load_released(
-    entry: EntryId,
-    device: str | torch.device = "cpu",
-    backend: str = "torch",
-    fingerprint: bytes | None = None,
-    **codec_kwargs: Any,
-):
-    """The released codec that made a stream, found from the stream's header through the registry and the
-    manifest only: a header's strings are never taken as paths. A stream made with a local entry folder
-    (or a checkpoint) names no released entry; its error says to pass that folder explicitly. A variable-rate
-    stream names its entry and level. With the stream's weights `fingerprint`, an entry whose config names
-    other weights is refused (BitstreamError) before its weights are downloaded."""
-    check_device(device)
-    try:
-        if entry.level is not None:
-            point = resolve_point(entry.arch, entry.level, entry.metric, entry.version)
-        else:
-            point = Resolved(resolve(entry.arch, entry.quality, entry.metric, entry.version))
-    except EntryNotFound as exc:
-        name = str(entry) if len(str(entry)) <= 120 else str(entry)[:117] + "..."
-        raise EntryNotFound(
-            f"the stream was made by {name}, which is not a released entry ({exc}); a stream made with a "
-            "local entry folder decodes with --model FOLDER (zoo.load_local(FOLDER) in Python)"
-        ) from None
-    released = point.entry
-    folder = download_manifest_entry(released, fingerprint)
-    return codec_from_entry(folder, device=device, backend=backend, level=point.level, **codec_kwargs)
-
-
-def load_local(
-    path: str | Path,
-    device: str | torch.device = "cpu",
-    backend: str = "torch",
-    quality: float | None = None,
-    **codec_kwargs: Any,
-):
-    """A ready codec from an entry folder on disk; `quality` picks the level of a variable-rate entry."""
-    if not Path(path).is_dir():
-        raise EntryNotFound(f"{path} is not an entry folder")
-    return codec_from_entry(path, device=device, backend=backend, level=quality, **codec_kwargs)

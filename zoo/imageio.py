@@ -22,7 +22,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from zoo.errors import ImageTooLarge, InputError
 from zoo.untrusted import open_regular
 
-DEFAULT_MAX_PIXELS = 64 * 1024 * 1024
+DEFAULT_MAX_PIXELS = 64 * 1024 * 1024  # images read, coded and decoded: the codec's default limit too
 
 
 def read_image(source: str | Path | bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[torch.Tensor, list[str]]:

@@ -1,4 +1,5 @@
-"""Publishing entries (to the Hub, or into a local Hub mirror) and running the embedded mirror.
+"""The embedded Hub mirror: built from the manifest (a retired entry's files read from the git commit its line
+names), served by olah. Publishing is `zoo.publish`, retiring `zoo.retire`.
 
 A mirror is a folder of git repositories laid out as `DIR/models/ORG/NAME`, one commit and tag per entry
 version; `olah` (PyPI) serves it over the Hub's HTTP protocol in offline mode, so `huggingface_hub`
@@ -7,87 +8,21 @@ with HF_ENDPOINT pointing at it downloads exactly as it would from huggingface.c
 
 from __future__ import annotations
 
-import json
-import os
 import re
 import shutil
 import subprocess
 import tempfile
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from zoo.entry import ENTRY_FILES, read_config, sha256_file, version_key
-from zoo.errors import EntryNotFound, HubError, IntegrityError, ZooError
-from zoo.hub import ManifestEntry, load_manifest
+from zoo.entry import ENTRY_FILES, sha256_file, version_key
+from zoo.errors import EntryNotFound, HubError, IntegrityError
+from zoo.manifest import Manifest, ManifestEntry
 from zoo.procs import executable, free_port, pid_alive, start_process, stop_group, wait_for_port, zoo_home
+from zoo.publish import publish_to_mirror
 
 ENTRIES_PREFIX = "model_store/entries"
 DEFAULT_ENTRIES = Path(ENTRIES_PREFIX)  # relative to the current folder
-_GIT_ENV = {
-    "GIT_AUTHOR_NAME": "zoo",
-    "GIT_AUTHOR_EMAIL": "zoo@localhost",
-    "GIT_COMMITTER_NAME": "zoo",
-    "GIT_COMMITTER_EMAIL": "zoo@localhost",
-}
-
-
-def tag_for(version: str) -> str:
-    return f"v{version}"
-
-
-def _git(repo: Path, *args: str) -> str:
-    env = {**os.environ, **_GIT_ENV}
-    proc = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, env=env)
-    if proc.returncode != 0:
-        raise HubError(f"git {' '.join(args)} failed in {repo}: {proc.stderr.strip()[:300]}")
-    return proc.stdout.strip()
-
-
-def _check_repo_id(repo: str) -> tuple[str, str]:
-    org, _, name = repo.partition("/")
-    if not org or not name or "/" in name or org.startswith(".") or name.startswith("."):
-        raise ZooError(f"repository id must be ORG/NAME, got {repo!r}")
-    return org, name
-
-
-def publish_to_mirror(entry_dir: str | Path, mirror_dir: str | Path, repo: str, version: str) -> str:
-    """Commit the entry's files into DIR/models/ORG/NAME and tag the commit; returns the commit sha."""
-    org, name = _check_repo_id(repo)
-    read_config(entry_dir)  # refuse folders that are not entries
-    target = Path(mirror_dir) / "models" / org / name
-    if not (target / ".git").exists():
-        target.mkdir(parents=True, exist_ok=True)
-        _git(target, "init", "-q", "-b", "main")
-    tag = tag_for(version)
-    if _git(target, "tag", "--list", tag):
-        raise HubError(f"{repo} already has a tag {tag} in {mirror_dir}")
-    for f in ENTRY_FILES:
-        shutil.copyfile(Path(entry_dir) / f, target / f)
-    _git(target, "add", *ENTRY_FILES)
-    _git(target, "commit", "-q", "--allow-empty", "-m", f"zoo entry {name} version {version}")
-    _git(target, "tag", tag)
-    return _git(target, "rev-parse", "HEAD")
-
-
-def publish_to_hub(entry_dir: str | Path, repo: str, version: str, token: str | None = None) -> str:
-    """create_repo (exist_ok), upload_folder, create_tag on the Hub at HF_ENDPOINT; returns the commit sha."""
-    from huggingface_hub import HfApi
-
-    _check_repo_id(repo)
-    read_config(entry_dir)
-    api = HfApi(endpoint=os.environ.get("HF_ENDPOINT"), token=token)
-    try:
-        api.create_repo(repo, repo_type="model", exist_ok=True)
-        commit = api.upload_folder(
-            repo_id=repo,
-            folder_path=str(entry_dir),
-            allow_patterns=list(ENTRY_FILES),
-            commit_message=f"zoo entry version {version}",
-        )
-        api.create_tag(repo, tag=tag_for(version), revision=commit.oid)
-    except Exception as exc:  # network and HTTP errors of every kind: one line for the user
-        raise HubError(f"publishing to {repo} at {api.endpoint} failed: {type(exc).__name__}: {exc}") from None
-    return commit.oid
 
 
 def entries_folder(entries_dir: str | Path | None = None) -> Path:
@@ -168,7 +103,7 @@ def build_mirror(
         shutil.rmtree(mirror)
     mirror.mkdir(parents=True)
     source = entries_folder(entries_dir)
-    entries = load_manifest() if entries is None else entries
+    entries = Manifest.read().entries if entries is None else entries
     published: list[str] = []
     from_history: list[str] = []
     unavailable: list[EntryNotFound] = []
@@ -192,31 +127,6 @@ def build_mirror(
             publish_to_mirror(folder, mirror, e.repo, e.version)
             published.append(e.name)
     return MirrorBuild(published, from_history, unavailable)
-
-
-def retire_entry(name: str, manifest: str | Path, repo_root: str | Path = ".") -> ManifestEntry:
-    """Retire a released entry (`ARCH/qQ-METRIC@VERSION`): record in its manifest line the commit that holds its
-    files (HEAD, after checking them against the manifest's sha256) and `git rm` its folder. The lead commits
-    both together; the entry stays loadable through `zoo hub serve` from any clone with that commit."""
-    root = Path(repo_root).resolve()
-    data = json.loads(Path(manifest).read_text())
-    lines = [d for d in data.get("entries", []) if ManifestEntry(**d).name == name]
-    if len(lines) != 1:
-        raise EntryNotFound(f"{name} is not in {manifest}; names look like bmshj2018-hyperprior/q3-mse@1.0")
-    line = lines[0]
-    e = ManifestEntry(**line)
-    if e.commit:
-        raise ZooError(f"{name} is already retired (commit {e.commit[:12]})")
-    head = _git(root, "rev-parse", "HEAD")
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = read_from_history(replace(e, commit=head), root, Path(tmp))
-        for fname, digest in e.files.items():
-            if sha256_file(folder / fname) != digest:
-                raise IntegrityError(f"{e.path}/{fname} at HEAD does not match the manifest: commit it first")
-    line["commit"] = head
-    _git(root, "rm", "-r", "-q", "--", e.path)
-    Path(manifest).write_text(json.dumps(data, indent=1) + "\n")
-    return replace(e, commit=head)
 
 
 def default_state() -> Path:
@@ -286,14 +196,12 @@ def entry_folder(path: str | Path, repo_root: str | Path | None = None) -> Path:
     folder = Path(path)
     if folder.is_dir():
         return folder
-    from zoo.hub import load_manifest
-
     root = Path(repo_root) if repo_root else Path(__file__).resolve().parents[1]
     try:
         wanted = PurePosixPath(folder.resolve().relative_to(root.resolve()).as_posix())
     except ValueError:
         wanted = PurePosixPath(folder.as_posix())
-    for e in load_manifest():
+    for e in Manifest.read():
         if e.path and PurePosixPath(e.path) == wanted:
             out = zoo_home() / "retired" / e.path
             if not all((out / f).exists() for f in e.files):

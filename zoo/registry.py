@@ -6,6 +6,7 @@ The CLI, the Hub entries, export, training and serving all read names and tables
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,8 +34,11 @@ from zoo.models.variable_rate import (
     VariableRateScaleHyperprior,
     check_level,
 )
-
-METRICS = ("mse", "ms-ssim")
+from zoo.points import LAMBDAS as LAMBDAS
+from zoo.points import LEVEL_RANGE as LEVEL_RANGE
+from zoo.points import LEVELS as LEVELS
+from zoo.points import METRICS as METRICS
+from zoo.points import check_metric as check_metric
 
 # A width (N, M) may be at most this many times the largest in the architecture's table: room for wider
 # experiments, while a weights file that declares N=20000 is refused before anything is allocated. A model
@@ -43,12 +47,6 @@ METRICS = ("mse", "ms-ssim")
 WIDTH_HEADROOM = 2
 # ELIC uses 5 channel groups; each one more builds two context networks, so a config's list is bounded.
 MAX_CHANNEL_GROUPS = 16
-
-# CompressAI's training λ per quality 1..8 (loss λ·255²·MSE + bpp, or λ·(1 − MS-SSIM) + bpp).
-LAMBDAS: dict[str, tuple[float, ...]] = {
-    "mse": (0.0018, 0.0035, 0.0067, 0.0130, 0.0250, 0.0483, 0.0932, 0.1800),
-    "ms-ssim": (2.40, 4.58, 8.73, 16.64, 31.73, 60.50, 115.37, 220.00),
-}
 
 
 @dataclass(frozen=True)
@@ -110,7 +108,9 @@ class ArchSpec:
     def check_quality(self, quality: float) -> int:
         """An integer quality of a fixed-rate architecture (for a variable-rate one see `check_level`)."""
         if self.variable_rate:
-            raise EntryNotFound(f"{self.name} is variable-rate: it takes a level in [1, 8], not a fixed quality")
+            raise EntryNotFound(f"{self.name} is variable-rate: it takes a level in {LEVEL_RANGE}, not a fixed quality")
+        if isinstance(quality, bool) or not isinstance(quality, numbers.Real):
+            raise InputError(f"quality {quality!r} is not a number; {self.name}'s are {self.qualities}")
         if quality not in self.width_table or int(quality) != quality:
             raise EntryNotFound(
                 f"{self.name} has no quality {quality}; qualities are {', '.join(map(str, self.qualities))}"
@@ -118,7 +118,7 @@ class ArchSpec:
         return int(quality)
 
     def check_level(self, level: float) -> float:
-        """A level in [1, 8] of a variable-rate architecture."""
+        """A level in [1, LEVELS] of a variable-rate architecture."""
         if not self.variable_rate:
             raise EntryNotFound(f"{self.name} is fixed-rate: it takes an integer quality, not a level")
         return check_level(level, len(self.width_table))
@@ -129,15 +129,14 @@ class ArchSpec:
         return dict(self.width_table[self.check_quality(quality)])
 
     def lmbda(self, quality: float, metric: str = "mse") -> float:
-        if metric not in LAMBDAS:
-            raise EntryNotFound(f"unknown metric {metric!r}; metrics are {', '.join(METRICS)}")
+        check_metric(metric)
         if self.variable_rate:
             return ladder_lambda(self.check_level(quality), metric)
         return LAMBDAS[metric][self.check_quality(quality) - 1]
 
 
 def ladder_lambda(level: float, metric: str = "mse") -> float:
-    """λ of a level in [1, 8]: the standard table at integers, log-linear in between."""
+    """λ of a level in [1, LEVELS]: the standard table at integers, log-linear in between."""
     table = LAMBDAS[metric]
     low = min(int(math.floor(level)), len(table) - 1)
     t = level - low

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from zoo.entry import ENTRY_FILES, read_config
-from zoo.errors import EntryNotFound, IntegrityError, ZooError
+from zoo.errors import EntryNotFound, InputError, IntegrityError, ServeError
 from zoo.procs import executable, free_port, pid_alive, start_process, stop_group, zoo_home
 
 if TYPE_CHECKING:
@@ -31,10 +31,6 @@ MAX_BODY = 256 * 1024 * 1024  # a 24-megapixel image as PNG, or its reconstructi
 OPS = ("encode", "decode")
 BACKENDS = ("torch", "onnx")
 ONNX_DIR = "onnx"  # folder of exported graphs inside an onnx-backend archive
-
-
-class ServeError(ZooError):
-    """TorchServe could not be started, reached or given a model."""
 
 
 def handler_file() -> Path:
@@ -71,7 +67,7 @@ def _check_level(entry_dir: str | Path, level: float | None) -> float | None:
     info = read_config(entry_dir)
     if info.variable_rate:
         if level is None:
-            raise EntryNotFound(f"{info.entry.arch} is variable-rate: give the quality (level) to serve")
+            raise InputError(f"{info.entry.arch} is variable-rate: give the quality (level) to serve")
         return get_arch(info.entry.arch).check_level(level)
     if level is not None and level != info.entry.quality:
         raise EntryNotFound(f"{entry_dir} is the fixed-rate entry {info.entry}: it has no level {level}")
@@ -158,7 +154,7 @@ def build_archives(
 def export_onnx_graphs(entry_dir: str | Path, out_dir: str | Path, level: float | None = None) -> dict[str, Path]:
     """The entry's transforms as ONNX graphs, with a metadata.json naming the entry and its weights fingerprint
     (the same metadata `zoo export` writes), so a worker can check the graphs belong to the weights beside them."""
-    from zoo.entry import codec_from_entry
+    from zoo.entry_codec import codec_from_entry
     from zoo.export import entry_metadata, export_graphs
 
     codec = codec_from_entry(entry_dir, level=level)
@@ -172,12 +168,12 @@ def archived_codec(
     entry), and for the onnx backend the graphs the archive carries (checked against the weights' fingerprint,
     never re-exported)."""
     from zoo.codec import Codec
-    from zoo.entry import codec_from_entry
+    from zoo.entry_codec import codec_from_entry
 
     if backend == "torch":
         return codec_from_entry(model_dir, level=level)
     if backend != "onnx":
-        raise EntryNotFound(f"unknown backend {backend!r}; backends are {', '.join(BACKENDS)}")
+        raise InputError(f"unknown backend {backend!r}; backends are {', '.join(BACKENDS)}")
     from zoo.export.ort_backend import onnx_backend_from_folder
 
     folded = codec_from_entry(model_dir, level=level)

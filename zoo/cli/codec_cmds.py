@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 from zoo.compressed import EntryId
 from zoo.errors import InputError
+from zoo.points import LEVEL_RANGE, METRICS
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -76,19 +77,19 @@ def _resolve_codec(
     backend: str = "torch",
     source: str = "zoo",
 ):
-    import zoo
+    from zoo.resolve import load
 
-    if Path(model).is_dir():
-        return zoo.load_local(model, device=device, backend=backend, quality=quality)
     if source == "compressai":
+        import zoo
+
         if version is not None:
             raise InputError("--version does not apply to --source compressai (its weights have one version)")
         return zoo.load(model, quality=quality, metric=metric, device=device, backend=backend, source=source)
-    return zoo.load(model, quality=quality, metric=metric, version=version, device=device, backend=backend)
+    return load(model, quality, metric, version, device=device, backend=backend)
 
 
 def parse_quality(text: str) -> float:
-    """--quality: an integer quality, or any level in [1, 8] of a variable-rate entry (e.g. 3.5)."""
+    """--quality: an integer quality, or any level of a variable-rate entry (e.g. 3.5)."""
     try:
         value = float(text)
     except ValueError:
@@ -176,7 +177,8 @@ def _quality_ladder(args: argparse.Namespace) -> tuple[Callable[[float], Codec],
 
     model, metric, version, device, backend = args.model, args.metric, args.version, args.device, args.backend
     if Path(model).is_dir():
-        from zoo.entry import codec_for_model, load_entry
+        from zoo.entry import load_entry
+        from zoo.entry_codec import codec_for_model
 
         net, info = load_entry(model, device)
         if info.variable_rate:
@@ -196,9 +198,18 @@ def _quality_ladder(args: argparse.Namespace) -> tuple[Callable[[float], Codec],
 
     if spec.variable_rate:
         return codec_at, {"low": 1.0, "high": float(len(spec.qualities))}
-    from zoo.cli.eval_cmds import released_qualities
+    from zoo.errors import EntryNotFound
+    from zoo.manifest import Manifest
 
-    released, _ = released_qualities(model, list(spec.qualities), metric, version)
+    manifest, released = Manifest.read(), []
+    for q in spec.qualities:
+        try:
+            manifest.resolve_point(model, q, metric, version)
+        except EntryNotFound:  # not released at that quality: not a choice
+            continue
+        released.append(q)
+    if not released:
+        raise EntryNotFound(f"{model} has no released {metric} entry to choose a quality from")
     return codec_at, {"choices": released}
 
 
@@ -251,10 +262,10 @@ def encode_one(args: argparse.Namespace, codec: Codec | None, image: str, output
 
 
 def cmd_encode(args: argparse.Namespace) -> int:
-    from zoo.cli.folders import is_batch, run_batch
+    from zoo.cli.folders import Coders, is_batch, run_batch
 
     if is_batch(args.image):
-        return run_batch(args, "encode")
+        return run_batch(args, "encode", Coders(encode_codec, encode_one, decode_one))
     _refuse_same_file(args.image, args.output)
     done = encode_one(args, encode_codec(args), args.image, args.output)
     if not args.quiet:
@@ -270,11 +281,13 @@ def decode_codec(args: argparse.Namespace, e: EntryId, fingerprint: bytes | None
     (its weights' fingerprint checked against the stream's before they are downloaded)."""
     from zoo.compressai import is_published_entry
     from zoo.compressai import load as load_published
-    from zoo.hub import load_released
+    from zoo.resolve import load_released
 
     point = e.level if e.level is not None else e.quality
     if args.model:
-        local = Path(args.model).is_dir()
+        from zoo.registry import ARCHITECTURES
+
+        local = args.model not in ARCHITECTURES and Path(args.model).is_dir()
         if args.source == "compressai" and not local:
             return load_published(args.model, point, e.metric, device=args.device, backend=args.backend)
         return _resolve_codec(args.model, e.level if local else point, e.metric, e.version, args.device, args.backend)
@@ -308,10 +321,10 @@ def decode_one(args: argparse.Namespace, source: str, output: str, codecs: dict[
 
 
 def cmd_decode(args: argparse.Namespace) -> int:
-    from zoo.cli.folders import is_batch, run_batch
+    from zoo.cli.folders import Coders, is_batch, run_batch
 
     if is_batch(args.input):
-        return run_batch(args, "decode")
+        return run_batch(args, "decode", Coders(encode_codec, encode_one, decode_one))
     done = decode_one(args, args.input, args.output)
     if not args.quiet:
         print(f"{args.output}: {done.width}x{done.height} from {done.made_by}, {done.seconds:.2f} s")
@@ -345,9 +358,9 @@ def _model_args(p: argparse.ArgumentParser, required: bool) -> None:
     p.add_argument(
         "--quality",
         type=parse_quality,
-        help="quality (1-8; 1-6 for cheng2020); a variable-rate entry takes any level in [1, 8], e.g. 3.5",
+        help=f"quality (1-8; 1-6 for cheng2020); a variable-rate entry takes any level in {LEVEL_RANGE}, e.g. 3.5",
     )
-    p.add_argument("--metric", default="mse", choices=["mse", "ms-ssim"])
+    p.add_argument("--metric", default="mse", choices=METRICS)
     p.add_argument("--version", help="entry version (default: the newest)")
     p.add_argument(
         "--source",

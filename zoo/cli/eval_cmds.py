@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from zoo.errors import InputError
+from zoo.points import METRICS
 
 
 def parse_qualities(text: str | None) -> list[float | None]:
@@ -37,10 +38,11 @@ def parse_qualities(text: str | None) -> list[float | None]:
 
 
 def _is_single_entry(model: str) -> bool:
-    """An entry folder, a checkpoint file or a Hub repo: one model, so one quality."""
-    from zoo.hub import HF_PREFIX
+    """Anything but a registry name (an entry folder, a checkpoint file, a Hub repo): one model, so one quality.
+    The same rule as the resolver's (`zoo.resolve`): a registry name is never taken for a folder."""
+    from zoo.registry import ARCHITECTURES
 
-    return model.startswith(HF_PREFIX) or Path(model).exists()
+    return model not in ARCHITECTURES
 
 
 def released_qualities(
@@ -51,7 +53,7 @@ def released_qualities(
     Unknown architectures and qualities the architecture does not have are errors; a quality with no
     released entry is only missing. None of them released is an error that says what is."""
     from zoo.errors import EntryNotFound
-    from zoo.hub import load_manifest, resolve_point
+    from zoo.manifest import Manifest
     from zoo.registry import get_arch
 
     spec = get_arch(arch)
@@ -59,8 +61,8 @@ def released_qualities(
         if spec.variable_rate:
             qualities = list(spec.qualities)
         else:
-            raise EntryNotFound(f"{arch} needs --quality: {', '.join(map(str, spec.qualities))}")
-    manifest = load_manifest()
+            raise InputError(f"{arch} needs --quality: {', '.join(map(str, spec.qualities))}")
+    manifest = Manifest.read()
     released: list[float] = []
     missing: list[float] = []
     first_error: EntryNotFound | None = None
@@ -71,7 +73,7 @@ def released_qualities(
         else:
             spec.check_quality(q)
         try:
-            resolve_point(arch, q, metric, version, manifest=manifest)
+            manifest.resolve_point(arch, q, metric, version)
         except EntryNotFound as exc:
             missing.append(q)
             first_error = first_error or exc
@@ -84,7 +86,7 @@ def released_qualities(
         from zoo.entry import version_key
 
         have = sorted(
-            {(e.quality, e.metric, e.version) for e in manifest if e.arch == arch},
+            {(e.quality, e.metric, e.version) for e in manifest.select(arch)},
             key=lambda t: (t[0], t[1], version_key(t[2])),
         )
         listed = ", ".join(f"q{q}-{m}@{v}" for q, m, v in have) or "none yet"
@@ -113,31 +115,14 @@ class _Loader:
         self.args = (model, quality, metric, version, backend, arch)
 
     def __call__(self):
-        import zoo
+        from zoo.resolve import load
 
         model, quality, metric, version, backend, arch = self.args
-        path = Path(model)
-        if path.is_dir():
-            return zoo.load_local(path, backend=backend, quality=quality)
-        if path.is_file():  # a CompressAI checkpoint
-            from zoo.codec import Codec
-            from zoo.compressed import EntryId
-            from zoo.entry import weights_fingerprint
-            from zoo.registry import model_from_state_dict, state_dict_from_checkpoint
-
-            if not arch:
-                raise InputError("a checkpoint file needs --arch")
-            m = model_from_state_dict(arch, state_dict_from_checkpoint(path))
-            if not m.has_tables:
-                m.update(force=True)
-            label = int(quality or 0)
-            return Codec(m.eval(), EntryId(arch, label, metric, path.stem), weights_fingerprint(m.state_dict()))
-        return zoo.load(model, quality=quality, metric=metric, version=version, backend=backend)
+        return load(model, quality, metric, version, backend=backend, arch=arch)
 
 
 def _plan(model: str, args: argparse.Namespace) -> list[tuple[_Loader, Any]]:
     """What to evaluate for one --model: (loader, codec or None to load when its turn comes) per quality."""
-    from zoo.errors import EntryNotFound
 
     requested = parse_qualities(args.quality)
     if not _is_single_entry(model):
@@ -167,7 +152,7 @@ def _plan(model: str, args: argparse.Namespace) -> list[tuple[_Loader, Any]]:
     codec = loader()
     q = codec.entry.quality
     if requested != [None] and q not in requested:
-        raise EntryNotFound(f"{model} is {codec.entry}, quality {q}; --quality {args.quality} does not include it")
+        raise InputError(f"{model} is {codec.entry}, quality {q}; --quality {args.quality} does not include it")
     if len(requested) > 1 and not args.quiet:
         print(f"zoo: note: {model} is one entry ({codec.entry}); evaluating q{q} only", file=sys.stderr)
     return [(loader, codec)]
@@ -330,7 +315,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("eval", help="rate-distortion of learned codecs on an image folder")
     p.add_argument("--model", nargs="+", required=True, help="registry names, entry folders or checkpoints")
     p.add_argument("--quality", help="N, N-M or N,M,... (default: the entry's own)")
-    p.add_argument("--metric", default="mse", choices=["mse", "ms-ssim"])
+    p.add_argument("--metric", default="mse", choices=METRICS)
     p.add_argument("--version")
     p.add_argument("--arch", help="architecture of a CompressAI checkpoint given as --model")
     p.add_argument("--dataset", required=True)

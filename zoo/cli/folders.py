@@ -14,6 +14,7 @@ import json
 import multiprocessing
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
@@ -110,35 +111,41 @@ def _up_to_date(job: Job) -> bool:
 _state: dict[str, Any] = {}
 
 
-def _init(args: argparse.Namespace, mode: str, threads: int) -> None:
+@dataclass(frozen=True)
+class Coders:
+    """The single-file path a batch runs (zoo.cli.codec_cmds passes its own functions: module-level, so a spawned
+    worker receives them by name): the codec an encode loads once, encoding one file, decoding one file."""
+
+    encode_codec: Callable[[argparse.Namespace], Any]
+    encode_one: Callable[..., Any]
+    decode_one: Callable[..., Any]
+
+
+def _init(args: argparse.Namespace, mode: str, threads: int, coders: Coders) -> None:
     if threads:
         import torch
 
         torch.set_num_threads(threads)
-    _state.update(args=args, mode=mode, codecs={})
+    _state.update(args=args, mode=mode, codecs={}, coders=coders)
 
 
 def _run(job: Job) -> tuple[Job, Any, str]:
     """Code one file; never raises (a worker that raised would stop the batch): returns the result or why not."""
-    from zoo.cli.codec_cmds import decode_one, encode_codec, encode_one
-
-    args, codecs = _state["args"], _state["codecs"]
+    args, codecs, coders = _state["args"], _state["codecs"], _state["coders"]
     try:
         if _state["mode"] == "encode":
             if "encode" not in codecs:
-                codecs["encode"] = encode_codec(args)
-            return job, encode_one(args, codecs["encode"], job.source, job.output), ""
-        return job, decode_one(args, job.source, job.output, codecs), ""
+                codecs["encode"] = coders.encode_codec(args)
+            return job, coders.encode_one(args, codecs["encode"], job.source, job.output), ""
+        return job, coders.decode_one(args, job.source, job.output, codecs), ""
     except Exception as exc:  # one bad file is reported and the batch goes on
         lines = str(exc).strip().splitlines()
         return job, None, lines[0] if lines else type(exc).__name__
 
 
-def run_batch(args: argparse.Namespace, mode: str) -> int:
+def run_batch(args: argparse.Namespace, mode: str, coders: Coders) -> int:
     """Code every file of a folder or glob; prints a summary (or --json). Exit status 1 when any file failed."""
     from tqdm import tqdm
-
-    from zoo.cli.codec_cmds import encode_codec
 
     source = args.image if mode == "encode" else args.input
     out_dir = Path(args.output)
@@ -156,8 +163,8 @@ def run_batch(args: argparse.Namespace, mode: str) -> int:
     worker_args = copy.copy(args)
     worker_args.quiet = True  # notices of single files would break the bar; failures are reported below
     if mode == "encode" and todo:
-        _init(worker_args, mode, 0)  # a bad --model fails here, once; and the entry is in the cache for the workers
-        _state["codecs"]["encode"] = encode_codec(worker_args)
+        _init(worker_args, mode, 0, coders)  # a bad --model fails here, once; and the entry is cached for the workers
+        _state["codecs"]["encode"] = coders.encode_codec(worker_args)
     for job in todo:
         Path(job.output).parent.mkdir(parents=True, exist_ok=True)
     bpps: list[float] = []
@@ -179,7 +186,7 @@ def run_batch(args: argparse.Namespace, mode: str) -> int:
     try:
         if args.workers == 1 or len(todo) <= 1:
             if mode == "decode":
-                _init(worker_args, mode, 0)
+                _init(worker_args, mode, 0, coders)
             for job in todo:
                 record(*_run(job))
         else:
@@ -188,7 +195,7 @@ def run_batch(args: argparse.Namespace, mode: str) -> int:
             threads = max(1, torch.get_num_threads() // args.workers)
             # spawn, not fork: a forked copy of a process that has run torch can deadlock in its thread pools
             context = multiprocessing.get_context("spawn")
-            with ProcessPoolExecutor(args.workers, context, _init, (worker_args, mode, threads)) as pool:
+            with ProcessPoolExecutor(args.workers, context, _init, (worker_args, mode, threads, coders)) as pool:
                 pending = {pool.submit(_run, job): job for job in todo}
                 try:
                     for future in as_completed(pending):

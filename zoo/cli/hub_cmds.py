@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from zoo.errors import InputError
+from zoo.points import METRICS
 
 if TYPE_CHECKING:
     from zoo.hub import ManifestEntry, Resolved, Served
@@ -163,7 +164,7 @@ def _print_all(rows: list[dict[str, Any]], arch: str | None) -> None:
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
-    from zoo.mirror import publish_to_hub, publish_to_mirror
+    from zoo.publish import publish_to_hub, publish_to_mirror
 
     if args.mirror:
         sha = publish_to_mirror(args.entry_dir, args.mirror, args.repo, args.version)
@@ -212,7 +213,7 @@ def cmd_import(args: argparse.Namespace) -> int:
         e = info.entry
         print(f"{folder}: {e}, widths {info.widths}, fingerprint {info.fingerprint.hex()[:12]}")
         if args.publish:
-            from zoo.mirror import publish_to_hub, publish_to_mirror
+            from zoo.publish import publish_to_hub, publish_to_mirror
 
             repo = f"{args.publish}/{e.arch}-q{e.quality}-{e.metric}"
             if args.mirror:
@@ -283,7 +284,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("checkpoint", help="an architecture CompressAI publishes weights for, or a checkpoint file")
     p.add_argument("--arch", help="the architecture of a checkpoint file")
     p.add_argument("--quality", type=int)
-    p.add_argument("--metric", default="mse", choices=["mse", "ms-ssim"])
+    p.add_argument("--metric", default="mse", choices=METRICS)
     p.add_argument("--version", default="1.0", help="entry version of a checkpoint file's entry")
     where = p.add_mutually_exclusive_group()
     where.add_argument("--out", help="write the entry folder here (a name is cached under $ZOO_HOME/compressai anyway)")

@@ -6,21 +6,21 @@ import argparse
 from pathlib import Path
 
 from zoo.cli.codec_cmds import parse_quality
+from zoo.points import LEVEL_RANGE, METRICS
 
 STORE_HELP = "folder of .mar archives (default $ZOO_HOME/archives, ZOO_HOME defaulting to ~/.cache/zoo)"
 
 
 def _entry_folder(name: str, quality: float | None, metric: str, version: str | None) -> tuple[Path, float | None]:
-    """A local folder as is; a registry name resolved and downloaded like zoo.load does. With the level to
+    """The entry folder a model argument names (resolved and downloaded like zoo.load does), with the level to
     serve where the entry is variable-rate."""
-    if Path(name).is_dir():
-        from zoo.entry import read_config
+    from zoo.errors import InputError
+    from zoo.resolve import resolve_model
 
-        return Path(name), quality if read_config(name).variable_rate else None
-    from zoo.hub import download_manifest_entry, resolve_point
-
-    point = resolve_point(name, quality, metric, version)
-    return download_manifest_entry(point.entry), point.level
+    source = resolve_model(name, quality, metric, version)
+    if source.kind == "checkpoint":
+        raise InputError(f"{name} is a checkpoint: archive an entry (zoo import-compressai makes one)")
+    return source.path, source.level if source.info.variable_rate else None
 
 
 def cmd_archive(args: argparse.Namespace) -> int:
@@ -60,8 +60,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("archive", help="build <name>-encode.mar and <name>-decode.mar for TorchServe")
     p.add_argument("model", help="registry name (with --quality) or entry folder")
-    p.add_argument("--quality", type=parse_quality, help="quality; a level in [1, 8] for a variable-rate entry")
-    p.add_argument("--metric", default="mse", choices=["mse", "ms-ssim"])
+    p.add_argument("--quality", type=parse_quality, help=f"quality; a level in {LEVEL_RANGE} for a variable-rate entry")
+    p.add_argument("--metric", default="mse", choices=METRICS)
     p.add_argument("--version")
     p.add_argument(
         "--backend",

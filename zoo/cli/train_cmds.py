@@ -14,6 +14,8 @@ if typing.TYPE_CHECKING:
     from zoo.train.config import TrainConfig
     from zoo.train.recipe import Recipe
 
+from zoo.points import METRICS
+
 
 def cmd_train(args: argparse.Namespace) -> int:
     import shutil
@@ -48,7 +50,7 @@ NOT_FLAGS = {"widths"}  # --N and --M instead
 HELP: dict[str, dict] = {
     "arch": {"help": "architecture (the registry's name)"},
     "quality": {"type": int, "help": "the quality to train (not for variable-rate architectures)"},
-    "metric": {"choices": ["mse", "ms-ssim"]},
+    "metric": {"choices": METRICS},
     "train_dir": {"help": "folder of training images"},
     "val_dir": {"help": "folder of validation images"},
     "out": {"help": "run folder (checkpoints, log.csv, summary.json)"},
@@ -192,7 +194,7 @@ def cmd_release(args: argparse.Namespace) -> int:
         return _release_recipe(args)
     if not args.out:
         raise InputError("give --out DIR (or --recipe FILE)")
-    from zoo.train.release import add_to_manifest, manifest_line, release
+    from zoo.train.release import manifest_entry, release
 
     extra = {"dataset": args.dataset_name} if args.dataset_name else {}
     if args.note:
@@ -212,22 +214,28 @@ def cmd_release(args: argparse.Namespace) -> int:
     figures = f" kodak bpp {kodak['bpp']:.4f} PSNR {kodak['psnr']:.2f} dB" if kodak else ""
     print(f"released {info.entry} to {args.out}{figures}")
     if args.manifest:
-        from zoo.hub import load_manifest, manifest_path
+        from dataclasses import replace
 
-        target = Path(args.manifest) if args.manifest != "package" else manifest_path()
+        from zoo.manifest import Manifest, package_manifest_path
+
+        manifest = Manifest.read(args.manifest if args.manifest != "package" else package_manifest_path())
         auto = args.current_for == "auto"
-        line = manifest_line(
-            info, Path(args.out), Path(args.repo_root).resolve(), current_for=None if auto else args.current_for
+        line = manifest_entry(
+            info,
+            Path(args.out),
+            Path(args.repo_root).resolve(),
+            manifest.org,
+            current_for=None if auto else args.current_for,
         )
         if auto and info.variable_rate:
             from zoo.train.release import choose_current_for
 
             # the fixed-rate ladder it is compared with is the one in the manifest it joins
-            line["current_for"] = choose_current_for(
-                info.entry.arch, info.entry.metric, line["levels"], load_manifest(target)
+            line = replace(
+                line, current_for=choose_current_for(info.entry.arch, info.entry.metric, line.levels, manifest.entries)
             )
-            print(f"current for qualities: {', '.join(map(str, line['current_for'])) or 'none'}")
-        add_to_manifest(line, target)
+            print(f"current for qualities: {', '.join(map(str, line.current_for)) or 'none'}")
+        manifest.add(line).write()
     return 0
 
 

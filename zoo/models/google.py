@@ -262,11 +262,6 @@ class JointAutoregressiveHierarchicalPriors(MeanScaleHyperprior):
         )
         self.context_prediction = MaskedConv2d(M, 2 * M, kernel_size=5, padding=2, stride=1)
 
-    @property
-    def latent_stride(self) -> int:
-        """y is this many times larger than z."""
-        return 4
-
     def forward(self, x: Tensor) -> ForwardOutput:
         y = self.g_a(x)
         z = self.hyper_analysis(y)

@@ -21,27 +21,29 @@ import math
 import torch
 from torch import Tensor, nn
 
-from zoo.errors import EntryNotFound
+from zoo.errors import EntryNotFound, InputError
 from zoo.models.base import CompressionModel, ForwardOutput
 from zoo.models.google import (
     JointAutoregressiveHierarchicalPriors,
     MeanScaleHyperprior,
     ScaleHyperprior,
 )
-
-LEVELS = 8
+from zoo.points import LEVELS
 
 # Parameter names of the four layers a level folds into, identical in the three base architectures.
 G_A_LAST, H_A_LAST, H_S_FIRST, G_S_FIRST = "g_a.6", "h_a.4", "h_s.0", "g_s.0"
 
 
 def check_level(level: float, levels: int = LEVELS) -> float:
-    """A level as a float in [1, levels], or EntryNotFound saying which levels exist."""
+    """A level as a float in [1, levels]: InputError for what is not a number at all, EntryNotFound (saying which
+    levels exist) for a number outside them."""
     try:
         value = float(level)
     except (TypeError, ValueError):
-        raise EntryNotFound(f"quality {level!r} is not a number; levels are 1 to {levels}") from None
-    if not math.isfinite(value) or not 1.0 <= value <= levels:
+        raise InputError(f"quality {level!r} is not a number; levels are 1 to {levels}") from None
+    if not math.isfinite(value):
+        raise InputError(f"quality {level!r} is not a finite number; levels are 1 to {levels}")
+    if not 1.0 <= value <= levels:
         raise EntryNotFound(f"quality {level!r} is outside the levels 1 to {levels} of a variable-rate entry")
     return value
 
@@ -164,9 +166,6 @@ class VariableRateMixin:
         folded.load_state_dict({k: v.cpu() for k, v in state.items()}, strict=True)
         device = next(model.parameters()).device
         return folded.to(device).eval()
-
-    def folded_state_dict(self, level: float) -> dict[str, Tensor]:
-        return self.fold(level).state_dict()
 
     def _compress(self, x):  # pragma: no cover - a guard, not a code path
         raise TypeError("a variable-rate network codes through fold(level): use zoo.load(..., quality=level)")

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from zoo.models.base import ForwardOutput
+from zoo.points import check_metric
 
 
 @dataclass
@@ -26,8 +27,7 @@ class LossTerms:
 
 class RateDistortionLoss:
     def __init__(self, lmbda: float, metric: str = "mse"):
-        if metric not in ("mse", "ms-ssim"):
-            raise ValueError(f"unknown metric {metric!r}")
+        check_metric(metric)
         self.lmbda, self.metric = float(lmbda), metric
 
     def __call__(self, out: ForwardOutput, x: Tensor, lmbda: Tensor | None = None) -> LossTerms:

@@ -13,14 +13,15 @@ from typing import Any
 from zoo.entry import (
     ENTRY_FILES,
     EntryInfo,
-    codec_for_model,
     load_entry,
     read_config,
     save_entry,
     sha256_file,
     version_key,
 )
-from zoo.errors import EntryNotFound
+from zoo.entry_codec import codec_for_model
+from zoo.errors import InputError
+from zoo.manifest import DEFAULT_ORG, Manifest, ManifestEntry, repo_for, tag_for
 from zoo.registry import create_model, get_arch, load_checkpoint
 from zoo.train.config import describe_data
 
@@ -28,7 +29,7 @@ from zoo.train.config import describe_data
 def _run_model(run: Path, checkpoint: str):
     cfg_path, ckpt_path = run / "config.json", run / checkpoint
     if not cfg_path.exists() or not ckpt_path.exists():
-        raise EntryNotFound(f"{run} is not a finished training run (needs config.json and {checkpoint})")
+        raise InputError(f"{run} is not a finished training run (needs config.json and {checkpoint})")
     cfg = json.loads(cfg_path.read_text())
     state, ckpt = load_checkpoint(ckpt_path)
     model = create_model(cfg["arch"], cfg["quality"], **cfg.get("widths", {}))
@@ -166,10 +167,17 @@ def _release_levels(model, out: str | Path, eval_dir: str | Path, kwargs: dict[s
 
 
 def manifest_line(
-    info: EntryInfo, folder: Path, repo_root: Path, org: str = "zoo-codecs", current_for: list[int] | None = None
+    info: EntryInfo, folder: Path, repo_root: Path, org: str = DEFAULT_ORG, current_for: list[int] | None = None
 ) -> dict[str, Any]:
     """The manifest's record of a released entry. A variable-rate entry lists each level's Kodak figures,
     and `current_for` names the qualities of its base architecture that `zoo.load` should serve from it."""
+    return manifest_entry(info, folder, repo_root, org, current_for).to_json()
+
+
+def manifest_entry(
+    info: EntryInfo, folder: Path, repo_root: Path, org: str = DEFAULT_ORG, current_for: list[int] | None = None
+) -> ManifestEntry:
+    """The manifest's record of a released entry (`manifest_line` is its JSON form)."""
     e = info.entry
     kodak = info.results.get("kodak", {})
     keys = ("bpp", "psnr", "ms_ssim")
@@ -178,21 +186,20 @@ def manifest_line(
         "quality": e.quality,
         "metric": e.metric,
         "version": e.version,
-        "repo": f"{org}/{e.arch}-q{e.quality}-{e.metric}",
-        "revision": f"v{e.version}",
+        "repo": repo_for(e.arch, e.quality, e.metric, org, info.variable_rate),
+        "revision": tag_for(e.version),
         "files": {f: sha256_file(folder / f) for f in ENTRY_FILES},
         "kodak": {k: kodak[k] for k in keys if k in kodak},
         "path": str(folder.resolve().relative_to(repo_root)),
     }
     if info.variable_rate:
-        line["repo"] = f"{org}/{e.arch}-{e.metric}"
         line["levels"] = {
             name: {k: p["kodak"][k] for k in keys if k in p.get("kodak", {})} for name, p in info.levels.items()
         }
         line["current_for"] = sorted(current_for or [])
     elif current_for:
-        raise EntryNotFound(f"{e} is fixed-rate: only a variable-rate entry is marked current for qualities")
-    return line
+        raise InputError(f"{e} is fixed-rate: only a variable-rate entry is marked current for qualities")
+    return ManifestEntry(**line)
 
 
 def choose_current_for(
@@ -210,12 +217,10 @@ def choose_current_for(
       served for the quality under it is never served)."""
     import math
 
-    from zoo.hub import load_manifest
-
     base = get_arch(arch).base
     key = "psnr" if metric == "mse" else "ms_ssim"
     newest: dict[int, Any] = {}
-    for e in entries if entries is not None else load_manifest():
+    for e in entries if entries is not None else Manifest.read():
         if e.arch == base and e.metric == metric and e.kodak.get(key) is not None:
             if e.quality not in newest or version_key(e.version) > version_key(newest[e.quality].version):
                 newest[e.quality] = e
@@ -258,13 +263,10 @@ def choose_current_for(
     return chosen
 
 
-def add_to_manifest(line: dict[str, Any], manifest: Path) -> None:
-    data = json.loads(manifest.read_text())
-    key = (line["arch"], line["quality"], line["metric"], line["version"])
-    data["entries"] = [e for e in data["entries"] if (e["arch"], e["quality"], e["metric"], e["version"]) != key]
-    data["entries"].append(line)
-    data["entries"].sort(key=lambda e: (e["arch"], e["metric"], e["quality"], version_key(e["version"])))
-    manifest.write_text(json.dumps(data, indent=1) + "\n")
+def add_to_manifest(line: dict[str, Any] | ManifestEntry, manifest: Path) -> None:
+    """Add a released entry's line to a manifest file (`Manifest.add`), replacing one of the same version."""
+    entry = line if isinstance(line, ManifestEntry) else ManifestEntry(**line)
+    Manifest.read(manifest).add(entry).write()
 
 
 @dataclass(frozen=True)

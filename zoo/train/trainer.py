@@ -15,9 +15,9 @@ import platform
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -89,42 +89,42 @@ def load_init_weights(
     context_start: str = "identity",
     calibration: Callable[[], Tensor] | None = None,
 ) -> str:
-    """Warm start from an entry folder, a training checkpoint, or a Hub name (hf-hub:... or arch:quality). An entry
-    folder that has left the working tree is read from the history its manifest line names (`zoo.mirror`), so a
-    retired version stays a starting point.
+    """Warm start from an entry folder, a training checkpoint, or a Hub name (hf-hub:... or arch:quality), found by
+    the one resolver of model arguments (`zoo.resolve`). An entry folder that has left the working tree is read
+    from the history its manifest line names (`zoo.mirror`), so a retired version stays a starting point.
 
     With `parts`, only those submodules are taken (each one whole, shapes equal): the way to start one
     architecture from another's transforms, e.g. a factorized prior from a hyperprior's g_a and g_s.
     With `widen`, a narrower model of the same architecture is grown into this one (`zoo.train.widen`).
     A context model started from a mean-scale model of its widths takes every shared weight and starts its
     context parts as `context_start` says (`zoo.train.grow`; `calibration` gives training crops for it)."""
-    path = Path(spec)
+    from zoo.resolve import HF_PREFIX, resolve_model
+
     source_lambda: float | None = None
-    if not path.exists() and ":" not in spec and "/" in spec:
-        from zoo.mirror import entry_folder
-
-        path = entry_folder(path)  # a retired entry's path, or EntryNotFound naming it
-    if path.is_dir():
-        from zoo.entry import load_entry
-
-        src, info = load_entry(path)
-        state = src.state_dict()
-        source_lambda = info.lmbda
-    elif path.is_file():
+    name, _, q = spec.partition(":")
+    if spec.startswith(HF_PREFIX) or Path(spec).exists() or not q:
+        name, q = spec, ""
+    if q and not q.isdigit():
+        raise InputError(f"--init {spec}: ARCH:QUALITY takes an integer quality, not {q!r}")
+    source = resolve_model(name, quality=int(q) if q else None)
+    if source.kind == "checkpoint":
         from zoo.registry import load_checkpoint
 
-        state, ckpt = load_checkpoint(path)
+        state, ckpt = load_checkpoint(source.path)
         if isinstance(ckpt, dict) and "config" in ckpt:
             run = json.loads(ckpt["config"])
             if run.get("quality") and not get_arch(run["arch"]).variable_rate:
                 source_lambda = get_arch(run["arch"]).lmbda(run["quality"], run.get("metric", "mse"))
-    else:
-        import zoo
-
-        name, _, q = spec.partition(":")
-        state = zoo.load(name, quality=int(q) if q else None).model.state_dict()
+    elif source.kind == "release":  # the model zoo.load(name, quality) runs (a variable-rate one folded)
+        state = source.codec().model.state_dict()
         if q:
             source_lambda = get_arch(name).lmbda(int(q), metric)
+    else:  # an entry folder or a Hub repository: the weights as stored
+        from zoo.entry import load_entry
+
+        src, info = load_entry(source.path)
+        state = src.state_dict()
+        source_lambda = info.lmbda
     from zoo.models.variable_rate import VariableRateMixin
     from zoo.train.grow import grow_context_model, is_mean_scale_source
 
@@ -222,18 +222,68 @@ def level_lambdas(levels: torch.Tensor, metric: str) -> torch.Tensor:
     return torch.exp((1 - t) * logs[low] + t * logs[low + 1]).float()
 
 
+def _budget_config(cfg: TrainConfig) -> TrainConfig:
+    """The run's config with its budget checked: --more-minutes stands for --max-minutes in a fresh run (a resumed
+    one adds what it has trained, `Trainer._extend_budget`)."""
+    if cfg.budget_clock not in ("wall", "cpu"):
+        raise InputError(f"budget_clock is 'wall' or 'cpu', not {cfg.budget_clock!r}")
+    if cfg.more_minutes is not None:
+        if cfg.max_minutes or not math.isfinite(cfg.more_minutes) or cfg.more_minutes <= 0:
+            raise InputError(
+                f"more_minutes is a positive number of minutes, instead of max_minutes (got {cfg.more_minutes!r}"
+                f" with max_minutes {cfg.max_minutes!r})"
+            )
+        cfg = replace(cfg, max_minutes=cfg.more_minutes)  # a fresh run; a resumed one adds what it has trained
+    return cfg
+
+
+class _Step(NamedTuple):
+    """What one training step measured (`aux` as a number; NaN where the step was skipped)."""
+
+    terms: Any
+    loss: float
+    norm: float
+    aux: float
+    finite: bool
+
+
+@dataclass
+class _RunClock:
+    """The run's clocks for this process, started from what a resumed checkpoint had already counted."""
+
+    t_start: float
+    cpu_start: float
+    gpus: int
+    gpu_start: float
+    wall_start: float
+
+    @classmethod
+    def start(cls, trainer: Trainer) -> _RunClock:
+        return cls(
+            t_start=time.perf_counter() - trainer.wall,
+            cpu_start=time.process_time() - trainer.cpu_s,
+            gpus=trainer.world if trainer.device.type == "cuda" else 0,
+            gpu_start=trainer.gpu_s,
+            wall_start=trainer.wall,
+        )
+
+    def wall(self) -> float:
+        return time.perf_counter() - self.t_start
+
+    def elapsed(self, budget_clock: str) -> float:
+        """What a --max-minutes budget counts: this process's CPU time, or the wall clock."""
+        return time.process_time() - self.cpu_start if budget_clock == "cpu" else self.wall()
+
+    def record(self, trainer: Trainer) -> None:
+        """The run's clocks as a checkpoint records them."""
+        trainer.wall = self.wall()
+        trainer.cpu_s = time.process_time() - self.cpu_start
+        trainer.gpu_s = self.gpu_start + self.gpus * (trainer.wall - self.wall_start)
+
+
 class Trainer:
     def __init__(self, cfg: TrainConfig):
-        if cfg.budget_clock not in ("wall", "cpu"):
-            raise InputError(f"budget_clock is 'wall' or 'cpu', not {cfg.budget_clock!r}")
-        if cfg.more_minutes is not None:
-            if cfg.max_minutes or not math.isfinite(cfg.more_minutes) or cfg.more_minutes <= 0:
-                raise InputError(
-                    f"more_minutes is a positive number of minutes, instead of max_minutes (got {cfg.more_minutes!r}"
-                    f" with max_minutes {cfg.max_minutes!r})"
-                )
-            cfg = replace(cfg, max_minutes=cfg.more_minutes)  # a fresh run; a resumed one adds what it has trained
-        self.cfg = cfg
+        self.cfg = cfg = _budget_config(cfg)
         self.rank, self.world, self.local_rank = _dist_info()
         self.is_main = self.rank == 0
         self.out = Path(cfg.out)
@@ -252,15 +302,36 @@ class Trainer:
                 raise InputError(f"{cfg.arch} is fixed-rate: give --quality")
             spec.check_quality(cfg.quality)
             self.lmbda = spec.lmbda(cfg.quality, cfg.metric)
+        sizes = self._load_data(spec.downsample)
+        self._build_model(sizes)
+        self._build_optimization()
+        self.step, self.best, self.wall = 0, math.inf, 0.0
+        self.cpu_s = 0.0  # CPU seconds of the training process (all its threads), across resumes: core-hours
+        self.gpu_s = 0.0  # GPU-seconds (wall time x GPUs) of the run's training on GPUs, across resumes
+        self.hardware: list[str] = []  # every machine the run has trained on, across resumes
+        self.last_levels: dict[float, dict[str, float]] = {}
+        if cfg.resume and (self.out / "last.pt").exists():
+            self._load_checkpoint(self.out / "last.pt")
+            if cfg.more_minutes is not None:
+                self._extend_budget()
+        self._wrap_network()
+
+    def _load_data(self, downsample: int) -> list[tuple[int, int]]:
+        """The training crops and their sampler, and the validation images; returns the training images' sizes."""
+        cfg = self.cfg
         images, self.names, self.report = load_folder(cfg.train_dir, cfg.patch)
         val_images, _, self.val_report = load_folder(cfg.val_dir, 1)
-        self.val = full_images(val_images, spec.downsample, cfg.val_max_side)
+        self.val = full_images(val_images, downsample, cfg.val_max_side)
         self.dataset = CropDataset(images, cfg.patch)
         sizes = [a.shape[:2] for a in images]
         sampler_cls = HardSampleSampler if cfg.hard_samples else CropSampler
         self.sampler = sampler_cls(sizes, cfg.patch, cfg.batch_size, cfg.seed, self.rank, self.world)
         self.total = cfg.total_steps(len(images))
+        return sizes
 
+    def _build_model(self, sizes: list[tuple[int, int]]) -> None:
+        """The network, seeded, its gains started from the λ ladder (variable-rate), warm-started from --init."""
+        cfg = self.cfg
         torch.manual_seed(cfg.seed)
         self.model = create_model(cfg.arch, 1 if self.variable_rate else cfg.quality, **cfg.widths).to(self.device)
         if self.variable_rate:
@@ -288,6 +359,10 @@ class Trainer:
             print("notice: this CPU has no AMX or AVX-512 BF16: bf16 autocast runs emulated, slower than float32")
         if self.device.type == "cpu" and self.is_main and (notice := allocator_notice()):
             print(notice)
+
+    def _build_optimization(self) -> None:
+        """The moving average, the optimizers, the schedule (following the clock under a budget) and the loss."""
+        cfg = self.cfg
         if not 0.0 <= cfg.ema_decay < 1.0:
             raise InputError(f"ema_decay is in [0, 1), not {cfg.ema_decay!r}")
         # the model's floating-point parameters and buffers, the very tensors training updates in place
@@ -304,27 +379,29 @@ class Trainer:
             cfg.scheduler, self.optimizer, self.total, progress=progress, warmup=cfg.warmup_steps
         )
         self.loss_fn = RateDistortionLoss(self.lmbda, cfg.metric)
-        self.step, self.best, self.wall = 0, math.inf, 0.0
-        self.cpu_s = 0.0  # CPU seconds of the training process (all its threads), across resumes: core-hours
-        self.gpu_s = 0.0  # GPU-seconds (wall time x GPUs) of the run's training on GPUs, across resumes
-        self.hardware: list[str] = []  # every machine the run has trained on, across resumes
-        self.last_levels: dict[float, dict[str, float]] = {}
-        if cfg.resume and (self.out / "last.pt").exists():
-            self._load_checkpoint(self.out / "last.pt")
-            if cfg.more_minutes is not None:
-                spent = self.cpu_s if cfg.budget_clock == "cpu" else self.wall
-                self.cfg = cfg = replace(cfg, max_minutes=spent / 60 + cfg.more_minutes)
-                self.elapsed = spent
-                if isinstance(self.scheduler, LambdaLR):  # the schedule's position moves back: take its lr now
-                    for group, base, at in zip(
-                        self.optimizer.param_groups, self.scheduler.base_lrs, self.scheduler.lr_lambdas, strict=True
-                    ):
-                        group["lr"] = base * at(self.scheduler.last_epoch)
-                if self.is_main and not cfg.quiet:
-                    print(
-                        f"goes on from step {self.step}: a {cfg.max_minutes:g}-minute budget "
-                        f"({spent / 60:.1f} trained + {cfg.more_minutes:g} more)"
-                    )
+
+    def _extend_budget(self) -> None:
+        """--more-minutes on a resumed run: the budget becomes what it has trained plus these minutes, and the
+        schedule's position (which moves back) sets the learning rate now."""
+        cfg = self.cfg
+        assert cfg.more_minutes is not None
+        spent = self.cpu_s if cfg.budget_clock == "cpu" else self.wall
+        self.cfg = cfg = replace(cfg, max_minutes=spent / 60 + cfg.more_minutes)
+        self.elapsed = spent
+        if isinstance(self.scheduler, LambdaLR):  # the schedule's position moves back: take its lr now
+            for group, base, at in zip(
+                self.optimizer.param_groups, self.scheduler.base_lrs, self.scheduler.lr_lambdas, strict=True
+            ):
+                group["lr"] = base * at(self.scheduler.last_epoch)
+        if self.is_main and not cfg.quiet:
+            print(
+                f"goes on from step {self.step}: a {cfg.max_minutes:g}-minute budget "
+                f"({spent / 60:.1f} trained + {cfg.more_minutes:g} more)"
+            )
+
+    def _wrap_network(self) -> None:
+        """What the steps call: the model, under DDP across processes, compiled with --compile."""
+        cfg = self.cfg
         self.net: torch.nn.Module = self.model
         if self.world > 1:
             from torch.nn.parallel import DistributedDataParallel
@@ -512,18 +589,7 @@ class Trainer:
 
         cfg = self.cfg
         self.model.train()
-        if self.is_main:
-            self.out.mkdir(parents=True, exist_ok=True)
-            (self.out / "config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
-            if not cfg.quiet:
-                r = self.report
-                print(
-                    f"train: {r.loaded} images ({r.too_small} smaller than {cfg.patch}px, {r.unreadable} "
-                    f"unreadable, {r.not_images} non-image files skipped); val: {len(self.val)} images"
-                )
-        here = describe_hardware(self.device, self.world)
-        if here not in self.hardware:
-            self.hardware.append(here)
+        self._announce_run()
         log = self._open_log()
         tb = self._tensorboard()
         loader = DataLoader(
@@ -536,97 +602,124 @@ class Trainer:
         bar = tqdm(total=self.total, initial=self.step, disable=cfg.quiet or not self.is_main, unit="step")
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.amp == "bf16")
         last_val: dict[str, float] = {}
-        t_start = time.perf_counter() - self.wall
-        cpu_start = time.process_time() - self.cpu_s
-        gpus = self.world if self.device.type == "cuda" else 0
-        gpu_start, wall_start = self.gpu_s, self.wall
-
-        def clocks() -> None:  # the run's clocks as a checkpoint records them
-            self.wall = time.perf_counter() - t_start
-            self.cpu_s = time.process_time() - cpu_start
-            self.gpu_s = gpu_start + gpus * (self.wall - wall_start)
-
+        clock = _RunClock.start(self)
         rng = torch.get_rng_state()
         it = iter(loader)  # worker seeding draws from torch's RNG: keep it out of the training stream
         torch.set_rng_state(rng)
         while self.step < self.total:
             x, idx = next(it)
-            x = x.to(self.device, non_blocking=True)
-            if cfg.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            if self.variable_rate:
-                levels = torch.from_numpy(
-                    sample_levels(cfg.seed + 7919 * self.rank, self.step, x.shape[0], integer_share=cfg.integer_share)
-                ).to(self.device, torch.float32)
-                with autocast:
-                    out = self._forward(x, levels)
-                terms = self.loss_fn(out, x, level_lambdas(levels, cfg.metric))
-            else:
-                with autocast:
-                    out = self._forward(x)
-                terms = self.loss_fn(out, x)
-            self.optimizer.zero_grad(set_to_none=True)
-            terms.loss.backward()
-            norm = (
-                float(torch.nn.utils.clip_grad_norm_(self.model.main_parameters(), cfg.clip))
-                if cfg.clip
-                else grad_norm(self.model.main_parameters())
-            )
-            loss = terms.loss.item()  # one device sync for the check and the meters
-            finite = math.isfinite(norm) and math.isfinite(loss)
-            if finite:
-                self.optimizer.step()
-                self.bad_in_a_row = 0
-            else:  # one non-finite step would turn every weight into NaN: skip it, stop if it keeps happening
-                self._skip_nonfinite(loss, norm)
-                self.optimizer.zero_grad(set_to_none=True)
-            aux = self.model.aux_loss()
-            self.aux_optimizer.zero_grad(set_to_none=True)
-            aux.backward()
-            self.aux_optimizer.step()
-            if self.ema is not None:
-                with torch.no_grad():
-                    torch._foreach_lerp_(self.ema, [t.detach() for t in self._float_state], 1.0 - cfg.ema_decay)
-            if cfg.scheduler != "plateau":
-                self.scheduler.step()  # type: ignore[call-arg]
-            if finite:
-                self._observe(idx, terms.per_image)
+            step = self._train_step(x, idx, autocast)
             self.step += 1
-            self.elapsed = (
-                time.process_time() - cpu_start if cfg.budget_clock == "cpu" else time.perf_counter() - t_start
-            )
-            if cfg.max_minutes and self.elapsed >= 60 * cfg.max_minutes:
-                self.total = self.step  # the budget is spent: this is the last step (validated and saved)
-            if finite:
-                meters.update(loss=loss, bpp=terms.bpp.item(), psnr=terms.psnr, aux=aux.item(), grad_norm=norm)
+            self._spend_budget(clock)
+            if step.finite:
+                meters.update(
+                    loss=step.loss, bpp=step.terms.bpp.item(), psnr=step.terms.psnr, aux=step.aux, grad_norm=step.norm
+                )
             bar.update(1)
-            logged = any(m.count for m in meters.meters.values())  # none when every step since was skipped
-            if (self.step % cfg.log_every == 0 or self.step == self.total) and logged:
-                avg = meters.averages()
-                bar.set_postfix(loss=f"{avg['loss']:.3f}", bpp=f"{avg['bpp']:.3f}", psnr=f"{avg['psnr']:.2f}")
-                self._log(log, tb, "train", avg)
-                meters.reset()
+            self._log_train(meters, bar, log, tb)
             if self.step % cfg.val_every == 0 or self.step == self.total:
-                last_val = self.validate()
-                for level, values in self.last_levels.items():
-                    self._log(log, tb, f"val-q{level:g}", values)
-                self._log(log, tb, "val", last_val)
-                if cfg.scheduler == "plateau":
-                    self.scheduler.step(last_val["loss"])  # type: ignore[arg-type]
-                if last_val["loss"] < self.best:
-                    self.best = last_val["loss"]
-                    clocks()
-                    self.save("best.pt")
+                last_val = self._validate_and_keep_best(log, tb, clock)
             if self.step % cfg.ckpt_every == 0 or self.step == self.total:
-                clocks()
+                clock.record(self)
                 self.save("last.pt")
         bar.close()
         if self.world > 1:
             self._check_ranks_agree()
         if log:
             log.close()
-        self._write_summary(last_val, time.perf_counter() - t_start)
+        self._write_summary(last_val, clock.wall())
         return last_val
+
+    def _announce_run(self) -> None:
+        """The run's config.json and what the data folders held; this machine added to the run's hardware."""
+        cfg = self.cfg
+        if self.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
+            if not cfg.quiet:
+                r = self.report
+                print(
+                    f"train: {r.loaded} images ({r.too_small} smaller than {cfg.patch}px, {r.unreadable} "
+                    f"unreadable, {r.not_images} non-image files skipped); val: {len(self.val)} images"
+                )
+        here = describe_hardware(self.device, self.world)
+        if here not in self.hardware:
+            self.hardware.append(here)
+
+    def _train_step(self, x: Tensor, idx: Tensor, autocast: torch.autocast) -> _Step:
+        """One optimizer step on a batch (skipped, gradients dropped, when its loss or gradient is not finite),
+        the entropy models' auxiliary step, the moving average and the per-step schedule."""
+        cfg = self.cfg
+        x = x.to(self.device, non_blocking=True)
+        if cfg.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        if self.variable_rate:
+            levels = torch.from_numpy(
+                sample_levels(cfg.seed + 7919 * self.rank, self.step, x.shape[0], integer_share=cfg.integer_share)
+            ).to(self.device, torch.float32)
+            with autocast:
+                out = self._forward(x, levels)
+            terms = self.loss_fn(out, x, level_lambdas(levels, cfg.metric))
+        else:
+            with autocast:
+                out = self._forward(x)
+            terms = self.loss_fn(out, x)
+        self.optimizer.zero_grad(set_to_none=True)
+        terms.loss.backward()
+        norm = (
+            float(torch.nn.utils.clip_grad_norm_(self.model.main_parameters(), cfg.clip))
+            if cfg.clip
+            else grad_norm(self.model.main_parameters())
+        )
+        loss = terms.loss.item()  # one device sync for the check and the meters
+        finite = math.isfinite(norm) and math.isfinite(loss)
+        if finite:
+            self.optimizer.step()
+            self.bad_in_a_row = 0
+        else:  # one non-finite step would turn every weight into NaN: skip it, stop if it keeps happening
+            self._skip_nonfinite(loss, norm)
+            self.optimizer.zero_grad(set_to_none=True)
+        aux = self.model.aux_loss()
+        self.aux_optimizer.zero_grad(set_to_none=True)
+        aux.backward()
+        self.aux_optimizer.step()
+        if self.ema is not None:
+            with torch.no_grad():
+                torch._foreach_lerp_(self.ema, [t.detach() for t in self._float_state], 1.0 - cfg.ema_decay)
+        if cfg.scheduler != "plateau":
+            self.scheduler.step()  # type: ignore[call-arg]
+        if finite:
+            self._observe(idx, terms.per_image)
+        return _Step(terms, loss, norm, aux.item() if finite else math.nan, finite)
+
+    def _spend_budget(self, clock: _RunClock) -> None:
+        """Count the step against a --max-minutes budget; the step that spends it becomes the last."""
+        self.elapsed = clock.elapsed(self.cfg.budget_clock)
+        if self.cfg.max_minutes and self.elapsed >= 60 * self.cfg.max_minutes:
+            self.total = self.step  # the budget is spent: this is the last step (validated and saved)
+
+    def _log_train(self, meters: MeterGroup, bar: Any, log: Any, tb: Any) -> None:
+        """Every log_every steps (and at the last), the training averages since the last line."""
+        logged = any(m.count for m in meters.meters.values())  # none when every step since was skipped
+        if (self.step % self.cfg.log_every == 0 or self.step == self.total) and logged:
+            avg = meters.averages()
+            bar.set_postfix(loss=f"{avg['loss']:.3f}", bpp=f"{avg['bpp']:.3f}", psnr=f"{avg['psnr']:.2f}")
+            self._log(log, tb, "train", avg)
+            meters.reset()
+
+    def _validate_and_keep_best(self, log: Any, tb: Any, clock: _RunClock) -> dict[str, float]:
+        """Validate, log each level and the whole, step a plateau schedule, and save best.pt on a new best."""
+        values = self.validate()
+        for level, per_level in self.last_levels.items():
+            self._log(log, tb, f"val-q{level:g}", per_level)
+        self._log(log, tb, "val", values)
+        if self.cfg.scheduler == "plateau":
+            self.scheduler.step(values["loss"])  # type: ignore[arg-type]
+        if values["loss"] < self.best:
+            self.best = values["loss"]
+            clock.record(self)
+            self.save("best.pt")
+        return values
 
     def _observe(self, idx: torch.Tensor, per_image: torch.Tensor) -> None:
         """Feed per-image losses to the sampler. Under DDP every rank gets every rank's losses, so the
