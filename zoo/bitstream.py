@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import struct
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -413,11 +414,8 @@ def _parse_header(data: bytes) -> Header:
         )
     tiles, pos = [], header_bytes
     for rect, latent_hw, lengths in table:
-        streams = []
-        for name, n in zip(names, lengths, strict=True):
-            streams.append((name, data[pos : pos + n]))
-            pos += n
-        tiles.append(TileStreams(rect, latent_hw, tuple(streams)))
+        streams, pos = _streams_at(data, pos, names, lengths)
+        tiles.append(TileStreams(rect, latent_hw, streams))
     return Header(
         version,
         EntryId(arch, quality, metric, entry_version, level),
@@ -433,6 +431,17 @@ def _parse_header(data: bytes) -> Header:
         header_bytes,
         len(data),
     )
+
+
+def _streams_at(
+    data: bytes, pos: int, names: Sequence[str], lengths: Sequence[int]
+) -> tuple[tuple[tuple[str, bytes], ...], int]:
+    """One tile's named streams, laid end to end from `pos`, and the position after them."""
+    streams = []
+    for name, n in zip(names, lengths, strict=True):
+        streams.append((name, data[pos : pos + n]))
+        pos += n
+    return tuple(streams), pos
 
 
 def _parse_v3(r: _Reader, version: int) -> Header:
@@ -509,11 +518,8 @@ def _parse_v3(r: _Reader, version: int) -> Header:
     tiles, pos = [], header_bytes
     for i, (lengths, *_) in enumerate(rows):
         rect = grid_rect(height, width, tile_size, i)
-        streams = []
-        for name, n in zip(names, lengths, strict=True):
-            streams.append((name, data[pos : pos + n]))
-            pos += n
-        tiles.append(TileStreams(rect, _latent_hw(rect, downsample), tuple(streams)))
+        streams, pos = _streams_at(data, pos, names, lengths)
+        tiles.append(TileStreams(rect, _latent_hw(rect, downsample), streams))
     checks = tuple(index_check for _, index_check, *_ in rows)
     return Header(
         version,

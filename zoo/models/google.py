@@ -150,12 +150,15 @@ class ScaleHyperprior(CompressionModel):
         z_hat = self.entropy_bottleneck.decompress(z_strings, z.shape[-2:])
         return z_strings, z_crc, z_hat
 
+    def _scales_means(self, z_hat: Tensor) -> tuple[Tensor, Tensor | None]:
+        """y's scales (and means, where the hyperprior predicts them) from z_hat, on the coding path."""
+        return self.entropy_params(z_hat), None
+
     def _code(self, x: Tensor, latents: dict[str, Tensor]) -> list[TileStreams]:
-        y = latents["y"]
         z_strings, z_crc, z_hat = self._code_z(latents["z"])
-        scales = self.entropy_params(z_hat)
+        scales, means = self._scales_means(z_hat)
         indexes = self.gaussian_conditional.build_indexes(scales)
-        y_strings = self.gaussian_conditional.compress(y, indexes)
+        y_strings = self.gaussian_conditional.compress(latents["y"], indexes, means=means)
         hw = (int(z_hat.shape[-2]), int(z_hat.shape[-1]))
         return [
             coded(x, (("z", z_strings[i]), ("y", y_strings[i])), hw, crc_indexes(indexes[i], z_crc))
@@ -164,9 +167,9 @@ class ScaleHyperprior(CompressionModel):
 
     def _decompress(self, streams: Sequence[TileStreams], latent_hw: tuple[int, int]) -> tuple[Tensor, list[int]]:
         z_hat = self.entropy_bottleneck.decompress([s.stream("z") for s in streams], latent_hw)
-        scales = self.entropy_params(z_hat)
+        scales, means = self._scales_means(z_hat)
         indexes = self.gaussian_conditional.build_indexes(scales)
-        y_hat = self.gaussian_conditional.decompress([s.stream("y") for s in streams], indexes)
+        y_hat = self.gaussian_conditional.decompress([s.stream("y") for s in streams], indexes, means=means)
         return self.g_s(y_hat.to(z_hat.dtype)).clamp_(0, 1), self._checksums(indexes, latent_hw)
 
     def _checksums(self, indexes: Tensor, latent_hw: tuple[int, int]) -> list[int]:
@@ -208,24 +211,9 @@ class MeanScaleHyperprior(ScaleHyperprior):
         y_lik = self.gaussian_conditional.likelihood(y_hat, scales, means)
         return ForwardOutput(self.g_s(y_hat), {"y": y_lik, "z": z_lik})
 
-    def _code(self, x: Tensor, latents: dict[str, Tensor]) -> list[TileStreams]:
-        y = latents["y"]
-        z_strings, z_crc, z_hat = self._code_z(latents["z"])
+    def _scales_means(self, z_hat: Tensor) -> tuple[Tensor, Tensor | None]:
         scales, means = self.entropy_params(z_hat).chunk(2, 1)
-        indexes = self.gaussian_conditional.build_indexes(scales)
-        y_strings = self.gaussian_conditional.compress(y, indexes, means=means)
-        hw = (int(z_hat.shape[-2]), int(z_hat.shape[-1]))
-        return [
-            coded(x, (("z", z_strings[i]), ("y", y_strings[i])), hw, crc_indexes(indexes[i], z_crc))
-            for i in range(x.shape[0])
-        ]
-
-    def _decompress(self, streams: Sequence[TileStreams], latent_hw: tuple[int, int]) -> tuple[Tensor, list[int]]:
-        z_hat = self.entropy_bottleneck.decompress([s.stream("z") for s in streams], latent_hw)
-        scales, means = self.entropy_params(z_hat).chunk(2, 1)
-        indexes = self.gaussian_conditional.build_indexes(scales)
-        y_hat = self.gaussian_conditional.decompress([s.stream("y") for s in streams], indexes, means=means)
-        return self.g_s(y_hat.to(z_hat.dtype)).clamp_(0, 1), self._checksums(indexes, latent_hw)
+        return scales, means
 
 
 class JointAutoregressiveHierarchicalPriors(MeanScaleHyperprior):
