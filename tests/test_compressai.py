@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from tests.support import fixture_expected, fixture_state_dict, psnr
-from zoo.errors import EntryNotFound, HubError, IntegrityError
+from zoo.errors import EntryNotFound, HubError, InputError, IntegrityError
 
 # (architecture, how the served file is laid out): CompressAI's current layout, its older one (the factorized
 # prior's `_biases.0` / `_bias0` names, the shortcut called `downsample`, no CDF tables, the pre-zip format).
@@ -234,11 +234,11 @@ def test_names_outside_the_table_say_what_exists(env):
 
     with pytest.raises(EntryNotFound, match="publishes no weights for bmshj2018-factorized-relu"):
         published("bmshj2018-factorized-relu", 1)
-    with pytest.raises(EntryNotFound, match="needs a quality"):
+    with pytest.raises(InputError, match="needs a quality"):
         published("bmshj2018-hyperprior", None)
     with pytest.raises(EntryNotFound, match="qualities 1, 2, 3, 4, 5, not 7"):
         zoo.load("bmshj2018-hyperprior", quality=7, source="compressai")
-    with pytest.raises(EntryNotFound, match="unknown source"):
+    with pytest.raises(InputError, match="unknown source"):
         zoo.load("bmshj2018-hyperprior", quality=1, source="tfc")
 
 

@@ -26,7 +26,7 @@ import torch
 from zoo.compressed import EntryId
 from zoo.entry import EntryInfo, read_config, save_entry, sha256_file
 from zoo.entry_codec import codec_from_entry
-from zoo.errors import ArchitectureError, EntryNotFound, HubError, IntegrityError, ZooError
+from zoo.errors import ArchitectureError, EntryNotFound, HubError, InputError, IntegrityError, ZooError
 from zoo.models.base import CompressionModel
 from zoo.registry import METRICS, create_model, get_arch, infer_widths, load_checkpoint, load_weights
 
@@ -102,7 +102,7 @@ def published(arch: str, quality: float | None, metric: str = "mse") -> Publishe
     files = models[arch].get(metric, {})
     have = ", ".join(sorted(files, key=int)) or "none"
     if quality is None:
-        raise EntryNotFound(f"{arch} needs a quality: CompressAI publishes it ({metric}) at qualities {have}")
+        raise InputError(f"{arch} needs a quality: CompressAI publishes it ({metric}) at qualities {have}")
     if isinstance(quality, float) and quality.is_integer():
         quality = int(quality)
     if isinstance(quality, bool) or str(quality) not in files:
