@@ -24,10 +24,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from zoo.cli.codec_cmds import EncodeOptions, _quality_ladder
     from zoo.evaluation.compare import CLASSICAL_DEFAULT, classical_at_size, eval_series, learned_at_size, write_page
     from zoo.imageio import read_image, to_uint8
+    from zoo.ratecontrol import check_budget
 
     options = EncodeOptions(args.effort, args.seed, args.max_bytes, args.target_bpp)
     if not options.rate_controlled:
         raise InputError("zoo compare needs a budget: --max-bytes N or --target-bpp B")
+    if options.max_bytes is not None:  # a bad budget fails before any model loads
+        check_budget(options.max_bytes)
     rd = eval_series(args.eval) if args.eval else None  # a bad results file fails before any encoding
     models = args.models if args.models is not None else default_models(args.metric)
     classical = args.classical if args.classical is not None else list(CLASSICAL_DEFAULT)
@@ -59,9 +62,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
                 print(f"{c.name}: {c.failure}")
                 continue
             ssim = "n/a" if math.isnan(p.ms_ssim) else f"{p.ms_ssim:.4f}"
-            print(
-                f"{c.name} {c.setting}: {p.bytes} bytes, {p.bpp:.4f} bpp, PSNR {p.psnr:.2f} dB, MS-SSIM {ssim}"
-            )
+            print(f"{c.name} {c.setting}: {p.bytes} bytes, {p.bpp:.4f} bpp, PSNR {p.psnr:.2f} dB, MS-SSIM {ssim}")
         print(f"wrote {page}")
     return 0
 

@@ -204,7 +204,7 @@ def _panel_html(p: Panel) -> str:
     if not p.png:
         return (
             f'<figure class="panel failed" data-name="{html.escape(c.name)}">'
-            f"<figcaption>{title}</figcaption><p class=\"why\">{html.escape(c.failure)}</p></figure>"
+            f'<figcaption>{title}</figcaption><p class="why">{html.escape(c.failure)}</p></figure>'
         )
     attrs = {
         "data-name": c.name,
@@ -233,16 +233,16 @@ def _html(
 ) -> str:
     original = (
         '<figure class="panel" data-name="original" data-png="original.png">'
-        f"<figcaption><b>original</b><br>{w}×{h} pixels<br><span class=\"by\">{html.escape(image_name)}</span>"
+        f'<figcaption><b>original</b><br>{w}×{h} pixels<br><span class="by">{html.escape(image_name)}</span>'
         "</figcaption>"
         '<div class="view"><img src="original.png" alt="original"><div class="box"></div></div>'
-        "<div class=\"zoom\" style=\"background-image:url('original.png')\"></div>"
+        '<div class="zoom" style="background-image:url(\'original.png\')"></div>'
         "</figure>"
     )
     body = "\n".join([original, *(_panel_html(p) for p in panels)])
     aside = (
         f'<aside><h2>Rate–distortion</h2><img class="rd" src="{plot}" alt="RD plot">'
-        "<p class=\"by\">The curves of the results files given to --eval (their datasets' means, not this image)."
+        '<p class="by">The curves of the results files given to --eval (their datasets\' means, not this image).'
         "</p></aside>"
         if plot
         else ""
