@@ -122,8 +122,11 @@ def test_each_png_is_the_decoding_of_its_coded_file(page, tmp_path):
             assert np.array_equal(np.asarray(Image.open(io.BytesIO(coded.read_bytes())).convert("RGB")), png)
 
 
-def test_a_target_bpp_is_a_budget_in_bytes(crop, tmp_path, capsys):
+def test_a_target_bpp_is_a_budget_in_bytes_and_an_earlier_page_is_replaced(crop, tmp_path, capsys):
     out = tmp_path / "page"
+    out.mkdir()
+    (out / "07-jpeg.png").write_bytes(b"an earlier page's panel")
+    (out / "notes.txt").write_text("the user's own file")
     argv = ["compare", str(crop), "--target-bpp", "0.5", "--models", "--classical", "webp", "--out", str(out)]
     assert main(argv) == 0
     parsed = _Page()
@@ -131,6 +134,7 @@ def test_a_target_bpp_is_a_budget_in_bytes(crop, tmp_path, capsys):
     (webp,) = parsed.panels[1:]
     assert int(webp["data-bytes"]) <= 0.5 * 192 * 176 / 8
     assert "webp quality" in capsys.readouterr().out
+    assert not (out / "07-jpeg.png").exists() and (out / "notes.txt").is_file()
 
 
 def test_a_codec_that_cannot_fit_says_why_and_the_others_still_run(crop):

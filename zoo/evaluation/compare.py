@@ -69,16 +69,14 @@ def learned_at_size(
     from zoo.compressed import format_level
     from zoo.ratecontrol import compress_to_size
 
-    probe = codec_at(space["low"] if "low" in space else space["choices"][0])
-    name = probe.entry.arch
+    probe = codec_at(space["low"] if "low" in space else space["choices"][0]).entry
+    name, made_by = probe.arch, f"{probe.arch} {probe.metric} v{probe.version}"
     try:
         c, setting = compress_to_size(codec_at, x, max_bytes, effort=effort, seed=seed, **space)
     except ZooError as exc:
-        return Contender(name, "", str(probe.entry), ".zoo", failure=str(exc))
+        return Contender(name, "", made_by, ".zoo", failure=str(exc))
     codec = codec_at(setting)
     data = bitstream.dumps(c)
-    e = codec.entry
-    made_by = f"{e.arch} {e.metric} v{e.version}"
     knob = f"level {setting:.2f}" if "low" in space else f"quality {format_level(setting)}"
     knob += f", effort {effort}" if effort else ""
     return Contender(name, knob, made_by, ".zoo", data, codec.decompress_uint8(bitstream.loads(data)))
@@ -137,6 +135,9 @@ def write_page(
     if folder.exists() and not folder.is_dir():
         raise InputError(f"{folder} exists and is not a folder")
     folder.mkdir(parents=True, exist_ok=True)
+    for old in folder.iterdir():  # an earlier page's files, which this page might not replace
+        if _PAGE_FILE.fullmatch(old.name) and old.is_file():
+            old.unlink()
     h, w = reference.shape[:2]
     _save_png(reference, folder / "original.png", Image)
     panels = []
@@ -167,6 +168,9 @@ def write_page(
     page = folder / "index.html"
     page.write_text(_html(image_name, w, h, max_bytes, panels, plot, busiest_spot(reference)), encoding="utf-8")
     return page, panels
+
+
+_PAGE_FILE = re.compile(r"index\.html|original\.png|rd\.png|\d\d-[a-z0-9.-]+\.(png|zoo|jpg|webp|avif)")
 
 
 def busiest_spot(rgb: np.ndarray, cell: int = 48) -> tuple[float, float]:
@@ -204,7 +208,9 @@ def _panel_html(p: Panel) -> str:
     if not p.png:
         return (
             f'<figure class="panel failed" data-name="{html.escape(c.name)}">'
-            f'<figcaption>{title}</figcaption><p class="why">{html.escape(c.failure)}</p></figure>'
+            f"<figcaption><b>{html.escape(c.name)}</b><br>no file within the budget<br>"
+            f'<span class="by">{html.escape(c.made_by)}</span></figcaption>'
+            f'<p class="why">{html.escape(c.failure)}</p></figure>'
         )
     attrs = {
         "data-name": c.name,
@@ -242,7 +248,7 @@ def _html(
     body = "\n".join([original, *(_panel_html(p) for p in panels)])
     aside = (
         f'<aside><h2>Rate–distortion</h2><img class="rd" src="{plot}" alt="RD plot">'
-        '<p class="by">The curves of the results files given to --eval (their datasets\' means, not this image).'
+        '<p class="caption">The curves of the results files given to --eval (their datasets\' means, not this image).'
         "</p></aside>"
         if plot
         else ""
@@ -276,7 +282,8 @@ main {{ display: flex; gap: 16px; align-items: flex-start; }}
 .by {{ color: #666; font-size: 12px; display: block; white-space: nowrap; overflow: hidden; text-overflow: ellipsis; }}
 .view {{ position: relative; cursor: crosshair; line-height: 0; margin: 4px 0; }}
 .view img {{ width: 100%; display: block; user-select: none; -webkit-user-drag: none; }}
-.box {{ position: absolute; border: 2px solid #e33; box-sizing: border-box; pointer-events: none; }}
+.box {{ position: absolute; border: 2px solid #fff; box-shadow: 0 0 0 1px #000, inset 0 0 0 1px #000;
+        box-sizing: border-box; pointer-events: none; }}
 .zoom {{ width: 260px; height: 180px; background-repeat: no-repeat; image-rendering: pixelated;
          border: 1px solid #999; box-sizing: border-box; }}
 .stats {{ width: 100%; border-collapse: collapse; margin-top: 4px; font-variant-numeric: tabular-nums; }}
@@ -284,6 +291,7 @@ main {{ display: flex; gap: 16px; align-items: flex-start; }}
 .file {{ font-size: 12px; }}
 .failed .why {{ color: #a00; }}
 aside {{ width: 420px; flex: none; }}
+.caption {{ color: #666; font-size: 12px; }}
 aside h2 {{ font-size: 15px; margin: 0 0 6px; }}
 .rd {{ width: 100%; border: 1px solid #ccc; }}
 </style></head>
@@ -301,6 +309,9 @@ Zoom <select id="zoom"><option>2</option><option selected>4</option><option>8</o
 (function () {{
   var W = {width}, H = {height}, cx = {cx}, cy = {cy};
   var zoomSelect = document.getElementById("zoom");
+  // a view is shared by its address: #x=0.25,y=0.6 (fractions of the image)
+  var shared = /x=([0-9.]+),y=([0-9.]+)/.exec(location.hash);
+  if (shared) {{ cx = Math.min(1, Number(shared[1])); cy = Math.min(1, Number(shared[2])); }}
   function draw() {{
     var z = Number(zoomSelect.value);
     document.querySelectorAll(".panel").forEach(function (panel) {{
@@ -322,6 +333,7 @@ Zoom <select id="zoom"><option>2</option><option selected>4</option><option>8</o
     var r = event.currentTarget.getBoundingClientRect();
     cx = Math.max(0, Math.min(1, (event.clientX - r.left) / r.width));
     cy = Math.max(0, Math.min(1, (event.clientY - r.top) / r.height));
+    history.replaceState(null, "", "#x=" + cx.toFixed(4) + ",y=" + cy.toFixed(4));
     draw();
   }}
   document.querySelectorAll(".view").forEach(function (view) {{
