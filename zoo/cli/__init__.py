@@ -19,6 +19,7 @@ COMMAND_MODULES = (
     "zoo.cli.hub_cmds",  # list, publish, import-compressai, hub
     "zoo.cli.train_cmds",  # train, release
     "zoo.cli.eval_cmds",  # eval, bench, bd
+    "zoo.cli.compare_cmds",  # compare
     "zoo.cli.export_cmds",  # export
     "zoo.cli.serve_cmds",  # archive, serve
 )
