@@ -157,7 +157,7 @@ def _card_datasets(training: dict, arch: str = "bmshj2018-hyperprior") -> object
 def test_a_card_names_the_zoo_training_photos_by_their_sources_and_licences(arch):
     """The zoo's own releases record their data by its folder in the team's setup; the card names where a user
     finds each collection and its licence instead."""
-    from zoo.entry import TRAINING_COLLECTIONS
+    from zoo.card import TRAINING_COLLECTIONS
 
     both = "shared/datasets/wallpapers (178, licences in its SOURCES.md) + photos 001-035 (036-039 held out)"
     named = _card_datasets({"dataset": both}, arch)
@@ -176,19 +176,21 @@ def test_a_card_names_other_data_as_given_or_not_at_all():
 
 
 def _load_in_subprocess(folder: Path) -> tuple[float, str, int]:
-    """(seconds, error message, peak RSS in MiB) of load_entry(folder) in a fresh process."""
+    """(seconds, error message, MiB the peak RSS grew by) of load_entry(folder) in a fresh process, measured from
+    after its imports (what the imports take depends on the machine, not on the entry)."""
     code = (
         "import resource, sys, time\n"
         "from zoo.entry import load_entry\n"
         "import zoo.bitstream, zoo.models\n"
         "from zoo.errors import IntegrityError\n"
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
         "t0 = time.perf_counter()\n"
         "try:\n"
         "    load_entry(sys.argv[1])\n"
         "    print('loaded')\n"
         "except IntegrityError as exc:\n"
         "    print(f'{time.perf_counter() - t0:.3f}', exc)\n"
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)\n"
+        "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)\n"
     )
     run = subprocess.run([sys.executable, "-c", code, str(folder)], capture_output=True, text=True, timeout=300)
     lines = run.stdout.strip().splitlines()
@@ -210,7 +212,7 @@ def test_a_config_cannot_ask_for_more_than_the_weights_file_holds(fixture_entry,
     _elic_config(folder, {"N": 384, "M": 640})
     seconds, message, rss = _load_in_subprocess(folder)
     assert "weights do not fit the Elic2022Official" in message and "missing" in message
-    assert seconds < 2.0 and rss < 700, (seconds, rss)
+    assert seconds < 2.0 and rss < 200, (seconds, rss)  # building it would take 700-1,200 MiB
 
 
 def test_elic_channel_groups_are_bounded_in_count(fixture_entry, tmp_path):

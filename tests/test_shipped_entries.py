@@ -98,7 +98,8 @@ def test_each_shipped_card_names_its_training_data_as_the_card_writer_does(manif
     `model_card` writes it from the entry's training record), never a folder of this repository's setup."""
     import yaml
 
-    from zoo.entry import CARD_NAME, card_datasets, read_config
+    from zoo.card import card_datasets
+    from zoo.entry import CARD_NAME, read_config
 
     for e in manifest:
         if e.commit:  # retired: its card is history
