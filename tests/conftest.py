@@ -47,3 +47,15 @@ def arch_entry(tmp_path_factory):
 def write_manifest(path: Path, entries: list[dict]) -> Path:
     path.write_text(json.dumps({"format": 1, "org": "zoo-test", "entries": entries}))
     return path
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread for the test: refinement and searches are many small passes, several times faster on
+    one thread than on two shared cores."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -297,17 +297,6 @@ def test_decode_holds_no_float_copy_of_the_image(tmp_path, fixture_entry, monkey
 VR_ENTRY = REPO / "model_store/entries/bmshj2018-hyperprior-vr/mse/v1.12"
 
 
-@pytest.fixture
-def one_thread():
-    """Refinement is many small passes: one intra-op thread is several times faster on shared cores."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_encode_with_effort_decodes_like_any_file(tmp_path, fixture_entry, capsys, one_thread):
     import zoo
 

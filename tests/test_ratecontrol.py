@@ -6,7 +6,6 @@ from __future__ import annotations
 import math
 
 import pytest
-import torch
 
 from tests.support import REPO, fixture_codec, kodak_image
 from zoo import bitstream
@@ -16,12 +15,7 @@ from zoo.ratecontrol import budget_for_bpp, compress_to_size, largest_fitting
 VR_ENTRY = REPO / "model_store/entries/bmshj2018-hyperprior-vr/mse/v1.12"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 def _sized(grow: float = 0.7, base: int = 300):

@@ -20,13 +20,7 @@ VR_ENTRIES = {
 }
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Many small passes: one intra-op thread is several times faster than two on shared cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 def _crop(name: str, top: int, left: int, h: int, w: int) -> torch.Tensor:
