@@ -7,15 +7,11 @@ checkpoint is read with a weights-only `torch.load`, renamed to the current layo
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import re
 import secrets
 import shutil
-import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -26,15 +22,15 @@ import torch
 from zoo.compressed import EntryId
 from zoo.entry import EntryInfo, read_config, save_entry, sha256_file
 from zoo.entry_codec import codec_from_entry
-from zoo.errors import ArchitectureError, EntryNotFound, HubError, InputError, IntegrityError, ZooError
+from zoo.errors import ArchitectureError, EntryNotFound, HubError, InputError, IntegrityError
 from zoo.models.base import CompressionModel
+from zoo.net import download
 from zoo.registry import METRICS, create_model, get_arch, infer_widths, load_checkpoint, load_weights
 
 TABLE_ENV = "ZOO_COMPRESSAI_MODELS"  # another table file (an internal mirror with files of its own)
 URL_ENV = "ZOO_COMPRESSAI_URL"  # replaces the table's root_url (a mirror of CompressAI's files)
 # A download may take at most the Hub timeout plus its size at this rate: a server that trickles bytes just
 # often enough to beat the read timeout still ends. The largest published checkpoint is about 100 MB.
-MIN_RATE = 64 * 1024  # bytes per second
 MAX_CHECKPOINT_BYTES = 1 << 30
 # The version of every entry made from a published checkpoint: what a stream's header names, so that `zoo decode`
 # finds these weights again (`is_published_entry`) rather than a released zoo entry of the same name.
@@ -117,59 +113,12 @@ def cache_dir() -> Path:
     return zoo_home() / "compressai"
 
 
-def download(url: str, dest: Path, max_bytes: int = MAX_CHECKPOINT_BYTES, min_rate: float = MIN_RATE) -> int:
-    """Fetch a plain URL into the new file `dest`; returns its size. The one place zoo downloads outside the Hub.
-
-    Connecting and each read wait at most the Hub's timeout (ZOO_HUB_TIMEOUT); the whole transfer must end
-    within that timeout plus the size (Content-Length, or `max_bytes` without one) at `min_rate`, checked
-    after each read. Any failure is a one-line HubError and leaves no `dest`."""
-    from zoo.hub import hub_timeout
-
-    timeout = hub_timeout()
-    start = time.monotonic()
-    request = urllib.request.Request(url, headers={"User-Agent": "zoo"})
-    received = 0
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response, open(dest, "xb") as out:
-            length = response.headers.get("Content-Length")
-            expected = int(length) if length and length.isdigit() else None
-            if expected is not None and expected > max_bytes:
-                raise HubError(f"{url} is {expected} bytes, over the {max_bytes} a checkpoint may have")
-            deadline = start + timeout + (expected if expected is not None else max_bytes) / min_rate
-            while chunk := response.read1(1 << 16):  # what has arrived: a trickle is seen as one
-                received += len(chunk)
-                if received > (expected if expected is not None else max_bytes):
-                    raise HubError(f"{url} sent more than the {expected or max_bytes} bytes it may have")
-                out.write(chunk)
-                if time.monotonic() > deadline:
-                    raise HubError(
-                        f"{url} did not finish in {deadline - start:.0f} s ({received} bytes received; "
-                        f"the floor is {min_rate / 1024:.0f} KiB/s)"
-                    )
-            if expected is not None and received != expected:
-                raise HubError(f"{url} ended after {received} of {expected} bytes")
-    except BaseException as exc:
-        dest.unlink(missing_ok=True)
-        if isinstance(exc, ZooError | KeyboardInterrupt):
-            raise
-        if isinstance(exc, urllib.error.HTTPError):
-            raise HubError(f"{url} answered HTTP {exc.code} {exc.reason}") from None
-        if isinstance(exc, http.client.IncompleteRead):
-            raise HubError(f"{url} ended after {received} bytes, before the size it announced") from None
-        # refused, timed out, DNS, TLS, a malformed answer, a bad URL
-        if isinstance(exc, urllib.error.URLError | OSError | http.client.HTTPException | ValueError):
-            reason = getattr(exc, "reason", None) or exc
-            raise HubError(f"could not download {url} (timeout {timeout:g} s): {reason}") from None
-        raise
-    return received
-
-
 def fetch(model: Published, folder: Path) -> tuple[Path, str]:
     """Download a published checkpoint into `folder` and check the sha256 prefix in its name; returns the file
     and its full sha256. A mismatch deletes the file and raises IntegrityError."""
     url = model.url
     path = folder / Path(model.filename).name
-    download(url, path)
+    download(url, path, max_bytes=MAX_CHECKPOINT_BYTES)  # the Hub's timeouts and deadlines (zoo.net)
     digest = sha256_file(path)
     if not digest.startswith(model.hash_prefix):
         path.unlink(missing_ok=True)

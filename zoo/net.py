@@ -8,6 +8,7 @@ connect or a silent read fails after `read_timeout()`, and a whole transfer of S
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
 import threading
 import time
@@ -161,6 +162,7 @@ def download(
                 declared = response.headers.get("Content-Length")
                 if declared is not None and declared.isdigit() and int(declared) > limit:
                     raise HubError(f"{url} is {declared} bytes, more than the {limit} expected")
+                announced = int(declared) if declared is not None and declared.isdigit() else expected_size
                 while chunk := response.read1(1 << 16):  # what has arrived, not a full buffer
                     if transfer.received + len(chunk) > limit:
                         raise HubError(f"{url} sent more than the {limit} bytes expected")
@@ -169,6 +171,8 @@ def download(
                     out.write(chunk)
         except urllib.error.HTTPError as exc:
             raise HubError(f"{url} answered HTTP {exc.code} {exc.reason}".rstrip()) from None
+        except http.client.IncompleteRead:  # the connection closed before the size the server announced
+            raise HubError(f"{url} ended after {transfer.received} bytes, before the size it announced") from None
         except urllib.error.URLError as exc:
             reason = exc.reason
             if isinstance(reason, TimeoutError):
@@ -182,8 +186,8 @@ def download(
             ) from None
         except OSError as exc:  # reset connections, a full disk
             raise HubError(f"downloading {url} failed after {transfer.received} bytes: {exc}") from None
-        if expected_size is not None and transfer.received != expected_size:
-            raise HubError(f"{url} ended after {transfer.received} of {expected_size} bytes")
+        if announced is not None and transfer.received != announced:
+            raise HubError(f"{url} ended after {transfer.received} of {announced} bytes")
         return digest.hexdigest()
 
     try:
