@@ -92,3 +92,21 @@ def test_two_inputs_for_one_output_and_an_empty_folder(tmp_path, fixture_entry, 
     assert main(["encode", str(tmp_path / "empty"), str(tmp_path / "o"), "--model", str(fixture_entry)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("zoo: error: no images"), err
+
+
+def test_a_folder_under_a_size_budget_fits_every_file_and_loads_its_entry_once(tmp_path, capsys, monkeypatch):
+    from tests.support import REPO
+    from zoo import entry
+
+    vr_entry = REPO / "model_store/entries/bmshj2018-hyperprior-vr/mse/v1.12"
+    _images(tmp_path / "in")
+    (tmp_path / "in" / "sub" / "broken.png").unlink()
+    loads = []
+    real = entry.load_entry
+    monkeypatch.setattr(entry, "load_entry", lambda *a, **k: loads.append(a) or real(*a, **k))
+    out = tmp_path / "out"
+    args = ["encode", str(tmp_path / "in"), str(out), "--model", str(vr_entry), "--max-bytes", "600", "--json"]
+    assert main(args) == 0
+    assert _summary(capsys)["coded"] == 3
+    assert all(p.stat().st_size <= 600 for p in out.rglob("*.zoo"))
+    assert len(loads) == 1  # one entry, read once for the whole folder

@@ -169,9 +169,21 @@ def encode_options(args: argparse.Namespace) -> EncodeOptions:
     return options
 
 
+# Ladders already built in this process, by the options that name them: a folder under a size budget loads its
+# entry once, not once an image.
+_LADDERS: dict[tuple, tuple[Callable[[float], Codec], dict]] = {}
+
+
 def _quality_ladder(args: argparse.Namespace) -> tuple[Callable[[float], Codec], dict]:
     """For rate control: the codec at each quality of --model, and the search space (a level range of a
     variable-rate entry, or the released qualities of a fixed-rate name)."""
+    key = (args.model, args.metric, args.version, args.device, args.backend)
+    if key not in _LADDERS:
+        _LADDERS[key] = _build_ladder(args)
+    return _LADDERS[key]
+
+
+def _build_ladder(args: argparse.Namespace) -> tuple[Callable[[float], Codec], dict]:
     import zoo
     from zoo.registry import ARCHITECTURES, get_arch
 
