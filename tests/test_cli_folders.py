@@ -101,6 +101,9 @@ def test_a_folder_under_a_size_budget_fits_every_file_and_loads_its_entry_once(t
     vr_entry = REPO / "model_store/entries/bmshj2018-hyperprior-vr/mse/v1.12"
     _images(tmp_path / "in")
     (tmp_path / "in" / "sub" / "broken.png").unlink()
+    from zoo.cli import codec_cmds
+
+    monkeypatch.setattr(codec_cmds, "_LADDERS", {})  # nothing built by an earlier test in this process
     loads = []
     real = entry.load_entry
     monkeypatch.setattr(entry, "load_entry", lambda *a, **k: loads.append(a) or real(*a, **k))
