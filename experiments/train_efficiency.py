@@ -30,7 +30,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from zoo.train.trainer import cpu_has_fast_bf16  # noqa: E402
+from zoo.precision import cpu_has_fast_bf16  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "datasets"
 

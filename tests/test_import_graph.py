@@ -14,7 +14,7 @@ PACKAGE = Path(zoo.__file__).resolve().parent
 # Lowest first. A module may import its own layer and the layers below it; a package's name stands for all of
 # its modules that are not named on their own.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("foundation", ("zoo.errors", "zoo.points", "zoo.procs", "zoo.compressed", "zoo.net")),
+    ("foundation", ("zoo.errors", "zoo.points", "zoo.procs", "zoo.compressed", "zoo.net", "zoo.precision")),
     ("coder", ("zoo._rans", "zoo.cdf", "zoo.coder")),
     ("networks", ("zoo.layers",)),
     ("entropy models", ("zoo.entropy",)),

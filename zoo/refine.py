@@ -19,6 +19,7 @@ from torch import Tensor
 from zoo.compressed import EntryId
 from zoo.errors import InputError
 from zoo.models.base import CompressionModel, Quantizer
+from zoo.precision import fast_bf16
 
 
 @dataclass(frozen=True)
@@ -116,16 +117,25 @@ def refine_latents(
     level: EffortLevel,
     *,
     seed: int = 0,
+    bf16: bool | None = None,
 ) -> dict[str, Tensor]:
     """Latents of the padded batch `x` refined for `objective` on each image's top-left `size` (the real
     pixels; padding costs rate only). Deterministic given `seed` on one device and thread count. The model's
-    weights are not touched and get no gradients."""
+    weights are not touched and get no gradients.
+
+    The search runs under bfloat16 autocast where the hardware has it (`bf16=None`: `zoo.precision.fast_bf16`),
+    with the model's float32 islands (entropy models, GDN's elementwise part, the pixel convolutions) kept,
+    and the latents channels-last: 1.56x faster a step on an AVX-512 BF16 CPU for the same loss to 4 digits
+    (docs/effort.md). Only the search direction is approximate: the coded streams are computed in float32 and
+    judged by their real bytes and pixels."""
     h, w = size
     with torch.no_grad():
         start = model.analyze(x)
     if level.steps == 0 or not objective.differentiable_on(h, w):
         return start
-    latents = {name: t.detach().clone().float().requires_grad_(True) for name, t in start.items()}
+    if bf16 is None:
+        bf16 = fast_bf16(x.device)
+    latents = {name: channels_last(t.detach().clone().float()).requires_grad_(True) for name, t in start.items()}
     params = list(latents.values())
     optimizer = torch.optim.Adam(params, lr=level.lr)
     generator = torch.Generator(device=x.device)
@@ -135,12 +145,19 @@ def refine_latents(
     for step in range(level.steps):
         t = step / max(1, level.steps - 1)
         tau = level.tau_start * math.exp(t * math.log(level.tau_end / level.tau_start))
-        out = model.relaxed_forward(latents, sga(tau, generator))
-        bits = sum(-torch.log2(lik).flatten(1).sum(1) for lik in out.likelihoods.values())
-        x_hat = out.x_hat[..., :h, :w].clamp(0, 1)
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
+            out = model.relaxed_forward(latents, sga(tau, generator))
+        bits = sum(-torch.log2(lik.float()).flatten(1).sum(1) for lik in out.likelihoods.values())
+        x_hat = out.x_hat[..., :h, :w].float().clamp(0, 1)
         loss = (bits / pixels + objective.distortion(x_hat, target)).sum()
         grads = torch.autograd.grad(loss, params)
         for p, g in zip(params, grads, strict=True):
             p.grad = g
         optimizer.step()
-    return {name: t.detach() for name, t in latents.items()}
+    return {name: t.detach().contiguous() for name, t in latents.items()}
+
+
+def channels_last(t: Tensor) -> Tensor:
+    """A 4-D latent in channels-last memory order (the convolutions it feeds then run channels-last without
+    touching the model's weights); other tensors as they are."""
+    return t.contiguous(memory_format=torch.channels_last) if t.dim() == 4 else t

@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader
 
 from zoo.errors import CompileError, DivergedError, InputError
 from zoo.models.base import CompressionModel
+from zoo.precision import cpu_has_fast_bf16
 from zoo.registry import LAMBDAS, create_model, get_arch
 from zoo.train.config import TrainConfig, describe_data
 from zoo.train.data import CropDataset, full_images, load_folder
@@ -37,14 +38,6 @@ from zoo.train.optim import build_optimizers, build_scheduler, grad_norm
 from zoo.train.sampler import CropSampler, HardSampleSampler
 
 MAX_NONFINITE_IN_A_ROW = 20  # skipped steps in a row before a run is declared diverged
-
-
-def cpu_has_fast_bf16() -> bool:
-    """Whether this CPU runs bfloat16 convolutions in hardware (AMX tiles or AVX-512 BF16): there, `--amp bf16
-    --channels-last` trains about 2.5x faster per CPU-second (docs/history.md); elsewhere bf16 is emulated
-    and slower than float32."""
-    probes = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
-    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in probes)
 
 
 def describe_hardware(device: torch.device, world: int = 1) -> str:
