@@ -64,7 +64,7 @@ def cached(out: Path, key: dict, codec, image: tuple[torch.Tensor, np.ndarray], 
     if out.exists():
         for line in out.read_text().splitlines():
             rec = json.loads(line)
-            if rec["key"] == tag:
+            if json.loads(rec["key"]) == key:  # by value: level 1 and level 1.0 are one key
                 return rec["result"]
     result = measure(codec, image[0], image[1], effort)
     with out.open("a") as f:
@@ -142,6 +142,13 @@ def main() -> None:
             else:
                 row += f" {'-':>13} {'-':>13}"
             print(row + f" {seconds:>8.1f} {seconds / (pixels / 1e6):>7.1f}")
+        print(f"\n| level | {' | '.join(f'effort {e}' for e in curves)} |")
+        print(f"| --- |{' --- |' * len(curves)}")
+        for i, level in enumerate(args.levels):
+            cells = " | ".join(f"{c[i]['bpp']:.4f} bpp, {c[i]['psnr']:.2f} dB" for c in curves.values())
+            print(f"| {level:g} | {cells} |")
+        secs = " | ".join(f"{np.mean([p['seconds'] for p in c]):,.0f}" for c in curves.values())
+        print(f"| seconds per image | {secs} |")
         if args.classical and entry.startswith("bmshj2018-hyperprior"):
             from zoo.evaluation.runner import evaluate_classical
 

@@ -98,6 +98,23 @@ def update_readme(summary: list[str]) -> None:
     readme.write_text(head + start + "\n" + "\n".join(summary).strip() + "\n" + end + rest.split(end, 1)[1])
 
 
+def kept_sections(path: Path) -> list[str]:
+    """The sections of the old report that other benchmarks write (between `<!-- kept:NAME -->` and
+    `<!-- /kept:NAME -->`, e.g. benchmarks/effort.py's figures): regenerating the report keeps them."""
+    if not path.exists():
+        return []
+    text, kept = path.read_text(), []
+    while "<!-- kept:" in text:
+        text = text[text.index("<!-- kept:") :]
+        name = text[len("<!-- kept:") : text.index(" -->")]
+        close = f"<!-- /kept:{name} -->"
+        if close not in text:
+            break
+        section, text = text.split(close, 1)
+        kept += ["", section.rstrip() + "\n" + close]
+    return kept
+
+
 def summary_table(ours: dict, versions: dict, bd: dict, codecs: list[str]) -> list[str]:
     """One row per released curve (a base architecture served by a variable-rate family only through that
     family's row): its versions, PSNR at 0.5 bpp and BD figures, for the README's short table."""
@@ -234,7 +251,8 @@ def main() -> None:
         except InputError as exc:
             lines.append(f"- {short}: {exc}")
     lines += learning_curve()
-    lines += ["", "![Kodak RD](rd.png)", ""]
+    lines += ["", "![Kodak RD](rd.png)"]
+    lines += kept_sections(OUT / "results.md") + [""]
     (OUT / "results.md").write_text("\n".join(lines))
     update_readme(summary_table(ours, versions, bd, args.codecs))
     series = {n: p for n, p in ours.items()}

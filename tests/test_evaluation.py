@@ -325,3 +325,29 @@ def test_eval_effort_measures_refined_files_under_their_own_cache(small_images, 
 
     assert cost(r1) < cost(r0)
     assert len(list(out1.with_suffix(".cache").glob("*-effort1.jsonl"))) == 1
+
+
+def test_regenerating_the_results_report_keeps_the_sections_other_benchmarks_wrote(tmp_path):
+    """benchmarks/rd_report.py rewrites docs/results.md from scratch; the effort figures that
+    benchmarks/effort.py measured (hours of CPU) sit between kept markers and must survive it."""
+    import importlib.util
+
+    from tests.support import REPO
+
+    spec = importlib.util.spec_from_file_location("rd_report", REPO / "benchmarks" / "rd_report.py")
+    assert spec and spec.loader
+    rd_report = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(rd_report)
+    old = tmp_path / "results.md"
+    old.write_text(
+        "# Kodak results\n\nregenerated part\n\n<!-- kept:effort -->\n## Encoder effort\n\n| a | b |\n"
+        "<!-- /kept:effort -->\n\n<!-- kept:other -->\nmore\n<!-- /kept:other -->\n<!-- kept:open -->\nno end\n"
+    )
+    kept = rd_report.kept_sections(old)
+    assert kept == [
+        "",
+        "<!-- kept:effort -->\n## Encoder effort\n\n| a | b |\n<!-- /kept:effort -->",
+        "",
+        "<!-- kept:other -->\nmore\n<!-- /kept:other -->",
+    ]
+    assert rd_report.kept_sections(tmp_path / "absent.md") == []
