@@ -22,6 +22,7 @@ import json
 import os
 import resource
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -104,6 +105,13 @@ def main() -> None:
     ap.add_argument("--steps-sweep", action="store_true", help="also measure gain vs refinement steps")
     ap.add_argument("--steps", nargs="+", type=int, default=[25, 50, 100, 200, 500, 1000])
     ap.add_argument("--sweep-level", type=float, default=3.0)
+    ap.add_argument(
+        "--grid-steps",
+        nargs="+",
+        type=int,
+        default=[],
+        help="also run refinements of these step counts (effort 2's lr) over the whole grid, as extra curves",
+    )
     ap.add_argument("--classical", action="store_true", help="BD-rate of the hyperprior's efforts vs WebP/JPEG")
     ap.add_argument("--memory", action="store_true", help="peak memory of refining one 1024x1024 tile")
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1 is fastest on shared cores)")
@@ -113,36 +121,35 @@ def main() -> None:
     images = {name: read(name) for name in args.images}
     pixels = sum(rgb.shape[0] * rgb.shape[1] for _, rgb in images.values()) / len(images)
 
+    from zoo.refine import EffortLevel
+
+    runs: list[tuple[str, dict, int | EffortLevel]] = [(f"effort {e}", {"effort": e}, e) for e in args.efforts]
+    runs += [(f"{n} steps", {"steps": n}, EffortLevel(n, lr=EFFORTS[2].lr)) for n in args.grid_steps]
     for entry in args.entries:
-        curves: dict[int, list[dict]] = {}
-        for effort in args.efforts:
+        curves: dict[str, list[dict]] = {}
+        for name, tag, effort in runs:
             points = []
             for level in args.levels:
                 codec = zoo.load_local(ENTRIES[entry], quality=level)
                 per = [
-                    cached(
-                        args.out,
-                        {"entry": entry, "level": level, "effort": effort, "image": n},
-                        codec,
-                        images[n],
-                        effort,
-                    )
+                    cached(args.out, {"entry": entry, "level": level, **tag, "image": n}, codec, images[n], effort)
                     for n in args.images
                 ]
                 points.append({k: float(np.mean([p[k] for p in per])) for k in ("bpp", "psnr", "seconds")})
-            curves[effort] = points
+            curves[name] = points
         print(f"\n{entry}: {len(args.images)} images ({', '.join(args.images)}), levels {args.levels}")
-        print(f"  {'effort':>6} {'BD-rate vs 0':>13} {'BD-PSNR vs 0':>13} {'s/image':>8} {'s/MP':>7}")
-        for effort, points in curves.items():
+        print(f"  {'encoder':>10} {'BD-rate vs 0':>13} {'BD-PSNR vs 0':>13} {'s/image':>8} {'s/MP':>7}")
+        zero = curves.get("effort 0")
+        for name, points in curves.items():
             seconds = float(np.mean([p["seconds"] for p in points]))
-            row = f"  {effort:>6}"
-            if effort and 0 in curves and len(points) > 1:  # BD needs two points of each curve
-                rate = bd_rate(*curve(curves[0]), *curve(points))
-                row += f" {rate:>12.2f}% {bd_psnr(*curve(curves[0]), *curve(points)):>10.3f} dB"
+            row = f"  {name:>10}"
+            if zero and name != "effort 0" and len(points) > 1:  # BD needs two points of each curve
+                rate = bd_rate(*curve(zero), *curve(points))
+                row += f" {rate:>12.2f}% {bd_psnr(*curve(zero), *curve(points)):>10.3f} dB"
             else:
                 row += f" {'-':>13} {'-':>13}"
             print(row + f" {seconds:>8.1f} {seconds / (pixels / 1e6):>7.1f}")
-        print(f"\n| level | {' | '.join(f'effort {e}' for e in curves)} |")
+        print(f"\n| level | {' | '.join(curves)} |")
         print(f"| --- |{' --- |' * len(curves)}")
         for i, level in enumerate(args.levels):
             cells = " | ".join(f"{c[i]['bpp']:.4f} bpp, {c[i]['psnr']:.2f} dB" for c in curves.values())
@@ -152,15 +159,14 @@ def main() -> None:
         if args.classical and entry.startswith("bmshj2018-hyperprior"):
             from zoo.evaluation.runner import evaluate_classical
 
-            tmp = args.out.with_suffix(".images")
-            tmp.mkdir(exist_ok=True)
-            for n in args.images:
-                (tmp / f"{n}.png").write_bytes((KODAK / f"{n}.png").read_bytes())
             for name in ("webp", "jpeg"):
-                ref = [s.point for s in evaluate_classical(name, tmp)]
+                with tempfile.TemporaryDirectory(prefix="zoo-effort-") as tmp:  # the chosen images as a dataset
+                    for n in args.images:
+                        (Path(tmp) / f"{n}.png").symlink_to(KODAK / f"{n}.png")
+                    ref = [s.point for s in evaluate_classical(name, Path(tmp))]
                 rates, dists = [p.bpp for p in ref], [p.psnr for p in ref]
-                for effort, points in curves.items():
-                    print(f"  {entry} effort {effort} vs {name}: BD-rate {bd_rate(rates, dists, *curve(points)):.2f}%")
+                for run, points in curves.items():
+                    print(f"  {entry} {run} vs {name}: BD-rate {bd_rate(rates, dists, *curve(points)):.2f}%")
         if args.steps_sweep:
             from zoo import refine
 
