@@ -24,13 +24,18 @@ import resource
 import sys
 import tempfile
 import time
+from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+if TYPE_CHECKING:
+    from zoo.refine import EffortLevel
 
 KODAK = Path(os.environ.get("ZOO_SHARED") or REPO.parent / "shared") / "datasets" / "kodak"
 ENTRIES = {
@@ -72,6 +77,12 @@ def cached(out: Path, key: dict, codec, image: tuple[torch.Tensor, np.ndarray], 
         f.write(json.dumps({"key": tag, "result": result}) + "\n")
     print(tag, result, flush=True)
     return result
+
+
+def refinement_key(effort: EffortLevel) -> dict:
+    """What identifies a refinement in the results file: its parameters, not the effort's number (whose
+    definition may change), so effort 2 reuses the results of a step-count run with the same settings."""
+    return {"steps": 0} if effort.steps == 0 else asdict(effort)
 
 
 def curve(results: list[dict]) -> tuple[list[float], list[float]]:
@@ -123,16 +134,22 @@ def main() -> None:
 
     from zoo.refine import EffortLevel
 
-    runs: list[tuple[str, dict, int | EffortLevel]] = [(f"effort {e}", {"effort": e}, e) for e in args.efforts]
-    runs += [(f"{n} steps", {"steps": n}, EffortLevel(n, lr=EFFORTS[2].lr)) for n in args.grid_steps]
+    runs = [(f"effort {e}", EFFORTS[e]) for e in args.efforts]
+    runs += [(f"{n} steps", EffortLevel(n, lr=EFFORTS[2].lr)) for n in args.grid_steps]
     for entry in args.entries:
         curves: dict[str, list[dict]] = {}
-        for name, tag, effort in runs:
+        for name, effort in runs:
             points = []
             for level in args.levels:
                 codec = zoo.load_local(ENTRIES[entry], quality=level)
                 per = [
-                    cached(args.out, {"entry": entry, "level": level, **tag, "image": n}, codec, images[n], effort)
+                    cached(
+                        args.out,
+                        {"entry": entry, "level": level, **refinement_key(effort), "image": n},
+                        codec,
+                        images[n],
+                        effort,
+                    )
                     for n in args.images
                 ]
                 points.append({k: float(np.mean([p[k] for p in per])) for k in ("bpp", "psnr", "seconds")})
@@ -174,10 +191,10 @@ def main() -> None:
             base = [
                 cached(
                     args.out,
-                    {"entry": entry, "level": args.sweep_level, "effort": 0, "image": n},
+                    {"entry": entry, "level": args.sweep_level, "steps": 0, "image": n},
                     codec,
                     images[n],
-                    0,
+                    EFFORTS[0],
                 )
                 for n in args.images
             ]
@@ -186,7 +203,7 @@ def main() -> None:
                 per = [
                     cached(
                         args.out,
-                        {"entry": entry, "level": args.sweep_level, "steps": steps, "image": n},
+                        {"entry": entry, "level": args.sweep_level, **refinement_key(level), "image": n},
                         codec,
                         images[n],
                         level,

@@ -116,6 +116,16 @@ def test_encode_effort_is_capped_by_the_servers_refinement_limit(fixture_entry, 
     assert time.perf_counter() - t0 < 120
 
 
+def test_the_default_refinement_limit_admits_effort_2_on_a_kodak_image_and_no_more():
+    """An archive without its own max_refine_work serves effort 2 on a 768x512 image (what the docs promise a
+    server does by default) and refuses effort 3 there."""
+    from zoo.handlers.zoo_handler import DEFAULT_MAX_REFINE_WORK
+    from zoo.refine import EFFORTS
+
+    kodak = 768 * 512
+    assert EFFORTS[2].steps * kodak <= DEFAULT_MAX_REFINE_WORK < EFFORTS[3].steps * kodak
+
+
 @pytest.mark.parametrize(
     "row",
     [

@@ -37,7 +37,7 @@ class EffortLevel:
 EFFORTS: dict[int, EffortLevel] = {
     0: EffortLevel(0),
     1: EffortLevel(20, lr=2e-2),
-    2: EffortLevel(60, lr=1e-2),
+    2: EffortLevel(100, lr=1e-2),
     3: EffortLevel(400, lr=5e-3),
 }
 MAX_EFFORT = max(EFFORTS)

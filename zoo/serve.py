@@ -85,13 +85,14 @@ def build_archives(
     max_pixels: int = 24_000_000,
     threads: int = 1,
     level: float | None = None,
-    max_refine_work: int = 25_000_000,
+    max_refine_work: int | None = None,
 ) -> list[Path]:
     """`<name>-encode.mar` and `<name>-decode.mar` in `store`, built with torch-model-archiver.
 
     With backend="onnx" the transforms are exported once here and both archives carry the graphs in `onnx/`.
     A variable-rate entry is archived at one `level` (the standard model it folds into there).
-    `max_refine_work`: the encoder effort one request may buy, as refinement steps times pixels."""
+    `max_refine_work`: the encoder effort one request may buy, as refinement steps times pixels (None: the
+    handler's default, effort 2 on a Kodak-sized image)."""
     level = _check_level(entry_dir, level)
     if backend not in BACKENDS:
         raise ServeError(f"unknown backend {backend!r}; backends are {', '.join(BACKENDS)}")
@@ -123,9 +124,9 @@ def build_archives(
                         "backend": backend,
                         "max_pixels": max_pixels,
                         "threads": threads,
-                        "max_refine_work": max_refine_work,
                     }
                     | ({"level": level} if level is not None else {})
+                    | ({"max_refine_work": max_refine_work} if max_refine_work is not None else {})
                 )
             )
             cmd = [

@@ -31,8 +31,8 @@ from zoo.errors import ImageTooLarge, InputError, ZooError
 logger = logging.getLogger(__name__)
 
 # Refinement steps x pixels one encode request may ask for, unless zoo_serve.json says otherwise: effort 2
-# on a Kodak-sized image (60 steps x 768 x 512), a couple of CPU-minutes.
-DEFAULT_MAX_REFINE_WORK = 25_000_000
+# on a Kodak-sized image (100 steps x 768 x 512 = 39,321,600), a couple of CPU-minutes.
+DEFAULT_MAX_REFINE_WORK = 40_000_000
 
 
 def status_for(exc: BaseException) -> int:
