@@ -89,6 +89,14 @@ def test_flags_override_the_recipe_and_a_budget_flag_replaces_its_budget(tmp_pat
     assert cfg.compile and not _parse("--recipe", str(recipe), "--no-compile")[0].compile  # a recipe's true undone
 
 
+def test_the_threads_flag_overrides_the_recipes_threads(tmp_path):
+    """A recipe's [run] threads is not a TrainConfig field: it is taken out whether or not --threads is given."""
+    recipe = small_recipe(tmp_path)  # [run] threads = 1
+    assert _parse("--recipe", str(recipe))[1] == 1
+    cfg, threads, _ = _parse("--recipe", str(recipe), "--threads", "2")
+    assert threads == 2 and cfg.arch == "bmshj2018-hyperprior-vr"
+
+
 def test_a_bad_recipe_is_one_line(tmp_path, capsys):
     bad = tmp_path / "recipes" / "x.toml"
     bad.parent.mkdir()

@@ -169,7 +169,9 @@ def train_config(args: argparse.Namespace) -> tuple[TrainConfig, int | None, Rec
     values.update(given)
     if recipe is not None and "init" not in given:
         values["init"] = starting_point(recipe, values)
-    threads = values.pop("threads", None) if args.threads is None else args.threads
+    threads = values.pop("threads", None)  # the recipe's [run] threads, unless the flag is given
+    if args.threads is not None:
+        threads = args.threads
     values.pop("first_init", None)
     widths = dict(values.pop("widths", {}) or {})
     widths.update({k: v for k, v in (("N", args.N), ("M", args.M)) if v})
