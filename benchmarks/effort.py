@@ -24,9 +24,11 @@ import resource
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict
+from functools import cache, partial
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -64,17 +66,22 @@ def measure(codec, x: torch.Tensor, rgb: np.ndarray, effort, seed: int = 0) -> d
     return {"bytes": len(data), "bpp": 8 * len(data) / (h * w), "psnr": psnr_rgb(rgb, out), "seconds": seconds}
 
 
-def cached(out: Path, key: dict, codec, image: tuple[torch.Tensor, np.ndarray], effort) -> dict:
-    """A result from the JSON-lines file, or measure it and append it."""
+_RESULTS: dict[Path, list[tuple[dict, dict]]] = {}  # each results file, read once
+
+
+def cached(out: Path, key: dict, codec: Callable[[], Any], image: tuple[torch.Tensor, np.ndarray], effort) -> dict:
+    """A result from the JSON-lines file, or measure it (with `codec()`, made only then) and append it."""
+    if out not in _RESULTS:
+        lines = out.read_text().splitlines() if out.exists() else []
+        _RESULTS[out] = [(json.loads(rec["key"]), rec["result"]) for rec in map(json.loads, lines)]
+    for known, result in _RESULTS[out]:
+        if known == key:  # by value: level 1 and level 1.0 are one key
+            return result
+    result = measure(codec(), image[0], image[1], effort)
     tag = json.dumps(key, sort_keys=True)
-    if out.exists():
-        for line in out.read_text().splitlines():
-            rec = json.loads(line)
-            if json.loads(rec["key"]) == key:  # by value: level 1 and level 1.0 are one key
-                return rec["result"]
-    result = measure(codec, image[0], image[1], effort)
     with out.open("a") as f:
         f.write(json.dumps({"key": tag, "result": result}) + "\n")
+    _RESULTS[out].append((key, result))
     print(tag, result, flush=True)
     return result
 
@@ -136,17 +143,17 @@ def main() -> None:
 
     runs = [(f"effort {e}", EFFORTS[e]) for e in args.efforts]
     runs += [(f"{n} steps", EffortLevel(n, lr=EFFORTS[2].lr)) for n in args.grid_steps]
+    codec_at = cache(lambda entry, level: zoo.load_local(ENTRIES[entry], quality=level))  # one load per level
     for entry in args.entries:
         curves: dict[str, list[dict]] = {}
         for name, effort in runs:
             points = []
             for level in args.levels:
-                codec = zoo.load_local(ENTRIES[entry], quality=level)
                 per = [
                     cached(
                         args.out,
                         {"entry": entry, "level": level, **refinement_key(effort), "image": n},
-                        codec,
+                        partial(codec_at, entry, level),
                         images[n],
                         effort,
                     )
@@ -187,7 +194,7 @@ def main() -> None:
         if args.steps_sweep:
             from zoo import refine
 
-            codec = zoo.load_local(ENTRIES[entry], quality=args.sweep_level)
+            codec = partial(codec_at, entry, args.sweep_level)
             base = [
                 cached(
                     args.out,

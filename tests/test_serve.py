@@ -26,8 +26,9 @@ from tests.support import kodak_path
 from zoo import bitstream
 
 
-def _post(url: str, body: bytes, timeout: float = 120) -> tuple[int, dict, bytes]:
-    req = urllib.request.Request(url, data=body, method="POST", headers={"Content-Type": "application/octet-stream"})
+def _post(url: str, body: bytes, timeout: float = 120, headers: dict | None = None) -> tuple[int, dict, bytes]:
+    headers = {"Content-Type": "application/octet-stream", **(headers or {})}
+    req = urllib.request.Request(url, data=body, method="POST", headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=timeout) as r:
             return r.status, {k.lower(): v for k, v in r.headers.items()}, r.read()
@@ -152,6 +153,31 @@ def test_http_round_trip_equals_in_process(server, fixture_entry):
     assert status == 200 and headers["content-type"].startswith("image/png")
     expected = to_uint8(codec.decompress(bitstream.loads(data)))
     assert np.array_equal(np.asarray(Image.open(io.BytesIO(png))), expected)
+
+
+@pytest.mark.slow
+def test_encoder_effort_over_http_within_the_archives_default_limit(server, fixture_entry):
+    """X-Zoo-Effort through a real TorchServe, on an archive built without its own max_refine_work: effort 1 gives
+    the in-process codec's refined file, which the decode endpoint reads; effort 3 on 400x300 pixels is over the
+    default limit (effort 2 on a Kodak-sized image) and is a 400 naming the effort that fits."""
+    import zoo
+    from zoo.handlers.zoo_handler import DEFAULT_MAX_REFINE_WORK
+    from zoo.imageio import read_image
+
+    codec = zoo.load_local(fixture_entry)
+    body = _png(64, 64)
+    status, _, data = _post(f"{server['inference']}/predictions/hp-encode", body, headers={"X-Zoo-Effort": "1"})
+    assert status == 200, data
+    x = read_image(body)[0]
+    assert data == bitstream.dumps(codec.compress(x, effort=1)) != bitstream.dumps(codec.compress(x))
+    status, _, png = _post(f"{server['inference']}/predictions/hp-decode", data)
+    assert status == 200 and Image.open(io.BytesIO(png)).size == (64, 64)
+    status, _, answer = _post(
+        f"{server['inference']}/predictions/hp-encode", _png(400, 300), headers={"X-Zoo-Effort": "3"}
+    )
+    error = json.loads(answer)["error"]
+    assert status == 400 and "ask for effort 2 or less" in error
+    assert f"limit of {DEFAULT_MAX_REFINE_WORK}:" in error  # the handler's default: the archive carries none
 
 
 @pytest.mark.slow
