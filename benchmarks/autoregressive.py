@@ -9,18 +9,26 @@ Each figure is the best of --repeats runs through the Codec API; the process's C
 other work shares the cores, come with their ratios before the last lines. Ends with, for each context model and
 for decode then encode, `hyperprior_dec_s=<a> mbt2018_dec_s=<b> ratio=<b/a>` (targets, issue 18: mbt2018 <= 2,
 cheng2020-anchor <= 3). --serial also times mbt2018 in raster order (format 1, one position per step).
+
+    python benchmarks/autoregressive.py --shipped [--level 3]
+
+times the shipped variable-rate entries instead (the newest release of each family in model_store/entries, at one
+level: the trained weights, so real latents), and ends with `hyperprior_dec_s=<a> mbt2018_vr_dec_s=<b>
+ratio=<b/a>` against bmshj2018-hyperprior-vr at the same level (target: mbt2018-vr <= 1.5).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from pathlib import Path
 
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-KODAK = REPO.parent / "shared" / "datasets" / "kodak"
+KODAK = Path(os.environ.get("ZOO_SHARED") or REPO.parent / "shared") / "datasets" / "kodak"
+SHIPPED = ("bmshj2018-hyperprior-vr", "mbt2018-mean-vr", "mbt2018-vr")
 WIDTHS = {"bmshj2018-hyperprior": {"N": 192, "M": 192}, "mbt2018": {"N": 192, "M": 192}, "cheng2020-anchor": {"N": 192}}
 
 
@@ -43,8 +51,13 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--gain", type=float, default=10.0, help="scale of g_a's last layer (latent size)")
     ap.add_argument("--serial", action="store_true", help="also time mbt2018 in raster order (slow)")
+    ap.add_argument("--shipped", action="store_true", help="time the shipped variable-rate entries instead")
+    ap.add_argument("--level", type=float, default=3.0, help="with --shipped: the level to code at")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.shipped:
+        shipped(args)
+        return
 
     from zoo.codec import Codec
     from zoo.compressed import EntryId
@@ -88,6 +101,37 @@ def main() -> None:
         for what, times in (("dec", dec), ("enc", enc)):
             a, b = times[base], times[arch]
             print(f"hyperprior_{what}_s={a:.2f} {key}_{what}_s={b:.2f} ratio={b / a:.2f}")
+
+
+def shipped(args: argparse.Namespace) -> None:
+    """Encode and decode time of the newest shipped release of each variable-rate family at one level."""
+    import zoo
+    from zoo import bitstream
+    from zoo.entry import version_key
+    from zoo.hub import load_manifest
+    from zoo.imageio import read_image
+
+    x, _ = read_image(KODAK / args.image)
+    here = [e for e in load_manifest() if e.arch in SHIPPED and (REPO / e.path).is_dir()]
+    dec: dict[str, float] = {}
+    for arch in SHIPPED:
+        versions = [e for e in here if e.arch == arch]
+        if not versions:
+            print(f"{arch}: not shipped in model_store/entries")
+            continue
+        e = max(versions, key=lambda v: version_key(v.version))
+        codec = zoo.load_local(REPO / e.path, quality=args.level)
+        t_enc, c = _best(lambda: codec.compress(x), args.repeats)  # noqa: B023
+        dec[arch], _ = _best(lambda: codec.decompress(c), args.repeats)  # noqa: B023
+        bpp = 8 * len(bitstream.dumps(c)) / (x.shape[-1] * x.shape[-2])  # the real file, header included
+        print(
+            f"{arch} v{e.version} level {args.level:g}: encode {t_enc:.2f} s, decode {dec[arch]:.2f} s, {bpp:.3f} bpp"
+        )
+    base = "bmshj2018-hyperprior-vr"
+    for arch in SHIPPED[1:]:
+        if base in dec and arch in dec:
+            key = arch.replace("-", "_")
+            print(f"hyperprior_dec_s={dec[base]:.2f} {key}_dec_s={dec[arch]:.2f} ratio={dec[arch] / dec[base]:.2f}")
 
 
 if __name__ == "__main__":
