@@ -84,3 +84,39 @@ def test_train_only_freezes_everything_else():
     assert model.g_s[0].weight.grad is None and model.context_prediction.weight.grad is not None
     with pytest.raises(InputError, match="no submodule 'context'"):
         freeze_all_but(model, ("context",))
+
+
+@pytest.mark.parametrize(("arch", "args"), [("mbt2018-vr", (2.5,)), ("mbt2018", ())])
+def test_a_rate_only_step_skips_the_synthesis_and_gives_the_context_the_same_gradient(arch, args):
+    import math
+
+    from zoo.train.losses import RateDistortionLoss
+    from zoo.train.trainer import freeze_all_but, rate_only_parts
+
+    parts = ("context_prediction", "entropy_parameters")
+    model = create_model(arch, 1, N=8, M=12)
+    assert rate_only_parts(model, parts) and not rate_only_parts(model, ("context_prediction", "g_s"))
+    assert not rate_only_parts(create_model("mbt2018-mean-vr", 1, N=8, M=12), ("entropy_bottleneck",))
+    freeze_all_but(model, parts)
+    model.train()
+    x, loss = torch.rand(2, 3, 64, 64), RateDistortionLoss(0.01)
+
+    def context_gradient() -> tuple[list[torch.Tensor], object]:
+        model.zero_grad(set_to_none=True)
+        torch.manual_seed(5)  # the same noise in both forwards
+        terms = loss(model(x, *args), x)
+        terms.loss.backward()
+        return [p.grad.clone() for n, p in model.named_parameters() if n.startswith(parts)], terms
+
+    full, full_terms = context_gradient()
+    model.rate_only = True
+    calls = []
+    model.g_s.register_forward_hook(lambda *_: calls.append(1))
+    fast, terms = context_gradient()
+    assert not calls, "a rate-only step must not run the synthesis"
+    for a, b in zip(full, fast, strict=True):
+        torch.testing.assert_close(a, b)
+    assert math.isnan(terms.psnr) and terms.loss.item() == pytest.approx(full_terms.bpp.item())
+    model.eval()  # what validation and the coder see: the reconstruction as ever
+    with torch.no_grad():
+        assert model(x, *args).x_hat is not None and calls

@@ -75,6 +75,18 @@ def test_forty_steps_lower_the_loss(folders, tmp_path):
     assert summary["images"] == 2 and summary["steps"] == 40
 
 
+def test_training_only_the_context_parts_logs_the_rate_and_still_validates_real_files(folders, tmp_path):
+    import math
+
+    torch.set_num_threads(1)
+    out = tmp_path / "run"
+    parts = ("context_prediction", "entropy_parameters")
+    val = train(_cfg(folders, out, 10, arch="mbt2018", val_every=10, log_every=5, train_only=parts))
+    rows = _rows(out)
+    assert rows and all(math.isnan(float(r["psnr"])) and float(r["loss"]) == float(r["bpp"]) for r in rows)
+    assert val["psnr"] > 0 and val["bpp"] > 0  # validation codes and decodes real files as ever
+
+
 def test_resume_is_exact(folders, tmp_path):
     torch.set_num_threads(1)
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"

@@ -148,6 +148,7 @@ def refine_latents(
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
             out = model.relaxed_forward(latents, sga(tau, generator))
         bits = sum(-torch.log2(lik.float()).flatten(1).sum(1) for lik in out.likelihoods.values())
+        assert out.x_hat is not None  # relaxed_forward always synthesizes
         x_hat = out.x_hat[..., :h, :w].float().clamp(0, 1)
         loss = (bits / pixels + objective.distortion(x_hat, target)).sum()
         grads = torch.autograd.grad(loss, params)

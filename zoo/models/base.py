@@ -27,9 +27,10 @@ Quantizer = Callable[[Tensor], Tensor]
 
 @dataclass(frozen=True)
 class ForwardOutput:
-    """Training-time output: the reconstruction and the likelihood of every latent element, by name."""
+    """Training-time output: the reconstruction and the likelihood of every latent element, by name. `x_hat`
+    is None where a context model skipped its synthesis (`rate_only`): nothing that trains moves it."""
 
-    x_hat: Tensor
+    x_hat: Tensor | None
     likelihoods: dict[str, Tensor]
 
 

@@ -238,6 +238,10 @@ class JointAutoregressiveHierarchicalPriors(MeanScaleHyperprior):
     # (K, M, k, k) to ctx (K, 2M, 1, 1), entropy parameters maps (params, ctx) to scales then means, (K, 4M, 1, 1).
     # None: the wavefront coder computes them as products of the float64 weights.
     wavefront_graphs: WavefrontGraphs | None = None
+    # Set by the trainer while only the context parts train (`zoo.train.trainer.rate_only_parts`): the training
+    # forward skips g_s and returns x_hat None, since the reconstruction (from y + noise) does not depend on
+    # them and its distortion adds nothing to their gradient.
+    rate_only = False
 
     def __init__(self, N: int = 192, M: int = 192):
         super().__init__(N, M)  # transforms and hyperprior as mbt2018-mean
@@ -258,7 +262,8 @@ class JointAutoregressiveHierarchicalPriors(MeanScaleHyperprior):
         y_hat = self.gaussian_conditional.quantize(y, "noise" if self.training else "dequantize")
         scales, means = self.context_params(params, y_hat)
         _, y_lik = self.gaussian_conditional(y, scales, means=means)
-        return ForwardOutput(self.g_s(y_hat), {"y": y_lik, "z": z_lik})
+        x_hat = None if self.rate_only and self.training else self.g_s(y_hat)
+        return ForwardOutput(x_hat, {"y": y_lik, "z": z_lik})
 
     @float32_under_autocast
     def context_params(self, params: Tensor, y_hat: Tensor) -> tuple[Tensor, Tensor]:

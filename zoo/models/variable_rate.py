@@ -217,4 +217,5 @@ class VariableRateJointAutoregressive(VariableRateMixin, JointAutoregressiveHier
         y_hat = self.gaussian_conditional.quantize(y, "noise" if self.training else "dequantize")
         scales, means = self.context_params(params, y_hat)
         _, y_lik = self.gaussian_conditional(y, scales, means=means)
-        return ForwardOutput(self.g_s(y_hat * iy), {"y": y_lik, "z": z_lik})
+        x_hat = None if self.rate_only and self.training else self.g_s(y_hat * iy)
+        return ForwardOutput(x_hat, {"y": y_lik, "z": z_lik})

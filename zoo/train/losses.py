@@ -37,6 +37,9 @@ class RateDistortionLoss:
             [torch.log(lik).sum(dim=tuple(range(1, lik.dim()))) for lik in out.likelihoods.values()]
         ).sum(0)
         bpp_each = bits / (-math.log(2) * h * w)
+        if out.x_hat is None:  # a rate-only step (`rate_only`): the distortion is constant in what trains
+            nan = torch.full_like(bpp_each, math.nan)
+            return LossTerms(bpp_each.mean(), bpp_each.mean(), nan.mean(), bpp_each.detach())
         x_hat = out.x_hat.float()
         mse_each = ((x_hat - x) ** 2).mean(dim=(1, 2, 3))
         lam = self.lmbda if lmbda is None else lmbda.to(x_hat.dtype)
