@@ -139,5 +139,10 @@ def test_resuming_with_another_version_of_the_recipe_is_refused(tmp_path, capsys
     run.mkdir()
     (run / "recipe.toml").write_text(recipe.read_text().replace("lr = 1e-3", "lr = 2e-3"))
     assert main(["train", "--recipe", str(recipe), "--out", str(run), "--resume"]) == 2
-    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"--recipe {run / 'recipe.toml'}" in err[0]
     assert not (run / "config.json").exists()  # refused before any training
+    # as the message says: the run's own copy resumes it (it is not copied onto itself)
+    kept = (run / "recipe.toml").read_bytes()
+    assert main(["train", "--recipe", str(run / "recipe.toml"), "--out", str(run), "--resume", "--steps", "2"]) == 0
+    assert (run / "recipe.toml").read_bytes() == kept and (run / "summary.json").exists()

@@ -33,9 +33,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         if cfg.resume and (out / "summary.json").exists():
             raise InputError(f"{out} finished its cycle (summary.json): release it, then start the next in a new --out")
         if cfg.resume and kept.exists() and kept.read_bytes() != recipe.path.read_bytes():
-            raise InputError(f"{out} was started with another version of {recipe.path} (its copy: {kept})")
+            raise InputError(
+                f"{out} was started with another version of {recipe.path}: resume it with --recipe {kept}, "
+                "the copy it was started with"
+            )
         out.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(recipe.path, kept)  # the run carries the recipe it was trained with
+        if not (kept.exists() and kept.samefile(recipe.path)):
+            shutil.copyfile(recipe.path, kept)  # the run carries the recipe it was trained with
     train(cfg)
     return 0
 
