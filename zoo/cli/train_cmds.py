@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import typing
 from pathlib import Path
 from typing import Any
@@ -150,6 +151,19 @@ def add_config_flags(p: argparse.ArgumentParser) -> None:
         target.add_argument(_flag(f.name), dest=f.name, **_argument(f.name, types[f.name], f.default))
 
 
+def resumed_budget(out: Path) -> dict[str, Any]:
+    """The budget (steps, epochs, minutes) that `out`'s last checkpoint trained under: the recipe's, or what
+    --more-minutes made of it. A resume without a budget flag goes on with it, the same cycle; none without one."""
+    import torch
+
+    last = out / "last.pt"
+    if not last.exists():
+        return {}
+    ckpt = torch.load(last, map_location="cpu", mmap=True, weights_only=True)
+    saved = json.loads(ckpt["config"]) if isinstance(ckpt, dict) and "config" in ckpt else {}
+    return {k: saved[k] for k in ("steps", "epochs", "max_minutes") if k in saved}
+
+
 def train_config(args: argparse.Namespace) -> tuple[TrainConfig, int | None, Recipe | None]:
     """The run's TrainConfig, threads and recipe: TrainConfig's defaults, overridden by the recipe's keys, those
     by the flags given. A budget flag replaces the recipe's whole budget (steps, epochs or minutes)."""
@@ -171,6 +185,8 @@ def train_config(args: argparse.Namespace) -> tuple[TrainConfig, int | None, Rec
             values["val_dir"] = tuple(resolve_files(recipe, recipe.val, args.data_root))
         values.setdefault("out", str(recipe.checkout / "runs" / recipe.family))  # runs/ is ignored by git
     values.update(given)
+    if recipe is not None and values.get("resume") and not any(k in given for k in BUDGET_KEYS):
+        values.update(resumed_budget(Path(values["out"])))  # the cycle as extended, not the recipe's
     if recipe is not None and "init" not in given:
         values["init"] = starting_point(recipe, values)
     threads = values.pop("threads", None)  # the recipe's [run] threads, unless the flag is given
