@@ -98,17 +98,19 @@ def test_the_threads_flag_overrides_the_recipes_threads(tmp_path):
 
 
 def test_a_resume_goes_on_with_the_budget_its_checkpoint_trained_under(tmp_path):
-    """A cycle extended with --more-minutes keeps its extension when resumed with the recipe alone; a budget flag
-    still replaces it, and a run without a checkpoint takes the recipe's."""
+    """A cycle extended with --more-minutes keeps its extension when resumed with the recipe alone, and its
+    starting point; a budget flag still replaces the budget, and a run without a checkpoint takes the recipe's."""
     import torch
 
     recipe = small_recipe(tmp_path, "[budget]\nmax_minutes = 100\n")
     out = tmp_path / "run"
     assert _parse("--recipe", str(recipe), "--out", str(out), "--resume")[0].max_minutes == 100
     out.mkdir()
-    torch.save({"config": json.dumps({"steps": None, "epochs": None, "max_minutes": 229.4})}, out / "last.pt")
+    saved = {"steps": None, "epochs": None, "max_minutes": 229.4, "init": "runs/earlier/best.pt"}
+    torch.save({"config": json.dumps(saved)}, out / "last.pt")
     cfg = _parse("--recipe", str(recipe), "--out", str(out), "--resume")[0]
     assert (cfg.max_minutes, cfg.steps, cfg.epochs) == (229.4, None, None)
+    assert cfg.init == "runs/earlier/best.pt"  # what the weights grew from, which the release names
     assert _parse("--recipe", str(recipe), "--out", str(out), "--resume", "--max-minutes", "50")[0].max_minutes == 50
     assert _parse("--recipe", str(recipe), "--out", str(out))[0].max_minutes == 100  # a fresh start: the recipe's
 

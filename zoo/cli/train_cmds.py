@@ -151,9 +151,10 @@ def add_config_flags(p: argparse.ArgumentParser) -> None:
         target.add_argument(_flag(f.name), dest=f.name, **_argument(f.name, types[f.name], f.default))
 
 
-def resumed_budget(out: Path) -> dict[str, Any]:
-    """The budget (steps, epochs, minutes) that `out`'s last checkpoint trained under: the recipe's, or what
-    --more-minutes made of it. A resume without a budget flag goes on with it, the same cycle; none without one."""
+def resumed_settings(out: Path) -> dict[str, Any]:
+    """What `out`'s last checkpoint trained under and a resume keeps unless a flag says otherwise: its budget
+    (steps, epochs, minutes: the recipe's, or what --more-minutes made of it), so the cycle goes on as it was,
+    and its starting point, which the release names. Nothing where there is no checkpoint."""
     import torch
 
     last = out / "last.pt"
@@ -161,7 +162,7 @@ def resumed_budget(out: Path) -> dict[str, Any]:
         return {}
     ckpt = torch.load(last, map_location="cpu", mmap=True, weights_only=True)
     saved = json.loads(ckpt["config"]) if isinstance(ckpt, dict) and "config" in ckpt else {}
-    return {k: saved[k] for k in ("steps", "epochs", "max_minutes") if k in saved}
+    return {k: saved[k] for k in ("steps", "epochs", "max_minutes", "init") if k in saved}
 
 
 def train_config(args: argparse.Namespace) -> tuple[TrainConfig, int | None, Recipe | None]:
@@ -185,9 +186,13 @@ def train_config(args: argparse.Namespace) -> tuple[TrainConfig, int | None, Rec
             values["val_dir"] = tuple(resolve_files(recipe, recipe.val, args.data_root))
         values.setdefault("out", str(recipe.checkout / "runs" / recipe.family))  # runs/ is ignored by git
     values.update(given)
-    if recipe is not None and values.get("resume") and not any(k in given for k in BUDGET_KEYS):
-        values.update(resumed_budget(Path(values["out"])))  # the cycle as extended, not the recipe's
-    if recipe is not None and "init" not in given:
+    kept: dict[str, Any] = {}
+    if recipe is not None and values.get("resume"):
+        kept = {k: v for k, v in resumed_settings(Path(values["out"])).items() if k not in given}
+        if any(k in given for k in BUDGET_KEYS):  # a budget flag replaces the whole budget
+            kept = {k: v for k, v in kept.items() if k not in BUDGET_KEYS}
+        values.update(kept)  # the cycle as it was, not as the recipe would start one now
+    if recipe is not None and "init" not in given and "init" not in kept:
         values["init"] = starting_point(recipe, values)
     threads = values.pop("threads", None)  # the recipe's [run] threads, unless the flag is given
     if args.threads is not None:
