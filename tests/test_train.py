@@ -726,3 +726,11 @@ def test_leaving_the_process_group_destroys_it_and_releases_the_ddp_wrapper(tmp_
     gc.collect()
     assert not dist.is_initialized()
     assert trainer.net is model and trainer.forward is model and gone() is None
+
+
+def test_a_card_names_the_training_folders_without_the_machines_path():
+    from zoo.train.config import describe_data
+
+    files = ["/work/x/datasets/photos/001.png", "/work/x/datasets/photos/002.png", "/srv/datasets/wallpapers/1.jpg"]
+    assert describe_data(files) == "datasets/photos (2) + datasets/wallpapers (1)"
+    assert describe_data("runs/data") == "runs/data"

@@ -83,10 +83,13 @@ class TrainConfig:
 
 
 def describe_data(source: str | tuple[str, ...] | list[str]) -> str:
-    """A run's training data for its summary and card: the folder, or the listed files' folders with counts."""
+    """A run's training data for its summary and card: the folder, or the listed files' folders with counts, each
+    named by its last two parts ("datasets/photos (35)"): a card says what the data was, not where it lay on the
+    machine that trained it."""
     if isinstance(source, str):
         return source
     folders: dict[str, int] = {}
     for f in source:
-        folders[str(Path(f).parent)] = folders.get(str(Path(f).parent), 0) + 1
+        folder = "/".join(Path(f).parent.parts[-2:])
+        folders[folder] = folders.get(folder, 0) + 1
     return " + ".join(f"{folder} ({n})" for folder, n in folders.items())
