@@ -107,26 +107,21 @@ def shipped(args: argparse.Namespace) -> None:
     """Encode and decode time of the newest shipped release of each variable-rate family at one level."""
     import zoo
     from zoo import bitstream
-    from zoo.entry import version_key
-    from zoo.hub import load_manifest
     from zoo.imageio import read_image
+    from zoo.train.recipe import newest_release
 
     x, _ = read_image(KODAK / args.image)
-    here = [e for e in load_manifest() if e.arch in SHIPPED and (REPO / e.path).is_dir()]
     dec: dict[str, float] = {}
     for arch in SHIPPED:
-        versions = [e for e in here if e.arch == arch]
-        if not versions:
+        path = newest_release(arch)
+        if path is None or not (REPO / path).is_dir():
             print(f"{arch}: not shipped in model_store/entries")
             continue
-        e = max(versions, key=lambda v: version_key(v.version))
-        codec = zoo.load_local(REPO / e.path, quality=args.level)
+        codec = zoo.load_local(REPO / path, quality=args.level)
         t_enc, c = _best(lambda: codec.compress(x), args.repeats)  # noqa: B023
         dec[arch], _ = _best(lambda: codec.decompress(c), args.repeats)  # noqa: B023
         bpp = 8 * len(bitstream.dumps(c)) / (x.shape[-1] * x.shape[-2])  # the real file, header included
-        print(
-            f"{arch} v{e.version} level {args.level:g}: encode {t_enc:.2f} s, decode {dec[arch]:.2f} s, {bpp:.3f} bpp"
-        )
+        print(f"{path} level {args.level:g}: encode {t_enc:.2f} s, decode {dec[arch]:.2f} s, {bpp:.3f} bpp")
     base = "bmshj2018-hyperprior-vr"
     for arch in SHIPPED[1:]:
         if base in dec and arch in dec:

@@ -107,12 +107,15 @@ def test_a_resume_goes_on_with_the_budget_its_checkpoint_trained_under(tmp_path)
     assert _parse("--recipe", str(recipe), "--out", str(out), "--resume")[0].max_minutes == 100
     out.mkdir()
     saved = {"steps": None, "epochs": None, "max_minutes": 229.4, "init": "runs/earlier/best.pt"}
-    torch.save({"config": json.dumps(saved)}, out / "last.pt")
+    torch.save({"model": {"w": torch.zeros(1)}, "config": json.dumps(saved)}, out / "last.pt")
     cfg = _parse("--recipe", str(recipe), "--out", str(out), "--resume")[0]
     assert (cfg.max_minutes, cfg.steps, cfg.epochs) == (229.4, None, None)
     assert cfg.init == "runs/earlier/best.pt"  # what the weights grew from, which the release names
     assert _parse("--recipe", str(recipe), "--out", str(out), "--resume", "--max-minutes", "50")[0].max_minutes == 50
     assert _parse("--recipe", str(recipe), "--out", str(out))[0].max_minutes == 100  # a fresh start: the recipe's
+    (out / "last.pt").write_bytes(b"not a checkpoint")  # a damaged checkpoint: a typed one-line error
+    with pytest.raises(InputError, match="not a loadable weights-only checkpoint"):
+        _parse("--recipe", str(recipe), "--out", str(out), "--resume")
 
 
 def test_a_bad_recipe_is_one_line(tmp_path, capsys):

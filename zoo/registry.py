@@ -318,15 +318,15 @@ def state_dict_from_checkpoint(path: str | Path) -> dict[str, Tensor]:
     return load_checkpoint(path)[0]
 
 
-def load_checkpoint(path: str | Path) -> tuple[dict[str, Tensor], Any]:
+def load_checkpoint(path: str | Path, mmap: bool = False) -> tuple[dict[str, Tensor], Any]:
     """The weights in a checkpoint file, the one reader for them, and the whole loaded object (a training run's
     checkpoint also holds its config): a weights-only `torch.load` (nothing else is unpickled), then the
     "state_dict" (CompressAI's train.py) or "model" (zoo training runs) entry when there is one, with
-    DataParallel's "module." prefixes removed."""
+    DataParallel's "module." prefixes removed. `mmap`: tensors stay on disk until read (for a look at the config)."""
     import torch
 
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except FileNotFoundError:
         raise InputError(f"{path} does not exist") from None
     except Exception as exc:  # pickles that weights_only refuses, truncated files, folders, ...

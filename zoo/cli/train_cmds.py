@@ -155,12 +155,12 @@ def resumed_settings(out: Path) -> dict[str, Any]:
     """What `out`'s last checkpoint trained under and a resume keeps unless a flag says otherwise: its budget
     (steps, epochs, minutes: the recipe's, or what --more-minutes made of it), so the cycle goes on as it was,
     and its starting point, which the release names. Nothing where there is no checkpoint."""
-    import torch
+    from zoo.registry import load_checkpoint
 
     last = out / "last.pt"
     if not last.exists():
         return {}
-    ckpt = torch.load(last, map_location="cpu", mmap=True, weights_only=True)
+    _, ckpt = load_checkpoint(last, mmap=True)  # the one checkpoint reader: a damaged file is a typed error
     saved = json.loads(ckpt["config"]) if isinstance(ckpt, dict) and "config" in ckpt else {}
     return {k: saved[k] for k in ("steps", "epochs", "max_minutes", "init") if k in saved}
 
