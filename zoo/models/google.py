@@ -8,13 +8,15 @@ bmshj2018-factorized stops at y with a factorized prior (EB); mbt2018 adds a cau
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from threadpoolctl import ThreadpoolController
 from torch import Tensor, nn
 
 from zoo.compressed import TileStreams
@@ -26,6 +28,9 @@ from zoo.models.base import CompressionModel, ForwardOutput, Quantizer, check_or
 if TYPE_CHECKING:
     from zoo.coder import Decoder
 
+# What the wavefront coder's products take: a NumPy array on the CPU, a tensor on another device (`_Wavefronts`)
+Rows = Any
+NUMPY_PRODUCTS = True  # False: the CPU runs them in PyTorch too (the other devices' path; the tests compare the two)
 WavefrontGraphs = tuple[Callable[[Tensor], Tensor], Callable[[Tensor, Tensor], Tensor]]
 
 
@@ -425,10 +430,14 @@ class _Wavefronts:
     product over them: the masked convolution restricted to the positions being coded. The entropy
     parameters are 1x1 convolutions, i.e. matrix products over the same rows; the hyperprior's share of
     the first (its input columns) is computed once for every position before the loop. All in float64,
-    with the weights stored (in, out) so each step is a plain product (about a third faster for a few rows).
-    These sum in another order than one product over cat(params, ctx) would: the last bits of a mean may
-    differ from earlier versions, which the float64 margin absorbs (streams and pixels on Kodak are
-    byte-identical to those of the version before); encoder and decoder run the same steps.
+    with the weights stored (in, out) so each step is a plain product.
+
+    On the CPU these products run in NumPy, on views of the same float64 weights: its BLAS does products of a
+    few rows by a few MB of weights in about two thirds of PyTorch's time (`benchmarks/autoregressive.py`), and
+    it is held to one thread like the rest of the loop (`one_thread`). On another device they run in PyTorch.
+    Sums in another order than one product over cat(params, ctx) change only the last bits of a mean, which the
+    float64 margin absorbs: streams and pixels on Kodak are byte-identical to those of earlier versions, and
+    encoder and decoder run the same steps.
     """
 
     def __init__(self, model: JointAutoregressiveHierarchicalPriors, params: Tensor):
@@ -445,51 +454,70 @@ class _Wavefronts:
         if any(dy > p or (dy == p and dx >= p) for dy, dx in taps):
             raise ValueError("wavefront coding needs a causal (type A) context mask")
         self.graphs, self.context_size = model.wavefront_graphs, k
+        self.host = self.graphs is None and self.device.type == "cpu" and NUMPY_PRODUCTS
         self.params: Tensor | None = None
-        hyper = params[0].double().flatten(1).t()  # (H * W, 2M)
+        hyper = params[0].detach().double().flatten(1).t()  # (H * W, 2M)
         if self.graphs is not None:
             # ONNX Runtime graphs (onnx_everywhere): they take whole k x k neighbourhoods (their mask is in the
             # weights) and cat(params, ctx) as the exported entropy_parameters does; no torch network runs
             taps = [(dy, dx) for dy in range(k) for dx in range(k)]
             self.params = hyper.contiguous()
         else:
-            self.ctx_weight, self.ctx_bias = _context_weights(cp, taps)
-            (first, first_bias, self.first_slope), *self.layers = _entropy_layers(model.f64("entropy_parameters"))
+            ctx_weight, ctx_bias = _context_weights(cp, taps)
+            (first, first_bias, self.first_slope), *layers = _entropy_layers(model.f64("entropy_parameters"))
+            self.ctx_weight, self.ctx_bias = self._array(ctx_weight), self._array(ctx_bias)
             # The first layer takes cat(params, ctx): its params rows, for all positions at once
-            self.hyper = _affine(hyper, first[: hyper.shape[1]], first_bias)
-            self.first_ctx_weight = first[hyper.shape[1] :]
-        self.tap_offsets = torch.tensor([dy * self.padded_width + dx for dy, dx in taps], device=self.device)
-        self.y_hat = params.new_zeros(((self.height + 2 * p) * self.padded_width, self.M), dtype=torch.float64)
+            self.hyper = self._array(_affine(hyper, first[: hyper.shape[1]], first_bias))
+            self.first_ctx_weight = self._array(first[hyper.shape[1] :])
+            self.layers = [(self._array(w), None if b is None else self._array(b), s) for w, b, s in layers]
+        self.tap_offsets = np.array([dy * self.padded_width + dx for dy, dx in taps], dtype=np.int64)
+        y_hat = params.new_zeros(((self.height + 2 * p) * self.padded_width, self.M), dtype=torch.float64)
+        self.y_hat, self.y_rows = y_hat, self._array(y_hat)  # y_rows: the same storage, as the products see it
         self.fronts = _wavefront_positions(self.height, self.width, slope=p + 1)
 
-    def _rows(self, hs: np.ndarray, ws: np.ndarray) -> tuple[Tensor, Tensor, Tensor]:
+    def _array(self, t: Tensor) -> Rows:
+        """What the products take: a NumPy view of `t` on the CPU, else `t` itself."""
+        return t.detach().numpy() if self.host else t
+
+    def _index(self, rows: np.ndarray) -> Rows:
+        return rows if self.host else torch.from_numpy(rows).to(self.device)
+
+    def _rows(self, hs: np.ndarray, ws: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Rows of this wavefront's contexts (gather), of its params, and of its y_hat (scatter)."""
         p = (self.padded_width - self.width) // 2
-        corner = torch.from_numpy(hs * self.padded_width + ws).to(self.device)
+        corner = hs * self.padded_width + ws
         gather = (corner[:, None] + self.tap_offsets[None, :]).reshape(-1)
-        param_rows = torch.from_numpy(hs * self.width + ws).to(self.device)
-        return gather, param_rows, corner + p * self.padded_width + p
+        return gather, hs * self.width + ws, corner + p * self.padded_width + p
 
-    def _scales_means(self, gather: Tensor, param_rows: Tensor) -> tuple[Tensor, Tensor]:
-        ctx = self.y_hat.index_select(0, gather).reshape(param_rows.numel(), -1)
+    def _scales_means(self, gather: np.ndarray, param_rows: np.ndarray) -> tuple[Tensor, Tensor]:
         if self.graphs is not None:
             assert self.params is not None
             context, entropy_parameters = self.graphs
             k = self.context_size
+            ctx = self.y_hat.index_select(0, self._index(gather)).reshape(len(param_rows), -1)
             neighbourhoods = ctx.reshape(-1, k, k, self.M).permute(0, 3, 1, 2)
-            params = self.params.index_select(0, param_rows)[:, :, None, None]
+            params = self.params.index_select(0, self._index(param_rows))[:, :, None, None]
             scales, means = entropy_parameters(params, context(neighbourhoods)).flatten(1).chunk(2, 1)
             return scales, means
-        ctx = torch.addmm(self.ctx_bias, ctx, self.ctx_weight)
-        out = torch.addmm(self.hyper.index_select(0, param_rows), ctx, self.first_ctx_weight)
+        # The same steps on NumPy arrays (CPU) or tensors (another device): x @ w, += bias, and a leaky ReLU as
+        # x[x < 0] *= slope, which is what F.leaky_relu computes
+        ctx = self.y_rows[self._index(gather)].reshape(len(param_rows), -1) @ self.ctx_weight
+        ctx += self.ctx_bias
+        out = ctx @ self.first_ctx_weight
+        out += self.hyper[self._index(param_rows)]
         if self.first_slope is not None:
-            out = F.leaky_relu_(out, self.first_slope)
+            out[out < 0] *= self.first_slope
         for weight, bias, slope in self.layers:
-            out = _affine(out, weight, bias)
+            out = out @ weight
+            if bias is not None:
+                out += bias
             if slope is not None:
-                out = F.leaky_relu_(out, slope)
-        scales, means = out.chunk(2, 1)
+                out[out < 0] *= slope
+        scales, means = (torch.from_numpy(out) if self.host else out).chunk(2, 1)
         return scales, means
+
+    def _store(self, rows: np.ndarray, values: Tensor) -> None:
+        self.y_hat.index_copy_(0, torch.from_numpy(rows).to(self.device), values)
 
     def _y_hat(self) -> Tensor:
         p = (self.padded_width - self.width) // 2
@@ -499,7 +527,7 @@ class _Wavefronts:
     def quantize(self, y: Tensor) -> tuple[Tensor, list[tuple[np.ndarray, np.ndarray]]]:
         """Encoder side: y_hat = round(y - mean) + mean wavefront by wavefront, with each wavefront's
         (symbols, table indexes) as int32 arrays on the CPU, in coding order."""
-        y_rows = y[0].double().flatten(1).t()  # (H * W, M)
+        y_rows = y[0].detach().double().flatten(1).t()  # (H * W, M)
         steps: list[tuple[np.ndarray, np.ndarray]] = []
         with one_thread():
             self._quantize_fronts(y_rows, steps)
@@ -510,8 +538,10 @@ class _Wavefronts:
             gather, param_rows, rows = self._rows(hs, ws)
             scales, means = self._scales_means(gather, param_rows)
             indexes = self.gc.build_indexes(scales)
-            symbols = self.gc.quantize(y_rows.index_select(0, param_rows), "symbols", means)
-            self.y_hat.index_copy_(0, rows, symbols + means)
+            symbols = self.gc.quantize(
+                y_rows.index_select(0, torch.from_numpy(param_rows).to(y_rows.device)), "symbols", means
+            )
+            self._store(rows, symbols + means)
             steps.append((symbols.reshape(-1).cpu().numpy(), indexes.reshape(-1).cpu().numpy()))
 
     def decode(self, data: bytes, crc: int) -> tuple[Tensor, int]:
@@ -527,7 +557,7 @@ class _Wavefronts:
                 indexes = self.gc.build_indexes(scales).reshape(-1).cpu().numpy()
                 crc = crc_indexes(indexes, crc)
                 symbols = torch.from_numpy(decoder.decode(indexes, tables)).to(self.device)
-                self.y_hat.index_copy_(0, rows, symbols.reshape(means.shape).to(means.dtype) + means)
+                self._store(rows, symbols.reshape(means.shape).to(means.dtype) + means)
         _check_finished(decoder)
         return self._y_hat(), crc
 
@@ -542,10 +572,17 @@ def one_thread() -> Iterator[None]:
     if threads > 1:
         torch.set_num_threads(1)
     try:
-        yield
+        with _blas_pools().limit(limits=1, user_api="blas"):  # NumPy's BLAS too (`_Wavefronts`)
+            yield
     finally:
         if threads > 1:
             torch.set_num_threads(threads)
+
+
+@functools.cache
+def _blas_pools() -> ThreadpoolController:
+    """The thread pools of the BLAS libraries loaded (NumPy's), found once."""
+    return ThreadpoolController()
 
 
 def _check_finished(decoder: Decoder) -> None:
