@@ -240,9 +240,11 @@ def test_wavefront_products_in_numpy_and_in_pytorch_code_the_same_file(monkeypat
     model = fixture_model("mbt2018")
     x = kodak_image("kodim23.png")[None, :, 128:192, 192:320]
     blas_threads: set[int] = set()
+    paths: set[bool] = set()
     products = google._Wavefronts._scales_means
 
     def watched(self, *args):
+        paths.add(self.host)
         # the pools found when the loop first ran, NumPy's among them (a BLAS loaded later, e.g. SciPy's own, is
         # not the one its products use)
         blas_threads.update(p["num_threads"] for p in google._blas_pools().info() if p["user_api"] == "blas")
@@ -258,6 +260,7 @@ def test_wavefront_products_in_numpy_and_in_pytorch_code_the_same_file(monkeypat
         monkeypatch.setattr(google, "NUMPY_PRODUCTS", numpy_products)
         pixels[numpy_products] = model.decompress([coded[not numpy_products]])
     assert torch.equal(pixels[True], pixels[False])
+    assert paths == {True, False}  # both paths ran: NumPy's by default on the CPU
     assert blas_threads == {1}
 
 
@@ -289,8 +292,11 @@ def test_inference_paths_equal_the_autograd_forward(arch, one_thread):
 
 def test_wavefront_weights_follow_the_model_weights():
     """The context loop keeps its matrices with the float64 copies of the networks; a weight update must reach
-    them: the latent it quantizes stays the one raster order (which runs the networks) makes."""
-    model = fixture_model("mbt2018")
+    them: the latent it quantizes stays the one raster order (which runs the networks) makes. On a copy: the
+    fixture is shared by the session, and the golden files of test_bitstream decode with its weights."""
+    import copy
+
+    model = copy.deepcopy(fixture_model("mbt2018"))
     torch.manual_seed(0)
     y = torch.randn(1, model.M, 3, 5) * 4
     params = torch.randn(1, 2 * model.M, 3, 5, dtype=torch.float64)

@@ -480,7 +480,11 @@ class _Wavefronts:
         return t.detach().numpy() if self.host else t
 
     def _index(self, rows: np.ndarray) -> Rows:
-        return rows if self.host else torch.from_numpy(rows).to(self.device)
+        """Row numbers as the products take them (see `_array`)."""
+        return rows if self.host else self._on_device(rows)
+
+    def _on_device(self, rows: np.ndarray) -> Tensor:
+        return torch.from_numpy(rows).to(self.device)
 
     def _rows(self, hs: np.ndarray, ws: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Rows of this wavefront's contexts (gather), of its params, and of its y_hat (scatter)."""
@@ -517,7 +521,7 @@ class _Wavefronts:
         return scales, means
 
     def _store(self, rows: np.ndarray, values: Tensor) -> None:
-        self.y_hat.index_copy_(0, torch.from_numpy(rows).to(self.device), values)
+        self.y_hat.index_copy_(0, self._on_device(rows), values)
 
     def _y_hat(self) -> Tensor:
         p = (self.padded_width - self.width) // 2
@@ -538,9 +542,7 @@ class _Wavefronts:
             gather, param_rows, rows = self._rows(hs, ws)
             scales, means = self._scales_means(gather, param_rows)
             indexes = self.gc.build_indexes(scales)
-            symbols = self.gc.quantize(
-                y_rows.index_select(0, torch.from_numpy(param_rows).to(y_rows.device)), "symbols", means
-            )
+            symbols = self.gc.quantize(y_rows.index_select(0, self._on_device(param_rows)), "symbols", means)
             self._store(rows, symbols + means)
             steps.append((symbols.reshape(-1).cpu().numpy(), indexes.reshape(-1).cpu().numpy()))
 
